@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test test-fast lint bench data clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first, pinned: this wheel is on local disk; a bare `torch` would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	scripts/install_data.sh
+
+demo: $(STAMP) data
+	$(BIN)/distill kd --config configs/kd/demo.yaml
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not bundled"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/kd_fmnist.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

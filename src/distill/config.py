@@ -1,0 +1,185 @@
+"""YAML -> typed (pydantic) configs, dotted `key.sub=value` overrides, one clear line per bad field."""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from distill.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=3` -> (['a', 'b'], 3); the value is read as YAML so numbers, lists and null work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `data[path[0]][path[1]]... = value`; list items are addressed by index (`objective.0.weight`)."""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, path[: i + 1])
+            continue
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, path)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"{'.'.join(path)}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _list_item(node: list, part: str, path: list[str]) -> Any:
+    return node[_list_index(node, part, path)]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
+    """Build `cls` from an optional YAML file plus dotted overrides."""
+    data = with_defaults(cls, read_yaml(path) if path else {})
+    for item in overrides:
+        apply_override(data, *parse_override(item))
+    return validate(cls, data)
+
+
+def with_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Fill the fields `data` leaves out with their defaults, so overrides can address them.
+
+    Sections given in `data` are filled recursively; lists and free dicts given are kept whole.
+    """
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        sub = _section_type(field.annotation)
+        if name not in out:
+            if not field.is_required():
+                out[name] = TypeAdapter(field.annotation).dump_python(
+                    field.get_default(call_default_factory=True), mode="json"
+                )
+        elif sub is not None and isinstance(out[name], dict):
+            out[name] = with_defaults(sub, out[name])
+    return out
+
+
+def validate(cls: type[C], data: dict[str, Any]) -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+
+
+def format_errors(e: ValidationError) -> str:
+    """One line per bad field: `config error: train.lr = -1: Input should be greater than 0`."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"config error: unknown field {loc!r}")
+            continue
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"config error: {loc} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def dump(config: BaseModel) -> str:
+    """The resolved config as YAML (what a run saves and `--resume` reads back)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) of every field; sections and lists of sections expanded.
+
+    Defaults are those in effect: a section's own default instance wins over its class defaults.
+    """
+    rows = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        value = getattr(defaults, name) if defaults is not None else _default(field)
+        sub = _section_type(field.annotation)
+        item = _list_item_section(field.annotation)
+        if sub is not None:
+            rows.append((key, "section", "", field.description or ""))
+            rows += describe(sub, key + ".", value)
+        elif item is not None:
+            shown = "" if value is None else _short(value)
+            rows.append((key, f"list of {item.__name__}", shown, field.description or ""))
+            rows += describe(item, key + ".N.")
+        else:
+            shown = "" if field.is_required() and defaults is None else _short(value)
+            if isinstance(value, BaseModel) or (field.is_required() and not isinstance(value, (int, float, str))):
+                shown = ""
+            rows.append((key, _type_name(field.annotation), shown, field.description or ""))
+    return rows
+
+
+def _default(field: Any) -> Any:
+    return None if field.is_required() else field.get_default(call_default_factory=True)
+
+
+def _list_item_section(annotation: Any) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is list:
+        (arg,) = typing.get_args(annotation)
+        return _section_type(arg)
+    return None
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+def _short(value: Any) -> str:
+    value = TypeAdapter(Any).dump_python(value, mode="json")
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,151 @@
+"""Image classification data: Fashion-MNIST (Debian package), an image folder, or a tensor file.
+
+Everything is loaded into memory as float tensors {"inputs": (N, C, H, W), "labels": (N,)},
+normalised per channel with the training split's statistics.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from distill.config import Section
+from distill.errors import DistillError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageData(Section):
+    """Where the images come from."""
+
+    source: Literal["fashion_mnist", "folder", "tensors"] = Field("fashion_mnist", description="data set kind")
+    path: str | None = Field(
+        None,
+        description="fashion_mnist: folder of the idx .gz files (default: the Debian package's); "
+        "folder: root with train/ and test/ of class subfolders; tensors: a .pt/.safetensors file with "
+        "train_images, train_labels, test_images, test_labels",
+    )
+    channels: Literal[1, 3] = Field(1, description="folder: 1 = grayscale, 3 = RGB")
+    image_size: int | None = Field(None, gt=0, description="folder: resize to this square size")
+    train_limit: int | None = Field(None, gt=0, description="use only the first N training images")
+    test_limit: int | None = Field(None, gt=0, description="use only the first N test images")
+
+
+@dataclass
+class ImageSplits:
+    train: dict[str, Tensor]
+    test: dict[str, Tensor]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train["inputs"].shape[1:])
+
+
+def load_images(cfg: ImageData) -> ImageSplits:
+    loaders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "tensors": _tensor_file}
+    train_x, train_y, test_x, test_y, classes = loaders[cfg.source](cfg)
+    train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
+    test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return ImageSplits(
+        train={"inputs": (train_x - mean) / std, "labels": train_y},
+        test={"inputs": (test_x - mean) / std, "labels": test_y},
+        classes=classes,
+    )
+
+
+def _idx(path: Path, offset: int) -> np.ndarray:
+    if not path.is_file():
+        raise DistillError(
+            f"{path} is missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
+            "(or `make data`), or set data.path"
+        )
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def _fashion_mnist(cfg: ImageData):
+    root = Path(cfg.path or FASHION_MNIST_DIR)
+
+    def split(prefix: str) -> tuple[Tensor, Tensor]:
+        x = _idx(root / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
+        y = _idx(root / f"{prefix}-labels-idx1-ubyte.gz", 8)
+        return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64))
+
+    return *split("train"), *split("t10k"), list(FASHION_MNIST_CLASSES)
+
+
+def _folder(cfg: ImageData):
+    from PIL import Image
+
+    if cfg.path is None:
+        raise DistillError("data.path must name an image folder with train/ and test/ subfolders")
+    root = Path(cfg.path)
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise DistillError(f"{root} must hold train/ and test/, each with one subfolder per class")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if not classes:
+        raise DistillError(f"{root / 'train'} has no class subfolders")
+    mode = "L" if cfg.channels == 1 else "RGB"
+
+    def split(name: str) -> tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for f in sorted((root / name / cls).glob("*")):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    img = Image.open(f).convert(mode)
+                    if cfg.image_size:
+                        img = img.resize((cfg.image_size, cfg.image_size))
+                    xs.append(np.asarray(img, dtype=np.float32).reshape(img.height, img.width, -1) / 255.0)
+                    ys.append(label)
+        if not xs:
+            raise DistillError(f"{root / name} has no images under its class subfolders")
+        shapes = {x.shape for x in xs}
+        if len(shapes) > 1:
+            raise DistillError(f"{root / name}: images differ in size {sorted(shapes)[:3]}; set data.image_size")
+        return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
+
+    return *split("train"), *split("test"), classes
+
+
+def _tensor_file(cfg: ImageData):
+    if cfg.path is None or not Path(cfg.path).is_file():
+        raise DistillError(f"data.path {cfg.path!r} must be a .pt or .safetensors file")
+    path = Path(cfg.path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    keys = ["train_images", "train_labels", "test_images", "test_labels"]
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise DistillError(f"{path} lacks {missing}; it has {sorted(tensors)}")
+    x_tr, y_tr, x_te, y_te = (tensors[k] for k in keys)
+    x_tr, x_te = (_as_images(x) for x in (x_tr, x_te))
+    n = int(max(y_tr.max(), y_te.max())) + 1
+    return x_tr, y_tr.long(), x_te, y_te.long(), [str(i) for i in range(n)]
+
+
+def _as_images(x: Tensor) -> Tensor:
+    """(N, H, W) or (N, C, H, W), uint8 or float -> float (N, C, H, W) in [0, 1] for uint8."""
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    if x.dim() != 4:
+        raise DistillError(f"images must be (N, H, W) or (N, C, H, W), got {tuple(x.shape)}")
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

@@ -1,0 +1,281 @@
+"""THE training loop. Every recipe trains through `fit`; nothing else owns a loop.
+
+The module passed in maps a batch (a dict of tensors) to `(loss, {term: value})`; `fit` handles
+devices and processes (Hugging Face accelerate), mixed precision, gradient accumulation and
+clipping, warmup + decay schedules, evaluation, logging, progress, atomic checkpoints with RNG
+state, and exact resume: an interrupted-and-resumed run matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from pydantic import Field
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.config import Section
+from distill.errors import DistillError
+from distill.run import RunDir, atomic_write
+
+Data = Mapping[str, Tensor] | torch.utils.data.Dataset
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+class TrainConfig(Section):
+    """How one stage trains."""
+
+    epochs: int = Field(1, ge=0, description="passes over the training data (ignored if max_steps is set)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(128, gt=0, description="samples per process per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled (adamw) or L2 (sgd) weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum / adamw beta1")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="decay after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global grad norm (null: off)")
+    log_every: int = Field(50, gt=0, description="steps between metrics records")
+    eval_every: int = Field(0, ge=0, description="steps between evaluations (0: end of each epoch)")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints (0: end of each epoch)")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept per stage")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+# --- pieces -------------------------------------------------------------------------------
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at a step: linear warmup, then constant / linear / cosine decay."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        decay = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+    return f
+
+
+def data_len(data: Data) -> int:
+    return len(next(iter(data.values()))) if isinstance(data, Mapping) else len(data)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
+    """This process's index batches for an epoch: a seeded permutation, sharded, last partial dropped."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    shard = perm[rank : per_rank * world : world]
+    return list(shard[: len(shard) // batch_size * batch_size].split(batch_size))
+
+
+def take(data: Data, idx: Tensor) -> dict[str, Tensor]:
+    if isinstance(data, Mapping):
+        return {k: v[idx] for k, v in data.items()}
+    return torch.utils.data.default_collate([data[int(i)] for i in idx])
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(run: RunDir, stage: str) -> list[Path]:
+    return sorted((run.path / "checkpoints" / stage).glob("step-*.pt"))
+
+
+# --- the loop -----------------------------------------------------------------------------
+def fit(
+    model: nn.Module,
+    data: Data,
+    cfg: TrainConfig,
+    *,
+    stage: str,
+    run: RunDir,
+    accelerator: Accelerator,
+    seed: int,
+    eval_fn: EvalFn | None = None,
+    product: nn.Module | None = None,
+) -> dict[str, float]:
+    """Train `model` on `data`; return the last evaluation's metrics.
+
+    `product` is the part whose weights the stage delivers (default: `model`); it is saved as
+    `<stage>/model.safetensors`. A stage already finished in this run is loaded, not retrained;
+    a stage with a checkpoint continues from it.
+    """
+    product = product if product is not None else model
+    done = run.path / stage / "done.json"
+    if done.exists():
+        load_model(product, str(run.path / stage / "model.safetensors"), device=str(accelerator.device))
+        return run.read_json(f"{stage}/done.json")["metrics"]
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n = data_len(data)
+    batches_per_epoch = len(epoch_batches(n, cfg.batch_size, seed, 0, rank, world))
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise DistillError(
+            f"{stage}: {n} samples make no full step of batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}"
+            f" x {world} processes; lower train.batch_size"
+        )
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or steps_per_epoch
+
+    model.to(accelerator.device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    step, metrics = 0, {}
+    found = checkpoints(run, stage)  # every process reads the same run directory
+    if found:
+        state = torch.load(found[-1], map_location="cpu", weights_only=False)
+        accelerator.unwrap_model(wrapped).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, metrics = state["step"], state.get("metrics", {})
+        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        run.truncate_metrics(stage, step)
+
+    bar = tqdm(total=total, initial=step, desc=stage, disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
+    window = _Window()
+    wrapped.train()
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        batches = epoch_batches(n, cfg.batch_size, seed, epoch, rank, world)[skip * cfg.grad_accum :]
+        for micro, idx in enumerate(batches[: (steps_per_epoch - skip) * cfg.grad_accum], start=1):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in take(data, idx).items()}
+            last_micro = micro % cfg.grad_accum == 0
+            with accelerator.no_sync(wrapped) if not last_micro and world > 1 else nullcontext():
+                with accelerator.autocast():
+                    loss, terms = wrapped(batch)
+                accelerator.backward(loss / cfg.grad_accum)
+            window.add(loss, terms, len(idx) * world)
+            if not last_micro:
+                continue
+            if cfg.clip_grad_norm:
+                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                record = window.flush(accelerator)
+                record.update(lr=scheduler.get_last_lr()[0])
+                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
+                run.log({"stage": stage, "step": step, "epoch": epoch, **record})
+            if eval_fn is not None and (step % eval_every == 0 or step == total):
+                metrics = _evaluate(wrapped, accelerator, eval_fn)
+                run.log({"stage": stage, "step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+                bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
+            if step % save_every == 0 and step < total:
+                _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints)
+            window.restart()  # time spent evaluating / saving is not training throughput
+            if step >= total:
+                break
+    bar.close()
+
+    if accelerator.is_main_process:
+        out = run.path / stage / "model.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(".model.safetensors.tmp")
+        save_model(product, str(tmp))
+        tmp.replace(out)
+    run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn) -> dict[str, float]:
+    module = accelerator.unwrap_model(wrapped)
+    module.eval()
+    with torch.no_grad():
+        metrics = eval_fn(module)
+    module.train()
+    return metrics
+
+
+def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, keep) -> None:
+    rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else rng_state()
+    if not accelerator.is_main_process:
+        return
+    state = {
+        "model": accelerator.unwrap_model(wrapped).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "metrics": metrics,
+        "rng": rngs,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(run.path / "checkpoints" / stage / f"step-{step:08d}.pt", buf.getvalue())
+    for old in checkpoints(run, stage)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+class _Window:
+    """Running sums of loss terms and samples between two log records."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count, self.samples, self.elapsed = 0, 0, 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: Tensor, terms: dict[str, Tensor], samples: int) -> None:
+        for k, v in {"loss": loss, **terms}.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+        self.samples += samples
+        now = time.perf_counter()
+        self.elapsed += now - self.t0
+        self.t0 = now
+
+    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+        names = list(self.sums)
+        values = torch.stack([self.sums[k] for k in names]) / max(self.count, 1)
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
+        record = {k: float(v) for k, v in zip(names, values.tolist())}
+        record["samples_per_s"] = self.samples / max(self.elapsed, 1e-9)
+        self.sums, self.count, self.samples, self.elapsed = {}, 0, 0, 0.0
+        return record

@@ -1,0 +1,43 @@
+"""Pure loss functions. `LOSSES` is the one registry the objective looks names up in."""
+
+from distill.losses.features import (
+    Projection,
+    affinity,
+    attention_kl,
+    attention_transfer,
+    hint,
+    rkd_angle,
+    rkd_distance,
+)
+from distill.losses.logits import cross_entropy, jsd, kl_div, reverse_kl
+
+LOSSES = {
+    "kl": kl_div,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "ce": cross_entropy,
+    "hint": hint,
+    "attention_transfer": attention_transfer,
+    "attention_kl": attention_kl,
+    "affinity": affinity,
+    "rkd_distance": rkd_distance,
+    "rkd_angle": rkd_angle,
+}
+# losses whose student input may pass through a learned projection to the teacher's width
+PROJECTED = {"hint"}
+
+__all__ = [
+    "LOSSES",
+    "PROJECTED",
+    "Projection",
+    "affinity",
+    "attention_kl",
+    "attention_transfer",
+    "cross_entropy",
+    "hint",
+    "jsd",
+    "kl_div",
+    "reverse_kl",
+    "rkd_angle",
+    "rkd_distance",
+]

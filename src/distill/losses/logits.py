@@ -1,0 +1,169 @@
+"""Losses on logits: forward KL, reverse KL, generalized JSD, cross-entropy.
+
+Inputs are (..., C) logits; leading dims (batch, positions) are flattened into rows. A mask of
+the leading shape excludes padded positions; the loss is the mean over kept rows. With
+`chunk_size`, the divergence is computed a chunk of rows at a time and its gradient is formed
+chunk by chunk inside the forward pass, so the fp32 softmax of the whole (rows x vocab) batch
+never exists at once: only one chunk of it, plus a gradient buffer in the logits' own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+RowLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+# --- per-row divergences on fp32 logits already divided by the temperature ----------------
+def _forward_kl_rows(s: Tensor, t: Tensor) -> Tensor:
+    """KL(p_teacher || q_student) per row."""
+    log_q, log_p = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _reverse_kl_rows(s: Tensor, t: Tensor) -> Tensor:
+    """KL(q_student || p_teacher) per row."""
+    log_q, log_p = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def _jsd_rows(beta: float) -> RowLoss:
+    """Generalized JSD (GKD): beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p + (1-beta)*q.
+
+    p is the teacher, q the student; beta=0 gives forward KL(p||q), beta=1 reverse KL(q||p).
+    """
+
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        # the endpoints are the limits of JSD(beta)/beta and JSD(beta)/(1-beta), as in TRL's GKD
+        if beta <= 0.0:
+            return _forward_kl_rows(s, t)
+        if beta >= 1.0:
+            return _reverse_kl_rows(s, t)
+        log_q, log_p = F.log_softmax(s, -1), F.log_softmax(t, -1)
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
+        kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+        kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+        return beta * kl_pm + (1 - beta) * kl_qm
+
+    return rows
+
+
+class _ChunkedRowLoss(torch.autograd.Function):
+    """Sum of `row_loss` over rows with weights; gradient computed a chunk at a time in forward."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, weights: Tensor, row_loss: RowLoss, scale: float, chunk: int) -> Tensor:
+        grad = torch.zeros_like(s) if s.requires_grad else None
+        total = s.new_zeros((), dtype=torch.float32)
+        for start in range(0, s.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            w = weights[sl]
+            if not bool(w.any()):
+                continue
+            with torch.enable_grad():
+                sc = s[sl].detach().float().requires_grad_(grad is not None)
+                value = (row_loss(sc / scale, t[sl].float() / scale) * w).sum()
+                if grad is not None:
+                    (g,) = torch.autograd.grad(value, sc)
+                    grad[sl] = g.to(grad.dtype)
+            total += value.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (grad,) = ctx.saved_tensors
+        return (None if grad is None else grad * grad_out.to(grad.dtype)), None, None, None, None, None
+
+
+def _row_weights(shape: torch.Size, mask: Tensor | None, device: torch.device) -> Tensor:
+    """Weights that turn a sum over rows into the mean over kept rows."""
+    if mask is None:
+        n = math.prod(shape)
+        return torch.full((n,), 1.0 / max(n, 1), device=device)
+    m = mask.reshape(-1).to(device=device, dtype=torch.float32)
+    return m / m.sum().clamp_min(1.0)
+
+
+def _divergence(
+    student: Tensor,
+    teacher: Tensor,
+    row_loss: RowLoss,
+    temperature: float,
+    mask: Tensor | None,
+    chunk_size: int | None,
+    t2_scale: bool,
+) -> Tensor:
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    classes = student.shape[-1]
+    s, t = student.reshape(-1, classes), teacher.reshape(-1, classes).detach()
+    w = _row_weights(student.shape[:-1], mask, s.device)
+    if chunk_size:
+        loss = _ChunkedRowLoss.apply(s, t, w, row_loss, float(temperature), int(chunk_size))
+    else:
+        loss = (row_loss(s.float() / temperature, t.float() / temperature) * w).sum()
+    return loss * temperature**2 if t2_scale else loss
+
+
+def kl_div(
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+    t2_scale: bool = True,
+) -> Tensor:
+    """Forward KL(teacher || student) at `temperature` (Hinton et al.), times T^2 when `t2_scale`."""
+    return _divergence(student, teacher, _forward_kl_rows, temperature, mask, chunk_size, t2_scale)
+
+
+def reverse_kl(
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+    t2_scale: bool = True,
+) -> Tensor:
+    """Reverse KL(student || teacher): mode-seeking, as in MiniLLM."""
+    return _divergence(student, teacher, _reverse_kl_rows, temperature, mask, chunk_size, t2_scale)
+
+
+def jsd(
+    student: Tensor,
+    teacher: Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+    t2_scale: bool = True,
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence with interpolation `beta` in [0, 1] (GKD)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    return _divergence(student, teacher, _jsd_rows(beta), temperature, mask, chunk_size, t2_scale)
+
+
+def cross_entropy(
+    student: Tensor,
+    labels: Tensor,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Cross-entropy with integer labels; `ignore_index` labels and masked positions are skipped."""
+    logits = student.reshape(-1, student.shape[-1]).float()
+    target = labels.reshape(-1).long()
+    if mask is not None:
+        target = target.masked_fill(~mask.reshape(-1).bool(), ignore_index)
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)

@@ -1,0 +1,82 @@
+"""Model specs: a bundled architecture by name, or a user's class by dotted import path."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from distill.config import Section
+from distill.errors import DistillError
+from distill.models.vision import MLP, ConvNet
+
+ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP}
+
+
+class ModelSpec(Section):
+    """Which network, its constructor arguments, and optional weights to start from."""
+
+    arch: str = Field("convnet", description=f"one of {sorted(ARCHS)} or a dotted path 'pkg.module:Class'")
+    args: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments")
+    checkpoint: str | None = Field(None, description="weights to load (.safetensors or a .pt state dict)")
+
+
+def resolve_class(arch: str) -> type[nn.Module]:
+    if arch in ARCHS:
+        return ARCHS[arch]
+    module_name, sep, attr = arch.partition(":") if ":" in arch else arch.rpartition(".")
+    if not sep or not module_name:
+        raise DistillError(f"model arch {arch!r} is neither one of {sorted(ARCHS)} nor a dotted path 'pkg.module:Class'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise DistillError(f"model arch {arch!r} cannot be imported: {e}") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)) and not callable(obj):
+        raise DistillError(f"model arch {arch!r} is not an nn.Module class or factory")
+    return obj
+
+
+def build_model(spec: ModelSpec, **defaults: Any) -> nn.Module:
+    """Instantiate `spec`; `defaults` (e.g. num_classes, in_channels) fill arguments the class takes."""
+    cls = resolve_class(spec.arch)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in defaults.items() if k in params or takes_any}
+    kwargs.update(spec.args)
+    try:
+        model = cls(**kwargs)
+    except TypeError as e:
+        raise DistillError(f"model {spec.arch!r} rejected its arguments {sorted(kwargs)}: {e}") from None
+    if spec.checkpoint:
+        load_weights(model, spec.checkpoint)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DistillError(
+            f"checkpoint {path} does not fit the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ARCHS", "MLP", "ConvNet", "ModelSpec", "build_model", "count_parameters", "load_weights", "resolve_class"]

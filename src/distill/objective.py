@@ -1,0 +1,184 @@
+"""The objective: a weighted sum of named loss terms, each naming its inputs.
+
+Inputs are references into the signals of one step:
+    student.logits            the student's output (or its `.logits`)
+    student.<module.path>     a tapped submodule's output; add `:input` for its input
+    teacher.<...>             the same, for the only teacher
+    teacher[NAME].<...>       the same, for teacher NAME
+    teacher[mean].<...>       the element-wise mean over all teachers (e.g. averaged logits)
+    teacher[routed].<...>     per sample, the teacher whose index is in `batch.domain`
+    labels, batch.<key>       a field of the batch
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from distill.config import Section
+from distill.errors import ConfigError
+from distill.losses import LOSSES, PROJECTED, Projection
+
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+POOLED = ("mean", "routed")
+_REF = re.compile(r"^(student|teacher(?:\[([A-Za-z0-9_\-]+)\])?)\.(.+)$")
+
+
+class Term(Section):
+    """One loss term: `weight * loss(inputs..., **args)`."""
+
+    name: str = Field(description="name it is logged under")
+    loss: LossName = Field(description="which loss function (distill.losses.LOSSES)")
+    weight: float = Field(1.0, description="multiplier in the weighted sum")
+    inputs: list[str] = Field(description="references: student.<tap>, teacher[NAME].<tap>, labels, batch.<key>")
+    mask: str | None = Field(None, description="batch.<key> of a padding mask (True = keep)")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
+    project: bool = Field(True, description="hint only: learn a projection when widths differ")
+
+    @field_validator("inputs")
+    @classmethod
+    def _refs(cls, refs: list[str]) -> list[str]:
+        for r in refs:
+            parse_ref(r)
+        return refs
+
+    @model_validator(mode="after")
+    def _check(self) -> Term:
+        fn = LOSSES[self.loss]
+        params = list(inspect.signature(fn).parameters)
+        n_in = sum(1 for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty)
+        if len(self.inputs) != n_in:
+            raise ValueError(f"loss {self.loss!r} takes {n_in} inputs, got {len(self.inputs)}")
+        bad = [k for k in self.args if k not in params[n_in:] or k == "mask"]
+        if bad:
+            raise ValueError(f"loss {self.loss!r} has no argument {bad[0]!r}; it takes {params[n_in:]}")
+        if self.mask is not None and "mask" not in params:
+            raise ValueError(f"loss {self.loss!r} takes no mask")
+        return self
+
+
+@dataclass(frozen=True)
+class Ref:
+    owner: str  # "student", "teacher" or "batch"
+    teacher: str | None  # teacher name, "mean", "routed", or None for the only teacher
+    key: str  # tap spec, "logits", or batch key
+
+
+def parse_ref(ref: str) -> Ref:
+    if ref == "labels":
+        return Ref("batch", None, "labels")
+    if ref.startswith("batch."):
+        return Ref("batch", None, ref[len("batch.") :])
+    m = _REF.match(ref)
+    if not m:
+        raise ValueError(f"input {ref!r} is not student.<tap>, teacher[NAME].<tap>, labels or batch.<key>")
+    owner = "student" if m.group(1) == "student" else "teacher"
+    return Ref(owner, m.group(2), m.group(3))
+
+
+class Objective(nn.Module):
+    """Weighted sum of terms. Owns the learned projections, so they train with the student."""
+
+    def __init__(self, terms: list[Term], teacher_names: list[str]) -> None:
+        super().__init__()
+        self.terms = terms
+        self.teacher_names = teacher_names
+        self.projections = nn.ModuleDict()
+        for term in terms:
+            for ref in map(parse_ref, term.inputs):
+                self._check_teacher(term, ref)
+
+    def _check_teacher(self, term: Term, ref: Ref) -> None:
+        if ref.owner != "teacher":
+            return
+        if not self.teacher_names:
+            raise ConfigError(f"objective term {term.name!r} reads a teacher, but there is no teacher")
+        if ref.teacher is None and len(self.teacher_names) > 1:
+            raise ConfigError(
+                f"objective term {term.name!r}: 'teacher.' is ambiguous with {len(self.teacher_names)} teachers; "
+                f"say teacher[NAME]. with NAME in {self.teacher_names} or 'mean'/'routed'"
+            )
+        if ref.teacher is not None and ref.teacher not in self.teacher_names and ref.teacher not in POOLED:
+            raise ConfigError(f"objective term {term.name!r}: no teacher named {ref.teacher!r}; teachers: {self.teacher_names}")
+
+    def taps(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Tap specs the student and each teacher must provide (beyond their logits)."""
+        student: list[str] = []
+        teachers: dict[str, list[str]] = {n: [] for n in self.teacher_names}
+        for term in self.terms:
+            for ref in map(parse_ref, term.inputs):
+                if ref.key == "logits" or ref.owner == "batch":
+                    continue
+                if ref.owner == "student":
+                    student.append(ref.key)
+                else:
+                    for name in self._teachers_of(ref):
+                        teachers[name].append(ref.key)
+        return student, teachers
+
+    def _teachers_of(self, ref: Ref) -> list[str]:
+        if ref.teacher is None:
+            return self.teacher_names[:1]
+        return self.teacher_names if ref.teacher in POOLED else [ref.teacher]
+
+    def build(self, signals: dict[str, Any], batch: dict[str, Tensor]) -> None:
+        """Create projections from one probe step's shapes (before the optimizer is made)."""
+        for term in self.terms:
+            if term.loss in PROJECTED and term.project:
+                s, t = (self.resolve(r, signals, batch) for r in term.inputs)
+                proj = Projection.between(s, t)
+                if proj is not None:
+                    self.projections[term.name] = proj.to(s.device)
+
+    def resolve(self, ref_text: str, signals: dict[str, Any], batch: dict[str, Tensor]) -> Tensor:
+        ref = parse_ref(ref_text)
+        if ref.owner == "batch":
+            if ref.key not in batch:
+                raise ConfigError(f"input {ref_text!r}: the batch has no {ref.key!r}; it has {sorted(batch)}")
+            return batch[ref.key]
+        if ref.owner == "student":
+            return signals["student"][ref.key]
+        if ref.teacher is None:
+            return signals["teachers"][self.teacher_names[0]][ref.key]
+        if ref.teacher not in POOLED:
+            return signals["teachers"][ref.teacher][ref.key]
+        stacked = torch.stack([signals["teachers"][n][ref.key].float() for n in self.teacher_names])
+        if ref.teacher == "mean":
+            return stacked.mean(0)
+        domain = batch.get("domain")
+        if domain is None:
+            raise ConfigError(f"input {ref_text!r} routes by 'domain', but the batch has no 'domain' field")
+        return stacked[domain.long(), torch.arange(stacked.shape[1], device=stacked.device)]
+
+    def forward(self, signals: dict[str, Any], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        total: Tensor | None = None
+        values: dict[str, Tensor] = {}
+        for term in self.terms:
+            inputs = [self.resolve(r, signals, batch) for r in term.inputs]
+            if term.name in self.projections:
+                inputs[0] = self.projections[term.name](inputs[0])
+            kwargs = dict(term.args)
+            if term.mask is not None:
+                kwargs["mask"] = self.resolve(term.mask, signals, batch)
+            value = LOSSES[term.loss](*inputs, **kwargs)
+            values[term.name] = value.detach()
+            total = term.weight * value if total is None else total + term.weight * value
+        assert total is not None, "an objective needs at least one term"
+        return total, values
+
+
+def check_terms(terms: list[Term]) -> list[Term]:
+    """Term names are unique and there is at least one term."""
+    if not terms:
+        raise ValueError("the objective needs at least one term")
+    names = [t.name for t in terms]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"term names must be unique; repeated: {sorted(dup)}")
+    return terms

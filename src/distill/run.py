@@ -1,0 +1,142 @@
+"""The run directory: config snapshot, metrics.jsonl, TensorBoard events, checkpoints, results, report.
+
+Layout of `runs/<recipe>-<time>/`:
+    config.yaml         the resolved config (what `--resume` reads back)
+    metrics.jsonl       one JSON record per log/eval event, each tagged with its stage
+    events/             TensorBoard event files
+    checkpoints/<stage>/step-XXXXXXXX.pt   resumable training state
+    <stage>/model.safetensors              final weights of each finished stage
+    results.json        the recipe's result table
+    report.md, plots/   written by `distill report`
+
+Only the main process writes; the other processes get a RunDir whose writers do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_run_name(recipe: str) -> str:
+    return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """A run's directory. `is_main=False` makes every write a no-op (non-main DDP processes)."""
+
+    def __init__(self, path: str | Path, is_main: bool = True) -> None:
+        self.path = Path(path)
+        self.is_main = is_main
+        self._writer = None
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    # --- creation and reopening -------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, name: str, is_main: bool = True) -> RunDir:
+        path = Path(root) / name
+        if is_main and (path / "config.yaml").exists():
+            # two runs started in the same second: never reuse (and clobber) a run directory
+            i = 1
+            while (Path(root) / f"{name}-{i}" / "config.yaml").exists():
+                i += 1
+            path = Path(root) / f"{name}-{i}"
+        return cls(path, is_main)
+
+    @classmethod
+    def open(cls, path: str | Path, is_main: bool = True) -> RunDir:
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise DistillError(f"{path} is not a run directory (no config.yaml in it)")
+        return cls(path, is_main)
+
+    # --- files --------------------------------------------------------------------------
+    def write_text(self, rel: str, text: str) -> None:
+        if self.is_main:
+            atomic_write(self.path / rel, text)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_text(rel, json.dumps(obj, indent=2) + "\n")
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads((self.path / rel).read_text())
+
+    # --- metrics ------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl and its scalars to TensorBoard."""
+        if not self.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            stage, step = record.get("stage", "run"), int(record.get("step", 0))
+            for key, value in record.items():
+                if key not in ("time", "stage", "step", "epoch") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"{stage}/{key}", value, step)
+            writer.flush()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, stage: str, step: int) -> None:
+        """Drop what a killed run logged after the checkpoint it resumes from."""
+        if not self.is_main:
+            return
+        kept = _records_until(self.metrics(), stage, step)
+        atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional for library users
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(str(self.path / "events"))
+        return self._writer or None
+
+    def close(self) -> None:
+        if self._writer:
+            self._writer.close()
+        self._writer = None
+
+
+def _records_until(records: Iterable[dict[str, Any]], stage: str, step: int) -> list[dict[str, Any]]:
+    kept = []
+    for r in records:
+        if r.get("stage") == stage and r.get("step", 0) > step:
+            break
+        kept.append(r)
+    return kept

@@ -1,0 +1,45 @@
+"""A live teacher: a module run in eval mode under no_grad, with taps on named submodules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.taps import Taps
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values")
+
+
+def call_model(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Run a model on a batch: `inputs` for plain nets, HF keyword inputs otherwise; return logits."""
+    if "inputs" in batch:
+        out = model(batch["inputs"])
+    else:
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_KEYS})
+    return getattr(out, "logits", out)
+
+
+class LiveTeacher:
+    """Produces a teacher's signals for a batch. Never trained, never in a checkpoint.
+
+    `torch.no_grad()` rather than `inference_mode()`: inference tensors cannot be saved for
+    the student's backward pass.
+    """
+
+    def __init__(self, name: str, model: nn.Module, taps: list[str] = ()) -> None:
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self.taps = Taps(model, taps, owner=f"teacher {name!r}")
+
+    def to(self, device: torch.device | str) -> LiveTeacher:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def signals(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        self.model.eval()  # stays pinned even if someone called .train() on a parent
+        self.taps.clear()
+        logits = call_model(self.model, batch)
+        return {"logits": logits, **self.taps.values}
