@@ -89,7 +89,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     perm = torch.randperm(n, generator=g)
     per_rank = n // world
     shard = perm[rank : per_rank * world : world]
-    return list(shard[: len(shard) // batch_size * batch_size].split(batch_size))
+    full = len(shard) // batch_size * batch_size
+    return list(shard[:full].split(batch_size)) if full else []
 
 
 def take(data: Data, idx: Tensor) -> dict[str, Tensor]:

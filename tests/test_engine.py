@@ -1,0 +1,154 @@
+"""The training loop: schedules, accumulation, checkpoints, exact resume, and the teacher kept aside."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from distill.distiller import Distiller
+from distill.engine import TrainConfig, checkpoints, epoch_batches, fit, lr_lambda
+from distill.objective import Term
+from distill.run import RunDir
+
+CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+KD = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"temperature": 2.0})
+
+
+def toy_data(n: int = 64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    return {"inputs": x, "labels": (x[:, 0] > 0).long() + (x[:, 1] > 0).long()}
+
+
+def toy_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+@pytest.fixture(scope="module")
+def accelerator() -> Accelerator:
+    return Accelerator(cpu=True)
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(lr=1.0, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
+    f = lr_lambda(cfg, total_steps=12)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0)
+    assert f(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(12) == pytest.approx(0.1)
+    lin = lr_lambda(TrainConfig(schedule="linear"), total_steps=10)
+    assert lin(5) == pytest.approx(0.5)
+    assert lr_lambda(TrainConfig(schedule="constant"), 10)(9) == 1.0
+
+
+def test_epoch_batches_shard_disjointly_and_deterministically():
+    a = epoch_batches(20, 4, seed=3, epoch=1, rank=0, world=2)
+    b = epoch_batches(20, 4, seed=3, epoch=1, rank=1, world=2)
+    assert [t.tolist() for t in a] == [t.tolist() for t in epoch_batches(20, 4, seed=3, epoch=1, rank=0, world=2)]
+    flat_a, flat_b = torch.cat(a).tolist(), torch.cat(b).tolist()
+    assert not set(flat_a) & set(flat_b) and len(flat_a) == len(flat_b) == 8
+    assert torch.cat(epoch_batches(20, 4, 3, 2)).tolist() != torch.cat(epoch_batches(20, 4, 3, 1)).tolist()
+
+
+def test_training_lowers_the_loss_and_logs(tmp_path, accelerator):
+    run = RunDir(tmp_path / "run")
+    model = Distiller(toy_model(), [CE])
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=1e-2, log_every=4, progress=False)
+    metrics = fit(model, toy_data(), cfg, stage="s", run=run, accelerator=accelerator, seed=0,
+                  eval_fn=lambda m: {"n_params": float(sum(p.numel() for p in m.parameters()))})
+    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    assert losses[-1] < 0.6 * losses[0]
+    assert metrics == {"n_params": 163.0}
+    assert (run.path / "s" / "model.safetensors").is_file() and (run.path / "s" / "done.json").is_file()
+    assert {"lr", "ce", "samples_per_s", "step"} <= set(run.metrics()[0])
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, accelerator):
+    """2 micro-batches of 8 = 1 batch of 16 (same samples, same order); no dropout so math is equal."""
+    finals = []
+    for batch, accum in [(16, 1), (8, 2)]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        cfg = TrainConfig(max_steps=3, batch_size=batch, grad_accum=accum, optimizer="sgd", lr=0.1, progress=False)
+        fit(Distiller(net, [CE]), toy_data(), cfg, stage="s", run=RunDir(tmp_path / f"r{accum}"),
+            accelerator=accelerator, seed=0)
+        finals.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-5, atol=1e-6)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, accelerator):
+    """Interrupt after a checkpoint, rebuild everything from scratch, resume: same weights, same metrics."""
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, save_every=4, log_every=2, eval_every=3, progress=False)
+    data = toy_data()
+
+    def train(run: RunDir, crash_at: int | None = None) -> nn.Module:
+        torch.manual_seed(123)  # as a recipe reseeds at each stage start
+        model = Distiller(toy_model(), [CE])
+        calls = {"n": 0}
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            calls["n"] += 1
+            if crash_at is not None and calls["n"] == crash_at:
+                raise Boom  # dies between two checkpoints, after logging past the last one
+            return {"w": float(m.student[0].weight.sum())}
+
+        fit(model, data, cfg, stage="s", run=run, accelerator=accelerator, seed=7, eval_fn=evaluate)
+        return model
+
+    straight = train(RunDir(tmp_path / "a"))
+    broken = RunDir(tmp_path / "b")
+    with pytest.raises(Boom):
+        train(broken, crash_at=2)  # evals at steps 3, 6: dies at step 6, last checkpoint at step 4
+    assert [p.name for p in checkpoints(broken, "s")] == ["step-00000004.pt"]
+    assert not (broken.path / "s" / "done.json").exists()
+    resumed = train(broken)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs]  # noqa: E731
+    assert strip(broken.metrics()) == strip(RunDir(tmp_path / "a").metrics())
+
+
+def test_finished_stage_is_loaded_not_retrained(tmp_path, accelerator):
+    run = RunDir(tmp_path / "run")
+    cfg = TrainConfig(max_steps=5, batch_size=8, progress=False)
+    first = toy_model(0)
+    fit(Distiller(first, [CE]), toy_data(), cfg, stage="s", run=run, accelerator=accelerator, seed=0)
+    n_records = len(run.metrics())
+    again = toy_model(1)
+    fit(Distiller(again, [CE]), toy_data(), cfg, stage="s", run=run, accelerator=accelerator, seed=0)
+    assert len(run.metrics()) == n_records
+    for p, q in zip(first.parameters(), again.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_teacher_is_outside_parameters_state_and_grad(tmp_path, accelerator):
+    teacher = toy_model(5)
+    before = [p.clone() for p in teacher.parameters()]
+    model = Distiller(toy_model(0), [KD, CE], {"teacher": teacher})
+    assert not any(k.startswith("teacher") or "_teachers" in k for k in model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in toy_model().parameters())
+    teacher.train()  # someone flips it: the teacher still runs in eval mode (dropout off)
+    cfg = TrainConfig(max_steps=4, batch_size=8, save_every=2, progress=False)
+    fit(model, toy_data(), cfg, stage="s", run=RunDir(tmp_path / "r"), accelerator=accelerator, seed=0)
+    assert not teacher.training
+    for p, q in zip(before, teacher.parameters()):
+        assert torch.equal(p, q) and q.grad is None
+    ckpt = torch.load(checkpoints(RunDir(tmp_path / "r"), "s")[-1], weights_only=False)
+    assert all(k.startswith("student.") for k in ckpt["model"])
+
+
+def test_no_full_step_is_a_clear_error(tmp_path, accelerator):
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="lower train.batch_size"):
+        fit(Distiller(toy_model(), [CE]), toy_data(8), TrainConfig(batch_size=16, progress=False), stage="s",
+            run=RunDir(tmp_path / "r"), accelerator=accelerator, seed=0)
