@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from distill.config import describe, load_config
 from distill.errors import DistillError
+from distill.run import RunDir
 
 
 def _recipe_help(name: str, module) -> str:
@@ -48,10 +48,13 @@ def _run_recipe(name: str, argv: list[str]) -> int:
     if args.resume:
         if args.config or args.overrides:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")
-        cfg = load_config(module.Config, Path(args.resume) / "config.yaml")
+        run = RunDir.open(args.resume)  # a clear error for a path that is not a run
+        cfg = load_config(module.Config, run.path / "config.yaml")
     else:
         cfg = load_config(module.Config, args.config, args.overrides)
     result = module.run(cfg, resume=args.resume)
+    if not result.get("is_main", True):
+        return 0  # under `accelerate launch`, one process speaks
     print(module.table(result))
     print(f"\nrun directory: {result['run_dir']}  (report: {result['run_dir']}/report.md)")
     return 0

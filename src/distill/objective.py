@@ -90,22 +90,9 @@ class Objective(nn.Module):
         self.terms = terms
         self.teacher_names = teacher_names
         self.projections = nn.ModuleDict()
-        for term in terms:
-            for ref in map(parse_ref, term.inputs):
-                self._check_teacher(term, ref)
-
-    def _check_teacher(self, term: Term, ref: Ref) -> None:
-        if ref.owner != "teacher":
-            return
-        if not self.teacher_names:
-            raise ConfigError(f"objective term {term.name!r} reads a teacher, but there is no teacher")
-        if ref.teacher is None and len(self.teacher_names) > 1:
-            raise ConfigError(
-                f"objective term {term.name!r}: 'teacher.' is ambiguous with {len(self.teacher_names)} teachers; "
-                f"say teacher[NAME]. with NAME in {self.teacher_names} or 'mean'/'routed'"
-            )
-        if ref.teacher is not None and ref.teacher not in self.teacher_names and ref.teacher not in POOLED:
-            raise ConfigError(f"objective term {term.name!r}: no teacher named {ref.teacher!r}; teachers: {self.teacher_names}")
+        problem = check_refs(terms, teacher_names)
+        if problem:
+            raise ConfigError(problem)
 
     def taps(self) -> tuple[list[str], dict[str, list[str]]]:
         """Tap specs the student and each teacher must provide (beyond their logits)."""
@@ -171,6 +158,24 @@ class Objective(nn.Module):
             total = term.weight * value if total is None else total + term.weight * value
         assert total is not None, "an objective needs at least one term"
         return total, values
+
+
+def check_refs(terms: list[Term], teacher_names: list[str]) -> str | None:
+    """What is wrong with the terms' teacher references, given the teachers there are (None: fine)."""
+    for term in terms:
+        for ref in map(parse_ref, term.inputs):
+            if ref.owner != "teacher":
+                continue
+            if not teacher_names:
+                return f"objective term {term.name!r} reads a teacher, but there is no teacher"
+            if ref.teacher is None and len(teacher_names) > 1:
+                return (
+                    f"objective term {term.name!r}: 'teacher.' is ambiguous with {len(teacher_names)} teachers; "
+                    f"say teacher[NAME]. with NAME in {teacher_names} or 'mean'/'routed'"
+                )
+            if ref.teacher is not None and ref.teacher not in teacher_names and ref.teacher not in POOLED:
+                return f"objective term {term.name!r}: no teacher named {ref.teacher!r}; teachers: {teacher_names}"
+    return None
 
 
 def check_terms(terms: list[Term]) -> list[Term]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from distill.config import Section
@@ -24,6 +24,15 @@ class ModelSpec(Section):
     arch: str = Field("convnet", description=f"one of {sorted(ARCHS)} or a dotted path 'pkg.module:Class'")
     args: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments")
     checkpoint: str | None = Field(None, description="weights to load (.safetensors or a .pt state dict)")
+
+    @field_validator("arch")
+    @classmethod
+    def _importable(cls, arch: str) -> str:
+        try:
+            resolve_class(arch)
+        except DistillError as e:
+            raise ValueError(str(e)) from None
+        return arch
 
 
 def resolve_class(arch: str) -> type[nn.Module]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from pydantic import BaseModel, Field
@@ -38,7 +39,9 @@ class Context:
 
 
 def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Path | None = None) -> Context:
-    accelerator = Accelerator(mixed_precision=runtime.precision, cpu=runtime.cpu)
+    # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
+    cpu = runtime.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
     main = accelerator.is_main_process
     if resume is not None:
         run = RunDir.open(resume, main)

@@ -22,7 +22,7 @@ from distill.distiller import Distiller
 from distill.engine import TrainConfig, fit
 from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model, count_parameters
-from distill.objective import Term, check_terms
+from distill.objective import Term, check_refs, check_terms
 from distill.recipes.common import Context, RuntimeConfig, start
 
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
@@ -75,12 +75,15 @@ class Config(Section):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        problem = check_refs(self.objective, names)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
+    data = load_images(cfg.data)  # before the run directory exists: a bad path leaves nothing behind
     ctx = start("kd", cfg, cfg.run, resume)
-    data = load_images(cfg.data)
     shape = {"num_classes": data.num_classes, "in_channels": data.image_shape[0]}
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -115,7 +118,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     rows.append(_row(label, student, acc))
 
     result = {"recipe": "kd", "run_dir": str(ctx.run.path), "rows": rows, "epochs": cfg.train.epochs,
-              "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed}
+              "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed,
+              "processes": ctx.accelerator.num_processes, "is_main": ctx.accelerator.is_main_process}
     ctx.run.write_json("results.json", result)
     if ctx.accelerator.is_main_process:
         from distill.report import write_report

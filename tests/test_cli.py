@@ -1,0 +1,153 @@
+"""`distill` end to end through its command line: a run, the report, bad input, kill + resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tiny_overrides
+
+from distill.cli import main
+
+DISTILL = [sys.executable, "-m", "distill.cli"]
+ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def strip(records: list[dict]) -> list[dict]:
+    """Metrics without wall-clock fields, for comparing two runs."""
+    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in records]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_through_the_cli(tensor_file, tmp_path, capsys):
+    assert main(["kd", *tiny_overrides(tensor_file, tmp_path), "baseline=true"]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "| student alone |" in out and "| student KD |" in out
+    run = tmp_path / "tiny"
+    result = json.loads((run / "results.json").read_text())
+    teacher = result["rows"][0]
+    assert teacher["test_accuracy"] > 0.5  # 4 classes: chance is 0.25
+    for rel in ["config.yaml", "metrics.jsonl", "report.md", "student/model.safetensors", "teacher/model.safetensors",
+                "plots/student-loss.png", "plots/student-eval.png", "plots/student-lr.png"]:
+        assert (run / rel).is_file(), rel
+    assert list((run / "events").glob("events.out.tfevents.*"))
+    stages = {r["stage"] for r in read_metrics(run)}
+    assert stages == {"teacher", "student-alone", "student"}
+    assert {"kd", "ce", "loss", "lr"} <= set(next(r for r in read_metrics(run) if r["stage"] == "student" and "loss" in r))
+
+
+def test_report_is_rebuilt(tensor_file, tmp_path, capsys):
+    assert main(["kd", *tiny_overrides(tensor_file, tmp_path)]) == 0
+    run = tmp_path / "tiny"
+    (run / "report.md").unlink()
+    for png in (run / "plots").glob("*.png"):
+        png.unlink()
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "## Results" in text and "student KD" in text and "![student loss per term](plots/student-loss.png)" in text
+    assert (run / "plots" / "teacher-eval.png").stat().st_size > 1000
+
+
+def test_recipe_help_lists_fields_with_defaults(capsys):
+    assert main(["kd", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "[default: 0.002]" in out and "teachers.N.model.arch" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["kd", "train.lrr=0.1"], "unknown field 'train.lrr'"),
+        (["kd", "train.lr=-1"], "train.lr = -1: Input should be greater than 0"),
+        (["kd", "train.epochs=many"], "train.epochs = 'many': Input should be a valid integer"),
+        (["kd", "train.schedule=step"], "train.schedule = 'step': Input should be 'constant', 'linear' or 'cosine'"),
+        (["kd", "objective.0.inputs=[student.logits, 'teacher[x].logits']"], "no teacher named 'x'"),
+        (["kd", "objective.0.args.temprature=2"], "loss 'kl' has no argument 'temprature'"),
+        (["kd", "objective.5.weight=1"], "'5' is not an index of a list of 2 items"),
+        (["kd", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
+        (["kd", "trainlr"], "is not of the form key.sub=value"),
+        (["kd", "data.source=tensors", "data.path=/nonexistent.pt"], "must be a .pt or .safetensors file"),
+        (["kd", "data.path=/nonexistent"], "/nonexistent/train-images-idx3-ubyte.gz is missing"),
+        (["kd", "student.arch=nosuch.module:Net"], "student.arch = 'nosuch.module:Net': model arch"),
+        (["kd", "--resume", "/nonexistent-run"], "is not a run directory"),
+        (["report", "/nonexistent-run"], "is not a run directory"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_and_nonzero(args, message, tmp_path, capsys):
+    assert main([*args, f"run.output_dir={tmp_path}"] if args[0] == "kd" and "--resume" not in args else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir()), "a failed start must leave no run directory behind"
+
+
+def test_wrong_tap_name_lists_close_matches(tensor_file, tmp_path, capsys):
+    over = tiny_overrides(tensor_file, tmp_path)
+    over.append("objective=[{name: h, loss: hint, inputs: [student.stage_2, teacher.stage2]}]")
+    assert main(["kd", *over]) == 2
+    err = capsys.readouterr().err
+    assert "student has no submodule 'stage_2'; close matches: stage2" in err
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8"]
+    subprocess.run([*DISTILL, "kd", *over, "run.run_name=straight"], check=True, env=ENV, capture_output=True)
+
+    proc = subprocess.Popen([*DISTILL, "kd", *over, "run.run_name=killed"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints" / "student"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpts.glob("step-*.pt"))) < 2 and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "student" / "done.json").exists()
+
+    done = subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed"))
+    assert a == b
+    assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_only_the_main_one_writes(tensor_file, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "distill.cli"]
+    over = [o for o in tiny_overrides(tensor_file, tmp_path) if not o.startswith("run.run_name")]
+    done = subprocess.run([*launch, "kd", *over], env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list(tmp_path.glob("kd-*"))
+    assert len(runs) == 1, runs  # both processes used the main process's run name
+    run = runs[0]
+    result = json.loads((run / "results.json").read_text())
+    assert result["processes"] == 2
+    assert result["rows"][0]["test_accuracy"] > 0.5
+    records = read_metrics(run)
+    keys = [(r["stage"], r["step"], "loss" in r) for r in records]
+    assert len(keys) == len(set(keys)), "a record was written twice"
+    # 256 samples / (2 processes x 32) = 4 steps per epoch, 2 epochs
+    assert max(r["step"] for r in records if r["stage"] == "teacher") == 8
+    assert len(list((run / "events").iterdir())) == 1
+    assert done.stdout.count("| teacher |") == 1
