@@ -20,14 +20,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, mean_std, write  # noqa: E402
-
 from distill.config import load_config  # noqa: E402
 from distill.data import ImageData, load_images  # noqa: E402
 from distill.distiller import Distiller  # noqa: E402
 from distill.engine import TrainConfig, fit  # noqa: E402
 from distill.models import ModelSpec, build_model, load_weights  # noqa: E402
 from distill.recipes import kd  # noqa: E402
-from distill.recipes.common import RuntimeConfig, start  # noqa: E402
+from distill.recipes.common import start  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "kd"
 METHODS = ["student_alone", "hinton", "fitnets", "attention", "rkd", "combined", "two_teachers"]
@@ -67,7 +66,13 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
                 params["teacher b"] = rows["teacher b"]["params"]
                 per_method.setdefault("_teacher_b", []).append(rows["teacher b"]["test_accuracy"])
             print(f"seed {seed} {method}: {student['test_accuracy']:.4f} ({walls[method][-1]:.0f}s)", flush=True)
-    return {"teacher": teacher_acc, "methods": per_method, "params": params, "wall_s": walls, "teacher_ckpt": teacher_ckpt}
+    return {
+        "teacher": teacher_acc,
+        "methods": per_method,
+        "params": params,
+        "wall_s": walls,
+        "teacher_ckpt": teacher_ckpt,
+    }
 
 
 def bare_loop(student, teacher, data, steps: int, batch: int, lr: float, temperature: float) -> float:
@@ -85,8 +90,15 @@ def bare_loop(student, teacher, data, steps: int, batch: int, lr: float, tempera
         logits = student(x)
         with torch.no_grad():
             t_logits = teacher(x)
-        kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
-                      log_target=True, reduction="batchmean") * temperature**2
+        kl = (
+            F.kl_div(
+                F.log_softmax(logits / temperature, -1),
+                F.log_softmax(t_logits / temperature, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
         loss = 0.9 * kl + 0.1 * F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,7 +108,9 @@ def bare_loop(student, teacher, data, steps: int, batch: int, lr: float, tempera
 
 
 def engine_loop(student, teacher, data, steps: int, batch: int, lr: float, temperature: float, root: Path) -> float:
-    cfg = load_config(kd.Config, CONFIGS / "hinton.yaml", [f"run.output_dir={root}", f"run.run_name=overhead-{time.time_ns()}"])
+    cfg = load_config(
+        kd.Config, CONFIGS / "hinton.yaml", [f"run.output_dir={root}", f"run.run_name=overhead-{time.time_ns()}"]
+    )
     ctx = start("kd", cfg, cfg.run)
     distiller = Distiller(student, cfg.objective, {"teacher": teacher})
     tcfg = TrainConfig(max_steps=steps, batch_size=batch, lr=lr, weight_decay=5e-4, progress=False)
@@ -113,14 +127,42 @@ def overhead(args: argparse.Namespace, teacher_ckpt: str, root: Path) -> dict:
     bare, engine = [], []
     for _ in range(args.overhead_reps):  # interleaved, so drifts in machine load hit both alike
         torch.manual_seed(0)
-        bare.append(bare_loop(build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
-                              teacher, data, steps, 128, 2e-3, 4.0))
+        bare.append(
+            bare_loop(
+                build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
+                teacher,
+                data,
+                steps,
+                128,
+                2e-3,
+                4.0,
+            )
+        )
         torch.manual_seed(0)
-        engine.append(engine_loop(build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
-                                  teacher, data, steps, 128, 2e-3, 4.0, root))
+        engine.append(
+            engine_loop(
+                build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
+                teacher,
+                data,
+                steps,
+                128,
+                2e-3,
+                4.0,
+                root,
+            )
+        )
     b, e = sorted(bare)[len(bare) // 2], sorted(engine)[len(engine) // 2]
-    return {"steps": steps, "batch": 128, "reps": args.overhead_reps, "bare_img_s": bare, "engine_img_s": engine,
-            "median_bare": b, "median_engine": e, "ratio": e / b, "target": 0.95}
+    return {
+        "steps": steps,
+        "batch": 128,
+        "reps": args.overhead_reps,
+        "bare_img_s": bare,
+        "engine_img_s": engine,
+        "median_bare": b,
+        "median_engine": e,
+        "ratio": e / b,
+        "target": 0.95,
+    }
 
 
 def markdown(res: dict) -> str:
@@ -141,7 +183,10 @@ def markdown(res: dict) -> str:
     ]
     if "_teacher_b" in acc["methods"]:
         m, s = mean_std(acc["methods"]["_teacher_b"])
-        lines.append(f"| teacher b (ConvNet 48-96-96, two_teachers only) | {acc['params']['teacher b']:,} | {m:.4f} ± {s:.4f} | |")
+        lines.append(
+            f"| teacher b (ConvNet 48-96-96, two_teachers only) | {acc['params']['teacher b']:,} "
+            f"| {m:.4f} ± {s:.4f} | |"
+        )
     for method in METHODS:
         m, s = mean_std(acc["methods"][method])
         delta = "" if method == "student_alone" else f"{100 * (m - base):+.2f} pts"
@@ -177,7 +222,12 @@ def main() -> None:
         acc = accuracy_runs(args, root)
         over = overhead(args, acc.pop("teacher_ckpt")[0], root)
     res = {
-        "budget": {"seeds": args.seeds, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "quick": args.quick},
+        "budget": {
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "teacher_epochs": args.teacher_epochs,
+            "quick": args.quick,
+        },
         "machine": machine(),
         "accuracy": acc,
         "overhead": over,

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tiny_overrides
 
+from conftest import ROOT, tiny_overrides
 from distill.cli import main
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -37,13 +37,23 @@ def test_tiny_run_through_the_cli(tensor_file, tmp_path, capsys):
     result = json.loads((run / "results.json").read_text())
     teacher = result["rows"][0]
     assert teacher["test_accuracy"] > 0.5  # 4 classes: chance is 0.25
-    for rel in ["config.yaml", "metrics.jsonl", "report.md", "student/model.safetensors", "teacher/model.safetensors",
-                "plots/student-loss.png", "plots/student-eval.png", "plots/student-lr.png"]:
+    for rel in [
+        "config.yaml",
+        "metrics.jsonl",
+        "report.md",
+        "student/model.safetensors",
+        "teacher/model.safetensors",
+        "plots/student-loss.png",
+        "plots/student-eval.png",
+        "plots/student-lr.png",
+    ]:
         assert (run / rel).is_file(), rel
     assert list((run / "events").glob("events.out.tfevents.*"))
     stages = {r["stage"] for r in read_metrics(run)}
     assert stages == {"teacher", "student-alone", "student"}
-    assert {"kd", "ce", "loss", "lr"} <= set(next(r for r in read_metrics(run) if r["stage"] == "student" and "loss" in r))
+    assert {"kd", "ce", "loss", "lr"} <= set(
+        next(r for r in read_metrics(run) if r["stage"] == "student" and "loss" in r)
+    )
 
 
 def test_report_is_rebuilt(tensor_file, tmp_path, capsys):
@@ -105,8 +115,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
     over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8"]
     subprocess.run([*DISTILL, "kd", *over, "run.run_name=straight"], check=True, env=ENV, capture_output=True)
 
-    proc = subprocess.Popen([*DISTILL, "kd", *over, "run.run_name=killed"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*DISTILL, "kd", *over, "run.run_name=killed"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpts = tmp_path / "killed" / "checkpoints" / "student"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(ckpts.glob("step-*.pt"))) < 2 and proc.poll() is None:
@@ -116,7 +127,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "killed" / "student" / "done.json").exists()
 
-    done = subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [*DISTILL, "kd", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed"))
     assert a == b
@@ -131,12 +144,33 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_and_only_the_main_one_writes(tensor_file, tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "distill.cli"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "distill.cli",
+    ]
     over = [o for o in tiny_overrides(tensor_file, tmp_path) if not o.startswith("run.run_name")]
-    done = subprocess.run([*launch, "kd", *over], env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [*launch, "kd", *over],
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list(tmp_path.glob("kd-*"))
     assert len(runs) == 1, runs  # both processes used the main process's run name

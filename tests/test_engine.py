@@ -59,8 +59,16 @@ def test_training_lowers_the_loss_and_logs(tmp_path, accelerator):
     run = RunDir(tmp_path / "run")
     model = Distiller(toy_model(), [CE])
     cfg = TrainConfig(epochs=20, batch_size=16, lr=1e-2, log_every=4, progress=False)
-    metrics = fit(model, toy_data(), cfg, stage="s", run=run, accelerator=accelerator, seed=0,
-                  eval_fn=lambda m: {"n_params": float(sum(p.numel() for p in m.parameters()))})
+    metrics = fit(
+        model,
+        toy_data(),
+        cfg,
+        stage="s",
+        run=run,
+        accelerator=accelerator,
+        seed=0,
+        eval_fn=lambda m: {"n_params": float(sum(p.numel() for p in m.parameters()))},
+    )
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
     assert losses[-1] < 0.6 * losses[0]
     assert metrics == {"n_params": 163.0}
@@ -75,8 +83,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, accelerator):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
         cfg = TrainConfig(max_steps=3, batch_size=batch, grad_accum=accum, optimizer="sgd", lr=0.1, progress=False)
-        fit(Distiller(net, [CE]), toy_data(), cfg, stage="s", run=RunDir(tmp_path / f"r{accum}"),
-            accelerator=accelerator, seed=0)
+        fit(
+            Distiller(net, [CE]),
+            toy_data(),
+            cfg,
+            stage="s",
+            run=RunDir(tmp_path / f"r{accum}"),
+            accelerator=accelerator,
+            seed=0,
+        )
         finals.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-5, atol=1e-6)
 
@@ -150,5 +165,12 @@ def test_no_full_step_is_a_clear_error(tmp_path, accelerator):
     from distill.errors import DistillError
 
     with pytest.raises(DistillError, match="lower train.batch_size"):
-        fit(Distiller(toy_model(), [CE]), toy_data(8), TrainConfig(batch_size=16, progress=False), stage="s",
-            run=RunDir(tmp_path / "r"), accelerator=accelerator, seed=0)
+        fit(
+            Distiller(toy_model(), [CE]),
+            toy_data(8),
+            TrainConfig(batch_size=16, progress=False),
+            stage="s",
+            run=RunDir(tmp_path / "r"),
+            accelerator=accelerator,
+            seed=0,
+        )

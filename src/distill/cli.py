@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     usage = f"usage: distill {{{','.join(RECIPES)}}} [--config FILE] [key=value ...] | distill report RUN_DIR"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
-        print("\nrecipes:\n" + "\n".join(f"  {n:8s} {(m.__doc__ or '').strip().splitlines()[0]}" for n, m in RECIPES.items()))
+        print(
+            "\nrecipes:\n"
+            + "\n".join(f"  {n:8s} {(m.__doc__ or '').strip().splitlines()[0]}" for n, m in RECIPES.items())
+        )
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     try:

@@ -60,7 +60,9 @@ class TrainConfig(Section):
 # --- pieces -------------------------------------------------------------------------------
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
@@ -172,7 +174,13 @@ def fit(
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         run.truncate_metrics(stage, step)
 
-    bar = tqdm(total=total, initial=step, desc=stage, disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=stage,
+        disable=not (cfg.progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
     window = _Window()
     wrapped.train()
     while step < total:
@@ -205,7 +213,9 @@ def fit(
                 run.log({"stage": stage, "step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
             if step % save_every == 0 and step < total:
-                _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints)
+                _save_checkpoint(
+                    run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints
+                )
             window.restart()  # time spent evaluating / saving is not training throughput
             if step >= total:
                 break

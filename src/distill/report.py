@@ -31,7 +31,9 @@ def _series(records: list[dict[str, Any]], keep) -> dict[str, tuple[list[int], l
     return out
 
 
-def _plot(path: Path, title: str, series: dict[str, tuple[list[int], list[float]]], ylabel: str, log: bool = False) -> bool:
+def _plot(
+    path: Path, title: str, series: dict[str, tuple[list[int], list[float]]], ylabel: str, log: bool = False
+) -> bool:
     if not series:
         return False
     import matplotlib
@@ -74,7 +76,13 @@ def write_report(run_path: str | Path) -> Path:
         train = [r for r in recs if "loss" in r]
         evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
         plots = [
-            ("loss", "loss per term", _series(train, lambda k: k not in SKIP and not k.startswith("eval/")), "loss", True),
+            (
+                "loss",
+                "loss per term",
+                _series(train, lambda k: k not in SKIP and not k.startswith("eval/")),
+                "loss",
+                True,
+            ),
             ("eval", "evaluation", _series(evals, lambda k: k.startswith("eval/")), "value", False),
             ("lr", "learning rate", _series(train, lambda k: k == "lr"), "lr", False),
         ]
@@ -84,10 +92,19 @@ def write_report(run_path: str | Path) -> Path:
                 lines += [f"![{stage} {title}]({rel})", ""]
         if train:
             last = train[-1]
-            lines += [f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s.", ""]
+            lines += [
+                f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s.",
+                "",
+            ]
         if evals:
-            lines += ["Evaluations: " + ", ".join(f"step {r['step']}: " + ", ".join(
-                f"{k[5:]} {v:.4f}" for k, v in r.items() if k.startswith("eval/")) for r in evals[-5:]), ""]
+            lines += [
+                "Evaluations: "
+                + ", ".join(
+                    f"step {r['step']}: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r.items() if k.startswith("eval/"))
+                    for r in evals[-5:]
+                ),
+                "",
+            ]
     lines += ["## Config", "", "```yaml", (run.path / "config.yaml").read_text().rstrip(), "```", ""]
     out = run.path / "report.md"
     atomic_write(out, "\n".join(lines))

@@ -40,7 +40,9 @@ def resolve_class(arch: str) -> type[nn.Module]:
         return ARCHS[arch]
     module_name, sep, attr = arch.partition(":") if ":" in arch else arch.rpartition(".")
     if not sep or not module_name:
-        raise DistillError(f"model arch {arch!r} is neither one of {sorted(ARCHS)} nor a dotted path 'pkg.module:Class'")
+        raise DistillError(
+            f"model arch {arch!r} is neither one of {sorted(ARCHS)} nor a dotted path 'pkg.module:Class'"
+        )
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:

@@ -27,7 +27,11 @@ class ConvNet(nn.Module):
         for i, width in enumerate(channels, start=1):
             layers: list[nn.Module] = []
             for _ in range(convs_per_stage):
-                layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(prev, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
                 prev = width
             layers.append(nn.MaxPool2d(2))
             self.add_module(f"stage{i}", nn.Sequential(*layers))

@@ -54,7 +54,9 @@ class Config(Section):
     )
     objective: list[Term] = Field(
         default_factory=lambda: [
-            Term(name="kd", loss="kl", weight=0.9, inputs=["student.logits", "teacher.logits"], args={"temperature": 4.0}),
+            Term(
+                name="kd", loss="kl", weight=0.9, inputs=["student.logits", "teacher.logits"], args={"temperature": 4.0}
+            ),
             CE.model_copy(update={"weight": 0.1}),
         ],
         description="loss terms of the student",
@@ -113,13 +115,29 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     distiller = Distiller(student, cfg.objective, teachers).to(ctx.accelerator.device)
     distiller.build(_probe(data.train, cfg.train.batch_size, ctx))
     label = "student KD" if teachers else "student"
-    acc = fit(distiller, data.train, cfg.train, stage="student", run=ctx.run, accelerator=ctx.accelerator,
-              seed=seed, eval_fn=evaluate, product=student)["accuracy"]
+    acc = fit(
+        distiller,
+        data.train,
+        cfg.train,
+        stage="student",
+        run=ctx.run,
+        accelerator=ctx.accelerator,
+        seed=seed,
+        eval_fn=evaluate,
+        product=student,
+    )["accuracy"]
     rows.append(_row(label, student, acc))
 
-    result = {"recipe": "kd", "run_dir": str(ctx.run.path), "rows": rows, "epochs": cfg.train.epochs,
-              "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed,
-              "processes": ctx.accelerator.num_processes, "is_main": ctx.accelerator.is_main_process}
+    result = {
+        "recipe": "kd",
+        "run_dir": str(ctx.run.path),
+        "rows": rows,
+        "epochs": cfg.train.epochs,
+        "teacher_epochs": [t.train.epochs for t in cfg.teachers],
+        "seed": cfg.run.seed,
+        "processes": ctx.accelerator.num_processes,
+        "is_main": ctx.accelerator.is_main_process,
+    }
     ctx.run.write_json("results.json", result)
     if ctx.accelerator.is_main_process:
         from distill.report import write_report
@@ -129,10 +147,21 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     return result
 
 
-def train_supervised(ctx: Context, model: nn.Module, train: dict, tcfg: TrainConfig, stage: str, evaluate) -> dict[str, float]:
+def train_supervised(
+    ctx: Context, model: nn.Module, train: dict, tcfg: TrainConfig, stage: str, evaluate
+) -> dict[str, float]:
     """A plain supervised run of the same engine: the objective is cross-entropy alone."""
-    return fit(Distiller(model, [CE]), train, tcfg, stage=stage, run=ctx.run, accelerator=ctx.accelerator,
-               seed=ctx.seed, eval_fn=evaluate, product=model)
+    return fit(
+        Distiller(model, [CE]),
+        train,
+        tcfg,
+        stage=stage,
+        run=ctx.run,
+        accelerator=ctx.accelerator,
+        seed=ctx.seed,
+        eval_fn=evaluate,
+        product=model,
+    )
 
 
 def _teacher_stage(name: str) -> str:
