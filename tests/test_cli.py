@@ -185,3 +185,15 @@ def test_two_processes_train_and_only_the_main_one_writes(tensor_file, tmp_path)
     assert max(r["step"] for r in records if r["stage"] == "teacher") == 8
     assert len(list((run / "events").iterdir())) == 1
     assert done.stdout.count("| teacher |") == 1
+
+
+@pytest.mark.bundled
+def test_fashion_mnist_subset_through_the_cli(tmp_path, capsys):
+    """The shipped Hinton config on a slice of the real data set, through the CLI."""
+    args = ["kd", "--config", str(ROOT / "configs" / "kd" / "hinton.yaml"), f"run.output_dir={tmp_path}",
+            "data.train_limit=2000", "data.test_limit=500", "train.progress=false", "teachers.0.train.progress=false",
+            "teachers.0.train.epochs=1", "train.epochs=1"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads(next(tmp_path.glob("kd-*/results.json")).read_text())["rows"]
+    assert rows[0]["model"] == "teacher" and rows[0]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert rows[1]["params"] * 10 <= rows[0]["params"]

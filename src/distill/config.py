@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from distill.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class Section(BaseModel):
@@ -30,6 +32,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 as a string
     return key.split("."), value
 
 
@@ -82,21 +86,25 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return validate(cls, data)
 
 
-def with_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """Fill the fields `data` leaves out with their defaults, so overrides can address them.
+def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseModel | None = None) -> dict[str, Any]:
+    """Fill the fields `data` leaves out with the defaults in effect, so overrides can address them.
 
-    Sections given in `data` are filled recursively; lists and free dicts given are kept whole.
+    A section given in part is completed from that section's default (the recipe's, e.g. its
+    `train`), recursively; lists and free dicts given are kept whole.
     """
     out = dict(data)
     for name, field in cls.model_fields.items():
+        if defaults is not None:
+            value = getattr(defaults, name)
+        elif field.is_required():
+            continue
+        else:
+            value = field.get_default(call_default_factory=True)
         sub = _section_type(field.annotation)
         if name not in out:
-            if not field.is_required():
-                out[name] = TypeAdapter(field.annotation).dump_python(
-                    field.get_default(call_default_factory=True), mode="json"
-                )
+            out[name] = TypeAdapter(field.annotation).dump_python(value, mode="json")
         elif sub is not None and isinstance(out[name], dict):
-            out[name] = with_defaults(sub, out[name])
+            out[name] = with_defaults(sub, out[name], value if isinstance(value, sub) else None)
     return out
 
 

@@ -79,7 +79,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise DistillError(f"checkpoint {path} does not fit the model: {detail}") from None
     if missing or unexpected:
         raise DistillError(
             f"checkpoint {path} does not fit the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"

@@ -1,0 +1,44 @@
+"""Model specs: bundled archs, users' classes by dotted path, weights from files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from distill.errors import DistillError
+from distill.models import ConvNet, ModelSpec, build_model, count_parameters, load_weights
+
+
+def test_bundled_arch_gets_shape_defaults():
+    model = build_model(ModelSpec(arch="convnet", args={"channels": [4, 8]}), num_classes=7, in_channels=3)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_user_class_by_dotted_path_ignores_defaults_it_does_not_take():
+    model = build_model(ModelSpec(arch="torch.nn:Linear", args={"in_features": 3, "out_features": 2}), num_classes=10)
+    assert isinstance(model, torch.nn.Linear) and model.out_features == 2
+    assert isinstance(build_model(ModelSpec(arch="torch.nn.Identity")), torch.nn.Identity)
+
+
+def test_default_kd_student_is_under_a_tenth_of_the_teacher():
+    teacher, student = ConvNet(channels=(32, 64, 128)), ConvNet(channels=(8, 16, 32))
+    assert count_parameters(student) * 10 <= count_parameters(teacher)
+
+
+def test_weights_load_and_mismatch_is_clear(tmp_path):
+    src = ConvNet(channels=(4, 8))
+    save_file(src.state_dict(), tmp_path / "w.safetensors")
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        dst = build_model(ModelSpec(arch="convnet", args={"channels": [4, 8]}, checkpoint=str(tmp_path / name)))
+        torch.testing.assert_close(dst.head.weight, src.head.weight)
+    with pytest.raises(DistillError, match="does not fit the model"):
+        load_weights(ConvNet(channels=(4, 8, 16)), tmp_path / "w.safetensors")
+    with pytest.raises(DistillError, match="does not exist"):
+        load_weights(src, tmp_path / "nope.safetensors")
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(DistillError, match="rejected its arguments"):
+        build_model(ModelSpec(arch="convnet", args={"widths": [4]}))

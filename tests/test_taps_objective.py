@@ -1,0 +1,93 @@
+"""Taps on named submodules, and the objective's references: teachers by name, mean, routed; projections."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from distill.distiller import Distiller
+from distill.errors import ConfigError, DistillError
+from distill.objective import Objective, Term, parse_ref
+from distill.taps import Taps
+
+
+def net(width: int = 4, out: int = 3) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Linear(width, out))
+
+
+def test_taps_capture_outputs_and_inputs_without_editing_the_model():
+    model = net()
+    x = torch.randn(2, 5)
+    with Taps(model, ["0", "2:input", "1"]) as taps:
+        y = model(x)
+        torch.testing.assert_close(taps.values["0"], model[0](x))
+        torch.testing.assert_close(taps.values["2:input"], torch.relu(model[0](x)))
+        torch.testing.assert_close(model[2](taps.values["1"]), y)
+    assert not model[0]._forward_hooks  # removed on exit
+
+
+def test_wrong_tap_lists_close_matches():
+    model = nn.Module()
+    model.encoder = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(DistillError, match=r"no submodule 'encoder.1'; close matches: encoder.0, encoder"):
+        Taps(model, ["encoder.1"])
+    with pytest.raises(DistillError, match="':input' or ':output'"):
+        Taps(model, ["encoder:inside"])
+
+
+def test_refs():
+    assert parse_ref("teacher[b].layer2:input").teacher == "b"
+    assert parse_ref("labels").owner == "batch"
+    assert parse_ref("student.logits").key == "logits"
+
+
+def test_weighted_sum_logs_every_term():
+    terms = [
+        Term(name="a", loss="ce", weight=0.25, inputs=["student.logits", "labels"]),
+        Term(name="b", loss="kl", weight=2.0, inputs=["student.logits", "teacher.logits"]),
+    ]
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    batch = {"labels": torch.tensor([0, 1, 2, 0])}
+    total, values = Objective(terms, ["t"])({"student": {"logits": s}, "teachers": {"t": {"logits": t}}}, batch)
+    from distill.losses import cross_entropy, kl_div
+
+    assert set(values) == {"a", "b"}
+    expected = 0.25 * cross_entropy(s, batch["labels"]) + 2.0 * kl_div(s, t)
+    torch.testing.assert_close(total, expected)
+
+
+def test_mean_and_routed_teachers():
+    term = Term(name="k", loss="hint", inputs=["student.logits", "teacher[mean].logits"], project=False)
+    obj = Objective([term], ["a", "b"])
+    a, b = torch.zeros(3, 2), torch.ones(3, 2) * 4
+    sig = {"student": {"logits": torch.zeros(3, 2)}, "teachers": {"a": {"logits": a}, "b": {"logits": b}}}
+    torch.testing.assert_close(obj.resolve("teacher[mean].logits", sig, {}), torch.full((3, 2), 2.0))
+    routed = obj.resolve("teacher[routed].logits", sig, {"domain": torch.tensor([1, 0, 1])})
+    torch.testing.assert_close(routed[:, 0], torch.tensor([4.0, 0.0, 4.0]))
+    with pytest.raises(ConfigError, match="no 'domain' field"):
+        obj.resolve("teacher[routed].logits", sig, {})
+
+
+def test_ambiguous_teacher_is_refused():
+    term = Term(name="k", loss="kl", inputs=["student.logits", "teacher.logits"])
+    with pytest.raises(ConfigError, match="ambiguous with 2 teachers"):
+        Objective([term], ["a", "b"])
+
+
+def test_hint_projection_is_built_and_trained():
+    teacher = net(width=8)
+    student = net(width=4)
+    hint = Term(name="hint", loss="hint", inputs=["student.0", "teacher.0"])
+    distiller = Distiller(student, [hint], {"teacher": teacher})
+    batch = {"inputs": torch.randn(6, 5)}
+    distiller.build(batch)
+    proj = distiller.objective.projections["hint"]
+    assert proj.proj.weight.shape == (8, 4)
+    params = {id(p) for p in distiller.parameters()}
+    assert id(proj.proj.weight) in params and not any(id(p) in params for p in teacher.parameters())
+    loss, values = distiller(batch)
+    loss.backward()
+    assert proj.proj.weight.grad is not None and student[0].weight.grad is not None
+    assert set(values) == {"hint"}
