@@ -72,13 +72,18 @@ class _ChunkedRowLoss(torch.autograd.Function):
                     (g,) = torch.autograd.grad(value, sc)
                     grad[sl] = g.to(grad.dtype)
             total += value.detach()
-        ctx.save_for_backward(grad)
+        ctx.grad = grad  # not save_for_backward: backward hands this very buffer on (see there)
         return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
-        return (None if grad is None else grad * grad_out.to(grad.dtype)), None, None, None, None, None
+        # Hand the buffer itself on, scaled in place, and drop ctx's reference so autograd can
+        # keep it as `.grad` instead of copying it: a second full-size buffer is what chunking
+        # avoids. Hence one backward per forward (no retain_graph reuse).
+        grad, ctx.grad = ctx.grad, None
+        if grad is not None:
+            grad.mul_(grad_out.to(grad.dtype))
+        return grad, None, None, None, None, None
 
 
 def _row_weights(shape: torch.Size, mask: Tensor | None, device: torch.device) -> Tensor:
