@@ -197,3 +197,29 @@ def test_fashion_mnist_subset_through_the_cli(tmp_path, capsys):
     rows = json.loads(next(tmp_path.glob("kd-*/results.json")).read_text())["rows"]
     assert rows[0]["model"] == "teacher" and rows[0]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert rows[1]["params"] * 10 <= rows[0]["params"]
+
+
+def test_two_teachers_with_routing_by_domain(tmp_path, capsys):
+    """Each sample learns from the teacher of its domain (teacher[routed]), end to end."""
+    import torch
+    from conftest import make_images
+
+    x_tr, y_tr = make_images(256, seed=0)
+    x_te, y_te = make_images(128, seed=1)
+    data = {"train_images": x_tr, "train_labels": y_tr, "test_images": x_te, "test_labels": y_te,
+            "train_domains": (y_tr >= 2).long(), "test_domains": (y_te >= 2).long()}  # fmt: skip
+    path = tmp_path / "domains.pt"
+    torch.save(data, path)
+    over = [o for o in tiny_overrides(path, tmp_path) if not o.startswith("teachers.0")]
+    over += [
+        "teachers=[{name: low, model: {args: {channels: [8, 16, 16]}}, train: {epochs: 2, batch_size: 32, progress: false}},"
+        " {name: high, model: {args: {channels: [8, 8, 8]}}, train: {epochs: 2, batch_size: 32, progress: false}}]",
+        "objective=[{name: kd, loss: kl, inputs: [student.logits, 'teacher[routed].logits']},"
+        " {name: ce, loss: ce, inputs: [student.logits, labels]}]",
+    ]
+    assert main(["kd", *over]) == 0
+    rows = json.loads((tmp_path / "tiny" / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["teacher low", "teacher high", "student KD"]
+    assert {"kd", "ce"} <= set(
+        next(r for r in read_metrics(tmp_path / "tiny") if r["stage"] == "student" and "kd" in r)
+    )

@@ -50,8 +50,10 @@ def test_dump_round_trips(tmp_path):
         ("objective.0.loss=kll", "config error: objective.0.loss = 'kll': Input should be 'kl'"),
         ("objective.0.inputs=[student.logits]", "loss 'kl' takes 2 inputs, got 1"),
         ("objective.1.name=kd", "term names must be unique; repeated: ['kd']"),
-        ("objective=[{name: a, loss: affinity, inputs: [student.pool, teacher.pool], mask: batch.m}]",
-         "loss 'affinity' takes no mask"),
+        (
+            "objective=[{name: a, loss: affinity, inputs: [student.pool, teacher.pool], mask: batch.m}]",
+            "loss 'affinity' takes no mask",
+        ),
         ("objective.0.inputs=[studnet.logits, teacher.logits]", "input 'studnet.logits' is not student.<tap>"),
         ("teachers=[]", "objective term 'kd' reads a teacher, but there is no teacher"),
     ],

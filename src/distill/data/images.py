@@ -43,7 +43,8 @@ class ImageData(Section):
         None,
         description="fashion_mnist: folder of the idx .gz files (default: the Debian package's); "
         "folder: root with train/ and test/ of class subfolders; tensors: a .pt/.safetensors file with "
-        "train_images, train_labels, test_images, test_labels",
+        "train_images, train_labels, test_images, test_labels (and optional train_domains, test_domains: "
+        "the teacher index of each sample, for teacher[routed])",
     )
     channels: Literal[1, 3] = Field(1, description="folder: 1 = grayscale, 3 = RGB")
     image_size: int | None = Field(None, gt=0, description="folder: resize to this square size")
@@ -73,11 +74,16 @@ def load_images(cfg: ImageData) -> ImageSplits:
     test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return ImageSplits(
+    splits = ImageSplits(
         train={"inputs": (train_x - mean) / std, "labels": train_y},
         test={"inputs": (test_x - mean) / std, "labels": test_y},
         classes=classes,
     )
+    domains = _domains(cfg)
+    if domains is not None:
+        splits.train["domain"] = domains[0][: cfg.train_limit]
+        splits.test["domain"] = domains[1][: cfg.test_limit]
+    return splits
 
 
 def _idx(path: Path, offset: int) -> np.ndarray:
@@ -138,12 +144,7 @@ def _tensor_file(cfg: ImageData):
     if cfg.path is None or not Path(cfg.path).is_file():
         raise DistillError(f"data.path {cfg.path!r} must be a .pt or .safetensors file")
     path = Path(cfg.path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-    else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    tensors = _read_tensors(path)
     keys = ["train_images", "train_labels", "test_images", "test_labels"]
     missing = [k for k in keys if k not in tensors]
     if missing:
@@ -152,6 +153,24 @@ def _tensor_file(cfg: ImageData):
     x_tr, x_te = (_as_images(x) for x in (x_tr, x_te))
     n = int(max(y_tr.max(), y_te.max())) + 1
     return x_tr, y_tr.long(), x_te, y_te.long(), [str(i) for i in range(n)]
+
+
+def _domains(cfg: ImageData) -> tuple[Tensor, Tensor] | None:
+    """Optional per-sample teacher indices (`train_domains`, `test_domains`) for teacher[routed]."""
+    if cfg.source != "tensors":
+        return None
+    tensors = _read_tensors(Path(cfg.path))
+    if "train_domains" not in tensors:
+        return None
+    return tensors["train_domains"].long(), tensors["test_domains"].long()
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _as_images(x: Tensor) -> Tensor:
