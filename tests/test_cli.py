@@ -202,6 +202,7 @@ def test_fashion_mnist_subset_through_the_cli(tmp_path, capsys):
 def test_two_teachers_with_routing_by_domain(tmp_path, capsys):
     """Each sample learns from the teacher of its domain (teacher[routed]), end to end."""
     import torch
+
     from conftest import make_images
 
     x_tr, y_tr = make_images(256, seed=0)
@@ -212,8 +213,8 @@ def test_two_teachers_with_routing_by_domain(tmp_path, capsys):
     torch.save(data, path)
     over = [o for o in tiny_overrides(path, tmp_path) if not o.startswith("teachers.0")]
     over += [
-        "teachers=[{name: low, model: {args: {channels: [8, 16, 16]}}, train: {epochs: 2, batch_size: 32, progress: false}},"
-        " {name: high, model: {args: {channels: [8, 8, 8]}}, train: {epochs: 2, batch_size: 32, progress: false}}]",
+        "teachers=[{name: low, model: {args: {channels: [8, 16, 16]}}, train: {epochs: 2, batch_size: 32}},"
+        " {name: high, model: {args: {channels: [8, 8, 8]}}, train: {epochs: 2, batch_size: 32}}]",
         "objective=[{name: kd, loss: kl, inputs: [student.logits, 'teacher[routed].logits']},"
         " {name: ce, loss: ce, inputs: [student.logits, labels]}]",
     ]
