@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DATA    := $(VENV)/.data-installed
 
 .PHONY: demo test test-fast lint bench data clean
 
@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-data: $(FMNIST)
+data: $(DATA)
 
-$(FMNIST):
-	scripts/install_data.sh
+$(DATA): $(STAMP) scripts/install_data.sh
+	PIP=$(BIN)/pip scripts/install_data.sh
+	touch $(DATA)
 
 demo: $(STAMP) data
 	$(BIN)/distill kd --config configs/kd/demo.yaml

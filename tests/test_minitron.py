@@ -1,0 +1,118 @@
+"""`distill minitron` end to end on a tiny random Llama, and its user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from distill.cli import main
+from llm_fixtures import save_corpus, save_tiny_llama
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    model = save_tiny_llama(tmp_path / "teacher")
+    corpus = save_corpus(tmp_path / "corpus.txt")
+    return [
+        f"teacher.path={model}", "data.source=files", f"data.paths=[{corpus}]", "data.seq_len=32",
+        "calibration=16", "calibration_batch=4", "depth_batches=2", f"run.output_dir={tmp_path / 'runs'}",
+        "train.max_steps=12", "train.batch_size=4", "train.eval_every=6", "train.log_every=2",
+        "train.progress=false", "train.lr=3e-3", "samples=[The cat]", "sample_tokens=4",
+    ]  # fmt: skip
+
+
+def only_run(tmp_path):
+    (run,) = (tmp_path / "runs").glob("minitron-*")
+    return run
+
+
+def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
+    args = [*tiny, "target.params=null", "target.hidden=36", "target.ffn=48", "target.heads=4", "target.layers=2"]
+    assert main(["minitron", *args]) == 0
+    out = capsys.readouterr().out
+    assert "| distilled |" in out and "pruned shape: layers 2, hidden 36, ffn 48, heads 4" in out
+    run = only_run(tmp_path)
+    result = json.loads((run / "results.json").read_text())
+    teacher, pruned, distilled = result["rows"]
+    assert pruned["params"] == distilled["params"] < teacher["params"]
+    exported = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert sum(p.numel() for p in exported.parameters()) == distilled["params"]
+    assert exported.config.num_hidden_layers == 2 and exported.config.hidden_size == 36
+    kd = [r["kd"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "kd" in r]
+    assert kd[-1] < kd[0], "distillation lowers the KL to the teacher"
+    assert (run / "importance" / "importance.safetensors").is_file()
+    report = (run / "report.md").read_text()
+    assert "The cat" in report and "plots/student-eval.png" in report
+
+
+def test_budget_search_and_importance_reuse(tiny, tmp_path):
+    args = [
+        *tiny,
+        "target.params=0.6",
+        "search.candidates=2",
+        "search.train.max_steps=2",
+        "search.train.progress=false",
+    ]
+    assert main(["minitron", *args]) == 0
+    first = only_run(tmp_path)
+    result = json.loads((first / "results.json").read_text())
+    assert result["search"] and [r["val_loss"] for r in result["search"]] == sorted(
+        r["val_loss"] for r in result["search"]
+    )
+    best = result["search"][0]
+    assert {k: result["target"][k] for k in ("hidden", "ffn", "heads", "layers")} == {
+        k: best[k] for k in ("hidden", "ffn", "heads", "layers")
+    }
+    budget = 0.6 * result["rows"][0]["params"]
+    assert abs(best["params"] - budget) <= 0.05 * budget
+
+    # a second target from the same scores: no calibration pass
+    again = [
+        *tiny,
+        "target.params=null",
+        "target.layers=2",
+        f"importance_from={first}",
+        f"run.output_dir={tmp_path / 'b'}",
+    ]
+    assert main(["minitron", *again]) == 0
+    (second,) = (tmp_path / "b").glob("minitron-*")
+    assert not (second / "importance").exists()
+
+
+def test_user_errors(tiny, tmp_path, capsys):
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=98)).save_pretrained(gpt2)
+    from llm_fixtures import char_tokenizer
+
+    char_tokenizer().save_pretrained(gpt2)
+    cases = [
+        ([f"teacher.path={gpt2}"], "is not supported for pruning; supported: LlamaForCausalLM"),
+        (["teacher.path=/nonexistent/model.gguf"], "model /nonexistent/model.gguf does not exist"),
+        (["target.params=null", "target.hidden=4096"], "target hidden=4096 must be between 1 and the teacher's 48"),
+        (["target.hidden=32"], "give either an explicit shape"),
+        (["data.paths=[/nonexistent.txt]"], "text file /nonexistent.txt does not exist"),
+    ]
+    for extra, message in cases:
+        assert main(["minitron", *tiny, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/results.json"))
+
+
+@pytest.mark.bundled
+def test_smollm2_prunes_and_distills(tmp_path, capsys):
+    """The bundled teacher (GGUF -> cached HF directory) on a slice of the Austen corpus."""
+    args = ["minitron", f"run.output_dir={tmp_path}", "data.seq_len=64", "data.max_sequences=16", "calibration=8",
+            "calibration_batch=4", "depth_batches=1", "target.params=null", "target.layers=20", "target.ffn=1024",
+            "train.max_steps=2", "train.batch_size=2", "train.progress=false", "sample_tokens=2"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("minitron-*/results.json")).read_text())
+    teacher = result["rows"][0]
+    assert 130e6 < teacher["params"] < 140e6 and teacher["ppl"] < 100  # a real model on real English
+    exported = AutoModelForCausalLM.from_pretrained(result["export"])
+    assert exported.config.num_hidden_layers == 20 and exported.config.intermediate_size == 1024
+    with torch.no_grad():
+        assert torch.isfinite(exported(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
