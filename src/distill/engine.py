@@ -155,6 +155,7 @@ def fit(
             f" x {world} processes; lower train.batch_size"
         )
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    per_step = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or steps_per_epoch
 
@@ -207,10 +208,11 @@ def fit(
                 record = window.flush(accelerator)
                 record.update(lr=scheduler.get_last_lr()[0])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
-                run.log({"stage": stage, "step": step, "epoch": epoch, **record})
+                run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **record})
             if eval_fn is not None and (step % eval_every == 0 or step == total):
                 metrics = _evaluate(wrapped, accelerator, eval_fn)
-                run.log({"stage": stage, "step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+                evals = {f"eval/{k}": v for k, v in metrics.items()}
+                run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
             if step % save_every == 0 and step < total:
                 _save_checkpoint(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
 from distill.run import RunDir, atomic_write
 
-SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s"}
+SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s", "samples_seen"}
+Series = dict[str, tuple[list[float], list[float]]]
 
 
 def _by_stage(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -20,20 +22,18 @@ def _by_stage(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return stages
 
 
-def _series(records: list[dict[str, Any]], keep) -> dict[str, tuple[list[int], list[float]]]:
-    out: dict[str, tuple[list[int], list[float]]] = {}
+def _series(records: list[dict[str, Any]], keep: Callable[[str], bool], x: Callable[[dict], float]) -> Series:
+    out: Series = {}
     for r in records:
         for k, v in r.items():
             if keep(k) and isinstance(v, (int, float)):
                 xs, ys = out.setdefault(k, ([], []))
-                xs.append(r["step"])
+                xs.append(x(r))
                 ys.append(v)
     return out
 
 
-def _plot(
-    path: Path, title: str, series: dict[str, tuple[list[int], list[float]]], ylabel: str, log: bool = False
-) -> bool:
+def _plot(path: Path, title: str, series: Series, ylabel: str, xlabel: str, log: bool) -> bool:
     if not series:
         return False
     import matplotlib
@@ -44,7 +44,7 @@ def _plot(
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if log and all(y > 0 for _, ys in series.values() for y in ys):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -58,53 +58,69 @@ def _plot(
     return True
 
 
+def _results(result: dict[str, Any]) -> list[str]:
+    if not result:
+        return ["_No results.json yet: the run has not finished._", ""]
+    lines = ["## Results", "", _table(result.get("rows", [])), ""]
+    for key, value in result.items():  # further tables a recipe returns (e.g. minitron's search)
+        if key != "rows" and isinstance(value, list) and value and isinstance(value[0], dict):
+            lines += [f"## {key.replace('_', ' ').capitalize()}", "", _table(value), ""]
+    samples = [(r["model"], s) for r in result.get("rows", []) for s in r.get("samples", [])]
+    if samples:
+        lines += ["## Samples", ""] + [f"- **{m}**: {s!r}" for m, s in samples] + [""]
+    return lines
+
+
+def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sample: int | None) -> list[str]:
+    lines = [f"## Stage `{stage}`", ""]
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
+    is_eval = lambda k: k.startswith("eval/")  # noqa: E731
+    by_step = lambda r: r["step"]  # noqa: E731
+    plots = [
+        (
+            "loss",
+            "loss per term",
+            _series(train, lambda k: k not in SKIP and not is_eval(k), by_step),
+            "loss",
+            "step",
+            True,
+        ),
+        ("eval", "evaluation", _series(evals, is_eval, by_step), "value", "step", False),
+        ("lr", "learning rate", _series(train, lambda k: k == "lr", by_step), "lr", "step", False),
+    ]
+    if tokens_per_sample and evals and "samples_seen" in evals[0]:
+        by_tokens = _series(evals, is_eval, lambda r: r["samples_seen"] * tokens_per_sample)
+        plots.append(("eval-tokens", "evaluation vs tokens seen", by_tokens, "value", "tokens seen", False))
+    for kind, title, series, ylabel, xlabel, log in plots:
+        rel = f"plots/{stage}-{kind}.png"
+        if _plot(run.path / rel, f"{stage}: {title}", series, ylabel, xlabel, log):
+            lines += [f"![{stage} {title}]({rel})", ""]
+    if train:
+        last = train[-1]
+        lines += [
+            f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s.",
+            "",
+        ]
+    if evals:
+        shown = [
+            f"step {r['step']}: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r.items() if is_eval(k))
+            for r in evals[-5:]
+        ]
+        lines += ["Evaluations: " + "; ".join(shown), ""]
+    return lines
+
+
 def write_report(run_path: str | Path) -> Path:
     """Rebuild `report.md` and `plots/*.png` of a run; returns the report's path."""
     run = RunDir(run_path)
     if not (run.path / "config.yaml").is_file():
         raise DistillError(f"{run.path} is not a run directory (no config.yaml in it)")
-    records = run.metrics()
-    lines = [f"# Run `{run.path.name}`", ""]
     results_path = run.path / "results.json"
-    if results_path.exists():
-        result = json.loads(results_path.read_text())
-        lines += ["## Results", "", _table(result.get("rows", [])), ""]
-    else:
-        lines += ["_No results.json yet: the run has not finished._", ""]
-    for stage, recs in _by_stage(records).items():
-        lines += [f"## Stage `{stage}`", ""]
-        train = [r for r in recs if "loss" in r]
-        evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
-        plots = [
-            (
-                "loss",
-                "loss per term",
-                _series(train, lambda k: k not in SKIP and not k.startswith("eval/")),
-                "loss",
-                True,
-            ),
-            ("eval", "evaluation", _series(evals, lambda k: k.startswith("eval/")), "value", False),
-            ("lr", "learning rate", _series(train, lambda k: k == "lr"), "lr", False),
-        ]
-        for kind, title, series, ylabel, log in plots:
-            rel = f"plots/{stage}-{kind}.png"
-            if _plot(run.path / rel, f"{stage}: {title}", series, ylabel, log):
-                lines += [f"![{stage} {title}]({rel})", ""]
-        if train:
-            last = train[-1]
-            lines += [
-                f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s.",
-                "",
-            ]
-        if evals:
-            lines += [
-                "Evaluations: "
-                + ", ".join(
-                    f"step {r['step']}: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r.items() if k.startswith("eval/"))
-                    for r in evals[-5:]
-                ),
-                "",
-            ]
+    result = json.loads(results_path.read_text()) if results_path.exists() else {}
+    lines = [f"# Run `{run.path.name}`", "", *_results(result)]
+    for stage, recs in _by_stage(run.metrics()).items():
+        lines += _stage(run, stage, recs, result.get("tokens_per_sample"))
     lines += ["## Config", "", "```yaml", (run.path / "config.yaml").read_text().rstrip(), "```", ""]
     out = run.path / "report.md"
     atomic_write(out, "\n".join(lines))
@@ -114,7 +130,11 @@ def write_report(run_path: str | Path) -> Path:
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "_empty_"
-    keys = list(rows[0])
+    keys = [
+        k
+        for k in dict.fromkeys(k for r in rows for k in r)
+        if not any(isinstance(r.get(k), (list, dict)) for r in rows)
+    ]
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
     body = "\n".join("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows)
     return f"{head}\n{body}"
@@ -123,6 +143,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
+    if isinstance(v, bool) or v is None:
+        return str(v)
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)

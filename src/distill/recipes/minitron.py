@@ -148,9 +148,18 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     if ctx.accelerator.is_main_process:
         student.save_pretrained(export)
         tokenizer.save_pretrained(export)
-    result = {"recipe": "minitron", "run_dir": str(ctx.run.path), "rows": rows, "target": target.as_dict(),
-              "search": table, "export": str(export), "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
-              "processes": ctx.accelerator.num_processes, "is_main": ctx.accelerator.is_main_process}  # fmt: skip
+    result = {
+        "recipe": "minitron",
+        "run_dir": str(ctx.run.path),
+        "rows": rows,
+        "target": target.as_dict(),
+        "search": table,
+        "export": str(export),
+        "tokens_per_sample": cfg.data.seq_len,
+        "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
+        "processes": ctx.accelerator.num_processes,
+        "is_main": ctx.accelerator.is_main_process,
+    }
     ctx.run.write_json("results.json", result)
     if ctx.accelerator.is_main_process:
         from distill.report import write_report
