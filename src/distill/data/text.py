@@ -35,6 +35,7 @@ class TextData(Section):
     seq_len: int = Field(256, gt=1, description="tokens per packed sequence")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of sequences held out (the corpus's end)")
     max_sequences: int | None = Field(None, gt=0, description="use at most this many training sequences")
+    max_val_sequences: int | None = Field(None, gt=0, description="evaluate on at most this many held-out sequences")
 
 
 def austen_novels() -> list[str]:
@@ -114,5 +115,5 @@ def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str,
     n_val = max(1, int(len(seqs) * cfg.val_fraction))
     if len(seqs) - n_val < 1:
         raise DistillError(f"{len(seqs)} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
-    train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:]
+    train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:][: cfg.max_val_sequences]
     return ({"input_ids": train[:, :-1], "labels": train[:, 1:]}, {"input_ids": val[:, :-1], "labels": val[:, 1:]})
