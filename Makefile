@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 
-.PHONY: demo test test-fast lint bench data clean
+.PHONY: demo demo-minitron test test-fast lint bench bench-llm data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(DATA): $(STAMP) scripts/install_data.sh
 demo: $(STAMP) data
 	$(BIN)/distill kd --config configs/kd/demo.yaml
 
+demo-minitron: $(STAMP) data
+	$(BIN)/distill minitron --config configs/minitron/demo.yaml
+
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
@@ -35,6 +38,11 @@ lint: $(STAMP)
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/kd_fmnist.py
+	$(BIN)/python benchmarks/chunked_kl.py
+
+bench-llm: $(STAMP) data
+	$(BIN)/python benchmarks/llm_kd_throughput.py
+	$(BIN)/python benchmarks/minitron_smollm2.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
