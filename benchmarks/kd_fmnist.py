@@ -127,33 +127,15 @@ def overhead(args: argparse.Namespace, root: Path) -> dict:
     torch.manual_seed(0)  # speed does not depend on the teacher's weights: an untrained one will do
     teacher = build_model(ModelSpec(arch="convnet", args={"channels": [32, 64, 128]}))
     steps = 40 if args.quick else args.overhead_steps
+
+    def student():
+        torch.manual_seed(0)
+        return build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]}))
+
     bare, engine = [], []
     for _ in range(args.overhead_reps):  # interleaved, so drifts in machine load hit both alike
-        torch.manual_seed(0)
-        bare.append(
-            bare_loop(
-                build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
-                teacher,
-                data,
-                steps,
-                128,
-                2e-3,
-                4.0,
-            )
-        )
-        torch.manual_seed(0)
-        engine.append(
-            engine_loop(
-                build_model(ModelSpec(arch="convnet", args={"channels": [8, 16, 32]})),
-                teacher,
-                data,
-                steps,
-                128,
-                2e-3,
-                4.0,
-                root,
-            )
-        )
+        bare.append(bare_loop(student(), teacher, data, steps, 128, 2e-3, 4.0))
+        engine.append(engine_loop(student(), teacher, data, steps, 128, 2e-3, 4.0, root))
     b, e = sorted(bare)[len(bare) // 2], sorted(engine)[len(engine) // 2]
     return {
         "steps": steps,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -30,6 +30,17 @@ class Context:
     run: RunDir
     accelerator: Accelerator
     seed: int
+
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Save results.json and the report (main process only), close the run, return the result."""
+        result = {**result, "processes": self.accelerator.num_processes, "is_main": self.accelerator.is_main_process}
+        self.run.write_json("results.json", result)
+        if self.accelerator.is_main_process:
+            from distill.report import write_report
+
+            write_report(self.run.path)
+        self.run.close()
+        return result
 
     def seed_stage(self, offset: int) -> int:
         """Reseed before each stage, so a stage starts the same whether or not earlier ones were skipped."""

@@ -135,16 +135,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
         "epochs": cfg.train.epochs,
         "teacher_epochs": [t.train.epochs for t in cfg.teachers],
         "seed": cfg.run.seed,
-        "processes": ctx.accelerator.num_processes,
-        "is_main": ctx.accelerator.is_main_process,
     }
-    ctx.run.write_json("results.json", result)
-    if ctx.accelerator.is_main_process:
-        from distill.report import write_report
-
-        write_report(ctx.run.path)
-    ctx.run.close()
-    return result
+    return ctx.finish(result)
 
 
 def train_supervised(

@@ -157,16 +157,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
         "export": str(export),
         "tokens_per_sample": cfg.data.seq_len,
         "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
-        "processes": ctx.accelerator.num_processes,
-        "is_main": ctx.accelerator.is_main_process,
     }
-    ctx.run.write_json("results.json", result)
-    if ctx.accelerator.is_main_process:
-        from distill.report import write_report
-
-        write_report(ctx.run.path)
-    ctx.run.close()
-    return result
+    return ctx.finish(result)
 
 
 def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
