@@ -181,6 +181,7 @@ def markdown(res: dict) -> str:
         "",
         f"Student/teacher parameter ratio: 1/{acc['params']['teacher'] / acc['params']['student']:.1f}.",
         "",
+        *([f"Note: {res['note']}", ""] if res.get("note") else []),
         "## Engine overhead (Hinton KD step, batch 128)",
         "",
         f"{o['steps']} steps, {o['reps']} interleaved repetitions, medians: bare PyTorch loop "
@@ -201,7 +202,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a small subset, to check the script")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated configs/kd names")
     p.add_argument("--name", default="kd_fmnist")
-    p.add_argument("--part", choices=["all", "accuracy", "overhead"], default="all",
+    p.add_argument("--note", help="a sentence stored with the results and printed under the table")
+    p.add_argument("--part", choices=["all", "accuracy", "overhead", "render"], default="all",
                    help="rerun one part, keeping the other from the committed JSON")  # fmt: skip
     args = p.parse_args()
     t0 = time.perf_counter()
@@ -216,7 +218,10 @@ def main() -> None:
             res.update(accuracy=acc, budget={**budget, "quick": args.quick}, accuracy_wall_s=time.perf_counter() - t0)
         if args.part in ("all", "overhead"):
             res["overhead"] = overhead(args, root)
-    res["machine"] = machine()
+    if args.part != "render":
+        res["machine"] = machine()
+    if args.note:
+        res["note"] = args.note
     md = markdown(res)
     write(args.name, res, md)
     print(md)
