@@ -30,7 +30,8 @@ def only_run(tmp_path):
 
 
 def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
-    args = [*tiny, "target.params=null", "target.hidden=36", "target.ffn=48", "target.heads=4", "target.layers=2"]
+    args = [*tiny, "target.params=null", "target.hidden=36", "target.ffn=48", "target.heads=4", "target.layers=2",
+            "correction={max_steps: 3, batch_size: 4, progress: false}"]  # fmt: skip
     assert main(["minitron", *args]) == 0
     out = capsys.readouterr().out
     assert "| distilled |" in out and "pruned shape: layers 2, hidden 36, ffn 48, heads 4" in out
@@ -44,6 +45,7 @@ def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     kd = [r["kd"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "kd" in r]
     assert kd[-1] < kd[0], "distillation lowers the KL to the teacher"
     assert (run / "importance" / "importance.safetensors").is_file()
+    assert (run / "correction" / "done.json").is_file(), "the teacher was corrected before pruning"
     report = (run / "report.md").read_text()
     assert "The cat" in report and "plots/student-eval.png" in report
 
