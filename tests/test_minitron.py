@@ -31,7 +31,7 @@ def only_run(tmp_path):
 
 def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     args = [*tiny, "target.params=null", "target.hidden=36", "target.ffn=48", "target.heads=4", "target.layers=2",
-            "correction={max_steps: 3, batch_size: 4, progress: false}"]  # fmt: skip
+            "correction={max_steps: 3, batch_size: 4, progress: false}", "hidden_loss=1.0"]  # fmt: skip
     assert main(["minitron", *args]) == 0
     out = capsys.readouterr().out
     assert "| distilled |" in out and "pruned shape: layers 2, hidden 36, ffn 48, heads 4" in out
@@ -44,6 +44,8 @@ def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     assert exported.config.num_hidden_layers == 2 and exported.config.hidden_size == 36
     kd = [r["kd"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "kd" in r]
     assert kd[-1] < kd[0], "distillation lowers the KL to the teacher"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("hidden0" in r and "hidden1" in r for r in records), "one hidden-state term per kept layer"
     assert (run / "importance" / "importance.safetensors").is_file()
     assert (run / "correction" / "done.json").is_file(), "the teacher was corrected before pruning"
     report = (run / "report.md").read_text()

@@ -91,3 +91,24 @@ def test_hint_projection_is_built_and_trained():
     loss.backward()
     assert proj.proj.weight.grad is not None and student[0].weight.grad is not None
     assert set(values) == {"hint"}
+
+
+def test_balanced_term_is_scaled_to_its_reference_each_step():
+    terms = [
+        Term(name="kd", loss="hint", inputs=["student.logits", "teacher.logits"], project=False),
+        Term(name="h", loss="hint", weight=0.5, inputs=["student.a", "teacher.a"], project=False, balance_with="kd"),
+    ]
+    s = {"logits": torch.full((2, 2), 3.0, requires_grad=True), "a": torch.full((2, 2), 1.0, requires_grad=True)}
+    t = {"logits": torch.zeros(2, 2), "a": torch.zeros(2, 2)}
+    total, values = Objective(terms, ["t"])({"student": s, "teachers": {"t": t}}, {})
+    assert values["kd"].item() == 9.0 and values["h"].item() == 1.0
+    assert total.item() == pytest.approx(9.0 + 0.5 * 9.0)  # h is scaled by 9 / 1
+    total.backward()  # the ratio is detached: h's gradient is its own, times the ratio
+    torch.testing.assert_close(s["a"].grad, torch.full((2, 2), 0.5 * 9.0 * 2 * 1.0 / 4))
+
+
+def test_balance_with_must_name_another_term():
+    from distill.objective import check_terms
+
+    with pytest.raises(ValueError, match="balance_with names no other term"):
+        check_terms([Term(name="a", loss="ce", inputs=["student.logits", "labels"], balance_with="b")])

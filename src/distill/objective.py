@@ -40,6 +40,11 @@ class Term(Section):
     mask: str | None = Field(None, description="batch.<key> of a padding mask (True = keep)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
     project: bool = Field(True, description="hint only: learn a projection when widths differ")
+    balance_with: str | None = Field(
+        None,
+        description="dynamic weight: scale this term each step to the size of the named term "
+        "(weight * L_other / L_this, both detached), as Minitron weights its hidden-state loss",
+    )
 
     @field_validator("inputs")
     @classmethod
@@ -144,8 +149,7 @@ class Objective(nn.Module):
         return stacked[domain.long(), torch.arange(stacked.shape[1], device=stacked.device)]
 
     def forward(self, signals: dict[str, Any], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        total: Tensor | None = None
-        values: dict[str, Tensor] = {}
+        raw: dict[str, Tensor] = {}
         for term in self.terms:
             inputs = [self.resolve(r, signals, batch) for r in term.inputs]
             if term.name in self.projections:
@@ -153,11 +157,16 @@ class Objective(nn.Module):
             kwargs = dict(term.args)
             if term.mask is not None:
                 kwargs["mask"] = self.resolve(term.mask, signals, batch)
-            value = LOSSES[term.loss](*inputs, **kwargs)
-            values[term.name] = value.detach()
-            total = term.weight * value if total is None else total + term.weight * value
-        assert total is not None, "an objective needs at least one term"
-        return total, values
+            raw[term.name] = LOSSES[term.loss](*inputs, **kwargs)
+        total = sum(self._weight(term, raw) * raw[term.name] for term in self.terms)
+        return total, {name: value.detach() for name, value in raw.items()}
+
+    @staticmethod
+    def _weight(term: Term, raw: dict[str, Tensor]) -> Tensor | float:
+        if term.balance_with is None:
+            return term.weight
+        ratio = raw[term.balance_with].detach() / raw[term.name].detach().clamp_min(1e-12)
+        return term.weight * ratio
 
 
 def check_refs(terms: list[Term], teacher_names: list[str]) -> str | None:
@@ -186,4 +195,7 @@ def check_terms(terms: list[Term]) -> list[Term]:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ValueError(f"term names must be unique; repeated: {sorted(dup)}")
+    for t in terms:
+        if t.balance_with is not None and (t.balance_with not in names or t.balance_with == t.name):
+            raise ValueError(f"term {t.name!r}: balance_with names no other term ({t.balance_with!r})")
     return terms

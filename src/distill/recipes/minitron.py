@@ -32,6 +32,7 @@ from distill.evaluate import lm_loss
 from distill.models.llm import LlmSpec, load_causal_lm
 from distill.objective import Term, check_terms
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
+from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
 from distill.recipes.common import Context, RuntimeConfig, start
 
@@ -92,6 +93,13 @@ class Config(Section):
         ),  # fmt: skip
         description="how the pruned student is distilled",
     )
+    hidden_loss: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the intermediate hidden-state loss: cosine between each student layer's output and "
+        "that of the teacher layer it was pruned from (learned projection when widths differ), scaled each step "
+        "to the first objective term's size (0: off)",
+    )
     eval_batch: int = Field(8, gt=0, description="sequences per evaluation forward pass")
     samples: list[str] = Field(
         default_factory=lambda: ["It is a truth universally acknowledged", "Emma Woodhouse, handsome,"],
@@ -134,7 +142,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     ctx.seed_stage(0)
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
-    distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(dev)
+    distiller = Distiller(student, cfg.objective + hidden_terms(cfg, imp, target), {"teacher": teacher}).to(dev)
     distiller.build({k: v[:1].to(dev) for k, v in train.items()})
     final = fit(distiller, train, cfg.train, stage="student", run=ctx.run, accelerator=ctx.accelerator,
                 seed=ctx.seed, eval_fn=evaluate, product=student)  # fmt: skip
@@ -175,6 +183,18 @@ def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Im
     if ctx.accelerator.is_main_process:
         imp.save(ctx.run.path / "importance")
     return imp
+
+
+def hidden_terms(cfg: Config, imp: Importance, target: LlmShape) -> list[Term]:
+    """Student layer i against the teacher layer it came from, each balanced against the first term."""
+    if cfg.hidden_loss == 0:
+        return []
+    kept = layers_to_keep(imp, target.layers, cfg.target.depth_metric).tolist()
+    return [
+        Term(name=f"hidden{i}", loss="hint", weight=cfg.hidden_loss / len(kept), args={"kind": "cosine"},
+             inputs=[f"student.model.layers.{i}", f"teacher.model.layers.{k}"], balance_with=cfg.objective[0].name)
+        for i, k in enumerate(kept)
+    ]  # fmt: skip
 
 
 def search(cfg, ctx, teacher, imp, shape, train, evaluate) -> tuple[LlmShape, list[dict[str, Any]]]:
