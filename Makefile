@@ -41,6 +41,7 @@ bench: $(STAMP) data
 	$(BIN)/python benchmarks/chunked_kl.py
 
 bench-llm: $(STAMP) data
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/llm_kd_throughput.py
 	$(BIN)/python benchmarks/minitron_smollm2.py
 
