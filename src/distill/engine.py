@@ -209,16 +209,20 @@ def fit(
                 record.update(lr=scheduler.get_last_lr()[0])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
                 run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **record})
+            paused = False  # evaluating and saving are not training throughput
             if eval_fn is not None and (step % eval_every == 0 or step == total):
+                paused = True
                 metrics = _evaluate(wrapped, accelerator, eval_fn)
                 evals = {f"eval/{k}": v for k, v in metrics.items()}
                 run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
             if step % save_every == 0 and step < total:
+                paused = True
                 _save_checkpoint(
                     run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints
                 )
-            window.restart()  # time spent evaluating / saving is not training throughput
+            if paused:
+                window.restart()
             if step >= total:
                 break
     bar.close()
