@@ -147,8 +147,7 @@ def fit(
 
     world, rank = accelerator.num_processes, accelerator.process_index
     n = data_len(data)
-    batches_per_epoch = len(epoch_batches(n, cfg.batch_size, seed, 0, rank, world))
-    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    steps_per_epoch = (n // world) // cfg.batch_size // cfg.grad_accum  # as many as epoch_batches yields
     if steps_per_epoch == 0:
         raise DistillError(
             f"{stage}: {n} samples make no full step of batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}"

@@ -69,7 +69,7 @@ class ImageSplits:
 
 def load_images(cfg: ImageData) -> ImageSplits:
     loaders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "tensors": _tensor_file}
-    train_x, train_y, test_x, test_y, classes = loaders[cfg.source](cfg)
+    train_x, train_y, test_x, test_y, classes, *domains = loaders[cfg.source](cfg)
     train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
     test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
@@ -79,8 +79,7 @@ def load_images(cfg: ImageData) -> ImageSplits:
         test={"inputs": (test_x - mean) / std, "labels": test_y},
         classes=classes,
     )
-    domains = _domains(cfg)
-    if domains is not None:
+    if domains:  # per-sample teacher indices from a tensor file, for teacher[routed]
         splits.train["domain"] = domains[0][: cfg.train_limit]
         splits.test["domain"] = domains[1][: cfg.test_limit]
     return splits
@@ -152,17 +151,18 @@ def _tensor_file(cfg: ImageData):
     x_tr, y_tr, x_te, y_te = (tensors[k] for k in keys)
     x_tr, x_te = (_as_images(x) for x in (x_tr, x_te))
     n = int(max(y_tr.max(), y_te.max())) + 1
-    return x_tr, y_tr.long(), x_te, y_te.long(), [str(i) for i in range(n)]
-
-
-def _domains(cfg: ImageData) -> tuple[Tensor, Tensor] | None:
-    """Optional per-sample teacher indices (`train_domains`, `test_domains`) for teacher[routed]."""
-    if cfg.source != "tensors":
-        return None
-    tensors = _read_tensors(Path(cfg.path))
-    if "train_domains" not in tensors:
-        return None
-    return tensors["train_domains"].long(), tensors["test_domains"].long()
+    classes = [str(i) for i in range(n)]
+    if "train_domains" in tensors:
+        return (
+            x_tr,
+            y_tr.long(),
+            x_te,
+            y_te.long(),
+            classes,
+            tensors["train_domains"].long(),
+            tensors["test_domains"].long(),
+        )
+    return x_tr, y_tr.long(), x_te, y_te.long(), classes
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
