@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 
-.PHONY: demo demo-kd test test-fast lint bench bench-llm data clean
+.PHONY: demo demo-kd demo-mtt test test-fast lint bench bench-llm data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: $(STAMP) data
 demo-kd: $(STAMP) data
 	$(BIN)/distill kd --config configs/kd/demo.yaml
 
+demo-mtt: $(STAMP) data
+	$(BIN)/distill mtt --config configs/mtt/demo.yaml
+
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
@@ -40,6 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/kd_fmnist.py
 	$(BIN)/python benchmarks/chunked_kl.py
+	$(BIN)/python benchmarks/mtt_fmnist.py
 
 bench-llm: $(STAMP) data
 	$(BIN)/pip install -q -e '.[bench]'

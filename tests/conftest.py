@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -24,14 +27,29 @@ def make_images(n: int, classes: int = 4, size: int = 12, seed: int = 0) -> tupl
     return (x.clamp(0, 1) * 255).to(torch.uint8), y
 
 
-@pytest.fixture
-def tensor_file(tmp_path: Path) -> Path:
-    """A data.source=tensors file: 256 train and 128 test images of 4 classes."""
-    x_tr, y_tr = make_images(256, seed=0)
-    x_te, y_te = make_images(128, seed=1)
-    path = tmp_path / "tiny.pt"
+def write_tensor_file(path: Path, train: int, test: int) -> Path:
+    """A data.source=tensors file of `train` and `test` images of 4 classes."""
+    x_tr, y_tr = make_images(train, seed=0)
+    x_te, y_te = make_images(test, seed=1)
     torch.save({"train_images": x_tr, "train_labels": y_tr, "test_images": x_te, "test_labels": y_te}, path)
     return path
+
+
+@pytest.fixture
+def tensor_file(tmp_path: Path) -> Path:
+    """256 train and 128 test images of 4 classes."""
+    return write_tensor_file(tmp_path / "tiny.pt", 256, 128)
+
+
+def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int = 2) -> None:
+    """Start `cmd`, SIGKILL it as soon as `folder` holds `count` checkpoints; fail if it ended first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(folder.glob("step-*.pt"))) < count and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:

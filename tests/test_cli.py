@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, kill_after_checkpoints, tiny_overrides
 from distill.cli import main
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -80,7 +78,7 @@ def test_recipe_help_lists_fields_with_defaults(capsys):
         (["kd", "train.lrr=0.1"], "unknown field 'train.lrr'"),
         (["kd", "train.lr=-1"], "train.lr = -1: Input should be greater than 0"),
         (["kd", "train.epochs=many"], "train.epochs = 'many': Input should be a valid integer"),
-        (["kd", "train.schedule=step"], "train.schedule = 'step': Input should be 'constant', 'linear' or 'cosine'"),
+        (["kd", "train.schedule=steps"], "train.schedule = 'steps': Input should be 'constant', 'linear', 'cosine' or"),
         (["kd", "objective.0.inputs=[student.logits, 'teacher[x].logits']"], "no teacher named 'x'"),
         (["kd", "objective.0.args.temprature=2"], "loss 'kl' has no argument 'temprature'"),
         (["kd", "objective.5.weight=1"], "'5' is not an index of a list of 2 items"),
@@ -115,16 +113,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
     over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8"]
     subprocess.run([*DISTILL, "kd", *over, "run.run_name=straight"], check=True, env=ENV, capture_output=True)
 
-    proc = subprocess.Popen(
-        [*DISTILL, "kd", *over, "run.run_name=killed"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    ckpts = tmp_path / "killed" / "checkpoints" / "student"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(ckpts.glob("step-*.pt"))) < 2 and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_after_checkpoints([*DISTILL, "kd", *over, "run.run_name=killed"], ENV, tmp_path / "killed/checkpoints/student")
     assert not (tmp_path / "killed" / "student" / "done.json").exists()
 
     done = subprocess.run(

@@ -45,7 +45,7 @@ def test_dump_round_trips(tmp_path):
     [
         ("train.lr=0", "config error: train.lr = 0: Input should be greater than 0"),
         ("train.momentum=1.5", "config error: train.momentum = 1.5: Input should be less than 1"),
-        ("data.source=imagenet", "config error: data.source = 'imagenet': Input should be 'fashion_mnist', 'folder'"),
+        ("data.source=imagenet", "config error: data.source = 'imagenet': Input should be 'fashion_mnist', 'mnist'"),
         ("teachers.0.nmae=x", "config error: unknown field 'teachers.0.nmae'"),
         ("objective.0.loss=kll", "config error: objective.0.loss = 'kll': Input should be 'kl'"),
         ("objective.0.inputs=[student.logits]", "loss 'kl' takes 2 inputs, got 1"),

@@ -174,3 +174,34 @@ def test_no_full_step_is_a_clear_error(tmp_path, accelerator):
             accelerator=accelerator,
             seed=0,
         )
+
+
+def test_step_schedule_drops_tenfold_at_half():
+    f = lr_lambda(TrainConfig(schedule="step"), total_steps=10)
+    assert [f(s) for s in (0, 4, 5, 9)] == [1.0, 1.0, 0.1, 0.1]
+
+
+class TwoRates(nn.Module):
+    """A module that owns its optimizer groups: `a` at the config's lr, `b` ten times slower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(()))
+        self.b = nn.Parameter(torch.ones(()))
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [self.a], "lr": 0.1}, {"params": [self.b], "lr": 0.01}]
+
+    def forward(self, batch):
+        loss = (self.a + self.b) * batch["x"].mean()
+        return loss, {}
+
+
+def test_parameter_groups_and_in_memory_training(tmp_path, accelerator):
+    model = TwoRates()
+    data = {"x": torch.ones(4)}
+    cfg = TrainConfig(max_steps=3, batch_size=2, optimizer="sgd", momentum=0.0, schedule="constant", progress=False)
+    fit(model, data, cfg, stage="mem", run=None, accelerator=accelerator, seed=0)
+    # d loss / d a = d loss / d b = 1 every step: a moves by 3 x 0.1, b by 3 x 0.01
+    assert float(model.a) == pytest.approx(0.7) and float(model.b) == pytest.approx(0.97)
+    assert not list(tmp_path.iterdir()), "run=None writes nothing"

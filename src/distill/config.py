@@ -79,11 +79,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
-    """Build `cls` from an optional YAML file plus dotted overrides."""
-    data = with_defaults(cls, read_yaml(path) if path else {})
-    for item in overrides:
-        apply_override(data, *parse_override(item))
+    """Build `cls` from an optional YAML file plus dotted overrides.
+
+    A class with named `PRESETS` takes `preset: NAME` (in the file or as an override): the preset's
+    values sit under the file's and the overrides', above the class defaults.
+    """
+    data = read_yaml(path) if path else {}
+    parsed = [parse_override(item) for item in overrides]
+    preset = next((v for k, v in reversed(parsed) if k == ["preset"]), data.get("preset"))
+    if preset is not None:
+        data = merge(preset_values(cls, preset), data)
+    data = with_defaults(cls, data)
+    for key, value in parsed:
+        apply_override(data, key, value)
     return validate(cls, data)
+
+
+def preset_values(cls: type[BaseModel], name: Any) -> dict[str, Any]:
+    presets = getattr(cls, "PRESETS", {})
+    if name not in presets:
+        raise ConfigError(f"config error: preset = {name!r}: choose one of {sorted(presets)}")
+    return {"preset": name, **presets[name]}
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, mappings merged key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseModel | None = None) -> dict[str, Any]:
@@ -126,7 +150,7 @@ def format_errors(e: ValidationError) -> str:
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"config error: {loc} = {shown}: {msg}")
+        lines.append(f"config error: {loc} = {shown}: {msg}" if loc else f"config error: {msg}")
     return "\n".join(lines)
 
 

@@ -46,7 +46,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="decoupled (adamw) or L2 (sgd) weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum / adamw beta1")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="decay after warmup")
+    schedule: Literal["constant", "linear", "cosine", "step"] = Field(
+        "cosine", description="decay after warmup (step: x0.1 from half the steps on)"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global grad norm (null: off)")
@@ -58,7 +60,8 @@ class TrainConfig(Section):
 
 
 # --- pieces -------------------------------------------------------------------------------
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over a list of parameters or of parameter groups (each with its own lr)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
@@ -74,6 +77,8 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
+        if cfg.schedule == "step":  # the dataset-distillation evaluation protocol
+            return 1.0 if step < total_steps // 2 else 0.1
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         decay = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
@@ -127,7 +132,7 @@ def fit(
     cfg: TrainConfig,
     *,
     stage: str,
-    run: RunDir,
+    run: RunDir | None,
     accelerator: Accelerator,
     seed: int,
     eval_fn: EvalFn | None = None,
@@ -137,11 +142,12 @@ def fit(
 
     `product` is the part whose weights the stage delivers (default: `model`); it is saved as
     `<stage>/model.safetensors`. A stage already finished in this run is loaded, not retrained;
-    a stage with a checkpoint continues from it.
+    a stage with a checkpoint continues from it. With `run=None` the stage trains in memory only
+    (no checkpoints, logs or saved weights): for short throwaway trainings such as evaluations.
+    A model may own its optimizer groups through a `param_groups()` method (e.g. two learning rates).
     """
     product = product if product is not None else model
-    done = run.path / stage / "done.json"
-    if done.exists():
+    if run is not None and (run.path / stage / "done.json").exists():
         load_model(product, str(run.path / stage / "model.safetensors"), device=str(accelerator.device))
         return run.read_json(f"{stage}/done.json")["metrics"]
 
@@ -159,12 +165,13 @@ def fit(
     save_every = cfg.save_every or steps_per_epoch
 
     model.to(accelerator.device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    groups = model.param_groups() if hasattr(model, "param_groups") else None
+    optimizer = make_optimizer(groups or [p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     step, metrics = 0, {}
-    found = checkpoints(run, stage)  # every process reads the same run directory
+    found = checkpoints(run, stage) if run is not None else []  # every process reads the same run directory
     if found:
         state = torch.load(found[-1], map_location="cpu", weights_only=False)
         accelerator.unwrap_model(wrapped).load_state_dict(state["model"])
@@ -203,7 +210,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if run is not None and (step % cfg.log_every == 0 or step == total):
                 record = window.flush(accelerator)
                 record.update(lr=scheduler.get_last_lr()[0])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
@@ -213,9 +220,10 @@ def fit(
                 paused = True
                 metrics = _evaluate(wrapped, accelerator, eval_fn)
                 evals = {f"eval/{k}": v for k, v in metrics.items()}
-                run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
+                if run is not None:
+                    run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
-            if step % save_every == 0 and step < total:
+            if run is not None and step % save_every == 0 and step < total:
                 paused = True
                 _save_checkpoint(
                     run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints
@@ -225,6 +233,8 @@ def fit(
             if step >= total:
                 break
     bar.close()
+    if run is None:
+        return metrics
 
     if accelerator.is_main_process:
         out = run.path / stage / "model.safetensors"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.plots import save_figure
 from distill.run import RunDir, atomic_write
 
 SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s", "samples_seen"}
@@ -50,11 +51,7 @@ def _plot(path: Path, title: str, series: Series, ylabel: str, xlabel: str, log:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
     return True
 
 
@@ -62,6 +59,8 @@ def _results(result: dict[str, Any]) -> list[str]:
     if not result:
         return ["_No results.json yet: the run has not finished._", ""]
     lines = ["## Results", "", _table(result.get("rows", [])), ""]
+    for rel in result.get("figures", []):  # images a recipe drew (e.g. mtt's synthetic set)
+        lines += [f"![{Path(rel).stem}]({rel})", ""]
     for key, value in result.items():  # further tables a recipe returns (e.g. minitron's search)
         if key != "rows" and isinstance(value, list) and value and isinstance(value[0], dict):
             lines += [f"## {key.replace('_', ' ').capitalize()}", "", _table(value), ""]
@@ -76,18 +75,20 @@ def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sampl
     train = [r for r in recs if "loss" in r]
     evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
     is_eval = lambda k: k.startswith("eval/")  # noqa: E731
+    is_param = lambda k: k.startswith("param/")  # noqa: E731  learned scalars (e.g. mtt's step size)
     by_step = lambda r: r["step"]  # noqa: E731
     plots = [
         (
             "loss",
             "loss per term",
-            _series(train, lambda k: k not in SKIP and not is_eval(k), by_step),
+            _series(train, lambda k: k not in SKIP and not is_eval(k) and not is_param(k), by_step),
             "loss",
             "step",
             True,
         ),
         ("eval", "evaluation", _series(evals, is_eval, by_step), "value", "step", False),
         ("lr", "learning rate", _series(train, lambda k: k == "lr", by_step), "lr", "step", False),
+        ("params", "learned parameters", _series(train, is_param, by_step), "value", "step", False),
     ]
     if tokens_per_sample and evals and "samples_seen" in evals[0]:
         by_tokens = _series(evals, is_eval, lambda r: r["samples_seen"] * tokens_per_sample)

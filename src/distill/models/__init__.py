@@ -13,9 +13,9 @@ from torch import nn
 
 from distill.config import Section
 from distill.errors import DistillError
-from distill.models.vision import MLP, ConvNet
+from distill.models.vision import MLP, ConvNet, DCConvNet, ResNet
 
-ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP}
+ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP, "dc_convnet": DCConvNet, "resnet": ResNet}
 
 
 class ModelSpec(Section):
@@ -94,4 +94,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "MLP", "ConvNet", "ModelSpec", "build_model", "count_parameters", "load_weights", "resolve_class"]
+__all__ = [
+    "ARCHS",
+    "MLP",
+    "ConvNet",
+    "DCConvNet",
+    "ResNet",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "load_weights",
+    "resolve_class",
+]

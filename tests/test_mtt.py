@@ -1,0 +1,269 @@
+"""Dataset distillation by matching training trajectories: DSA, ZCA, the matching loss by hand,
+herding by hand, the recipe end to end through the CLI, resume after a kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from conftest import ROOT, kill_after_checkpoints, write_tensor_file
+from distill.augment import OPS, DSAConfig, dsa
+from distill.cli import main
+from distill.config import load_config
+from distill.data.zca import ZCA
+from distill.errors import DistillError
+from distill.losses import trajectory_matching
+from distill.recipes import mtt
+from distill.synthetic import SyntheticSet, TrajectoryMatcher, herding, schedule
+from distill.trajectories import check_span
+from test_cli import DISTILL, ENV, read_metrics, strip
+
+
+# --- DSA ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", OPS)
+def test_every_dsa_op_is_differentiable_and_seeded(op):
+    cfg = DSAConfig(strategy=op)
+    x = torch.rand(6, 3, 12, 12, requires_grad=True)
+    a = dsa(x, cfg, torch.Generator().manual_seed(5))
+    b = dsa(x, cfg, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and torch.equal(a, b)
+    (g,) = torch.autograd.grad((a * torch.linspace(0, 1, a.numel()).view_as(a)).sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    draws = [dsa(x, cfg, torch.Generator().manual_seed(s)) for s in range(6)]
+    if op != "flip":  # a flip is either on or off: two seeds may agree
+        assert any(not torch.equal(draws[0], d) for d in draws[1:]), "different seeds must differ"
+
+
+def test_siamese_mode_shares_one_draw_across_the_batch():
+    x = torch.rand(1, 1, 10, 10).repeat(5, 1, 1, 1)
+    shared = dsa(x, DSAConfig(strategy="rotate"), torch.Generator().manual_seed(0))
+    own = dsa(x, DSAConfig(strategy="rotate", same_for_batch=False), torch.Generator().manual_seed(0))
+    assert all(torch.allclose(shared[0], s) for s in shared[1:])
+    assert not all(torch.allclose(own[0], s) for s in own[1:])
+
+
+def test_s_mode_applies_one_op_family_and_none_is_identity():
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(dsa(x, DSAConfig(strategy="none")), x)
+    g = torch.Generator().manual_seed(1)
+    cutout_only = dsa(x, DSAConfig(strategy="cutout"), g)
+    assert ((cutout_only == 0) | (cutout_only == x)).all()  # cutout only zeroes pixels
+    with pytest.raises(ValueError, match="unknown DSA ops"):
+        DSAConfig(strategy="color_blur")
+
+
+# --- ZCA ---------------------------------------------------------------------------------------
+def test_zca_round_trip_and_whitened_covariance():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(12, 12, generator=g)
+    x = (torch.randn(4000, 12, generator=g) @ mix + 3.0).reshape(4000, 3, 2, 2)
+    zca = ZCA.fit(x, eps=1e-6)
+    w = zca(x)
+    assert torch.allclose(zca.inverse(w), x, atol=1e-3)
+    flat = w.reshape(len(w), -1)
+    cov = (flat - flat.mean(0)).T @ (flat - flat.mean(0)) / len(flat)
+    assert torch.allclose(cov, torch.eye(12), atol=2e-3)
+    # a regularised ZCA shrinks low-variance directions but still inverts exactly
+    soft = ZCA.fit(x, eps=0.1)
+    assert torch.allclose(soft.inverse(soft(x)), x, atol=1e-3)
+
+
+# --- the matching loss and an unrolled step, by hand -------------------------------------------
+def test_trajectory_matching_by_hand():
+    s, a, e = [torch.tensor([1.0, 2.0])], [torch.tensor([0.0, 0.0])], [torch.tensor([2.0, 2.0])]
+    assert float(trajectory_matching(s, a, e)) == pytest.approx(1.0 / 8.0)
+
+
+def test_one_unrolled_step_on_a_toy_trajectory_matches_a_hand_computation():
+    """Linear(1 -> 2) from W = 0, one image x = 1 of class 0, alpha = 0.1:
+    softmax = (.5, .5), dCE/dW = (-.5, .5), so W' = (.05, -.05). Against the target (.1, -.1):
+    loss = (.05^2 + .05^2) / (.1^2 + .1^2) = 0.25, and dloss/dalpha = 100 (0.5 alpha - 0.1) = -5."""
+    net = nn.Linear(1, 2, bias=False)
+    start = {"weight": torch.zeros(2, 1)}
+    target = {"weight": torch.tensor([[0.1], [-0.1]])}
+    syn = SyntheticSet(torch.ones(1, 1), torch.tensor([0]), lr=0.1)
+    matcher = TrajectoryMatcher(syn, net, [[start, target]], syn_steps=1, expert_epochs=1, batch_syn=1,
+                                lr_img=1.0, lr_lr=1.0, dsa_cfg=DSAConfig(strategy="none"))  # fmt: skip
+    loss, terms = matcher({"expert": torch.tensor([0]), "start": torch.tensor([0])})
+    assert float(loss.detach()) == pytest.approx(0.25, rel=1e-5)
+    loss.backward()
+    assert float(syn.lr.grad) == pytest.approx(-5.0, rel=1e-4)
+    # dloss/dx: W' = -alpha (softmax(0) - onehot) x, so moving x moves W' along (+,-): towards the target
+    assert float(syn.images.grad) < 0
+    assert float(terms["param/syn_lr"]) == pytest.approx(0.1)
+    assert [g["lr"] for g in matcher.param_groups()] == [1.0, 1.0]
+
+
+def test_herding_by_hand():
+    feats = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # mean 3.25
+    # first: 2 is closest to 3.25; then (2 + f) / 2 should be near 3.25: f = 1 gives 1.5, best of the rest
+    assert herding(feats, 2).tolist() == [2, 1]
+
+
+def test_schedule_is_seeded_and_in_range():
+    a, b = schedule(50, 3, 4, seed=1), schedule(50, 3, 4, seed=1)
+    assert torch.equal(a["expert"], b["expert"]) and torch.equal(a["start"], b["start"])
+    assert a["expert"].max() < 3 and a["start"].max() < 4 and a["start"].min() >= 0
+
+
+# --- configs, presets and errors ---------------------------------------------------------------
+def test_presets_fill_in_and_explicit_values_win():
+    cfg = load_config(mtt.Config, None, ["preset=fmnist-ipc1"])
+    assert (cfg.distill.ipc, cfg.distill.syn_steps, cfg.distill.lr_lr) == (1, 50, 1e-7)
+    cfg = load_config(mtt.Config, None, ["preset=cifar10-ipc10", "distill.syn_steps=7", "data.path=/x"])
+    assert (cfg.zca, cfg.distill.syn_steps, cfg.distill.max_start_epoch, cfg.data.source) == (True, 7, 20, "cifar10")
+
+
+def test_a_start_epoch_beyond_the_trajectory_is_a_clear_error():
+    with pytest.raises(DistillError, match="runs past the 4 saved expert epochs"):
+        load_config(mtt.Config, None, ["buffer.epochs=4", "distill.max_start_epoch=4"])
+    net = nn.Linear(2, 2)
+    trajectory = [{n: p.detach() for n, p in net.named_parameters()} for _ in range(4)]  # epochs 0..3
+    check_span([trajectory], max_start_epoch=2, expert_epochs=2, model=net)  # needs epoch 3: fine
+    with pytest.raises(DistillError, match="trajectories stop at epoch 3"):
+        check_span([trajectory], max_start_epoch=3, expert_epochs=2, model=net)
+    with pytest.raises(DistillError, match="do not fit the model"):
+        check_span([trajectory], max_start_epoch=1, expert_epochs=1, model=nn.Linear(2, 3))
+
+
+# --- the recipe end to end ----------------------------------------------------------------------
+@pytest.fixture
+def small_set(tmp_path: Path) -> Path:
+    """300 train / 120 test 12x12 images of 4 classes."""
+    return write_tensor_file(tmp_path / "small.pt", 300, 120)
+
+
+def tiny_mtt(data: Path, out: Path, name: str = "tiny") -> list[str]:
+    return [
+        "mtt",
+        "data.source=tensors",
+        f"data.path={data}",
+        f"run.output_dir={out}",
+        f"run.run_name={name}",
+        "model.args.width=8",
+        "buffer.experts=2",
+        "buffer.epochs=3",
+        "buffer.batch_size=32",
+        "distill.ipc=2",
+        "distill.iterations=8",
+        "distill.syn_steps=5",
+        "distill.expert_epochs=2",
+        "distill.max_start_epoch=2",
+        "distill.lr_img=100",
+        "distill.save_every=3",
+        "distill.log_every=2",
+        "distill.eval_every=4",
+        "eval.nets=2",
+        "eval.epochs=30",
+        "eval.cross_arch=[{arch: mlp, args: {hidden: [32]}}, {arch: resnet, args: {widths: [4, 8]}}]",
+    ]
+
+
+def test_buffer_distill_evaluate_through_the_cli(small_set, tmp_path, capsys):
+    assert main(tiny_mtt(small_set, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "| mtt | dc_convnet" in out and "| random real |" in out and "| herding |" in out
+    run = tmp_path / "tiny"
+    result = json.loads((run / "results.json").read_text())
+    sets = [(r["set"], r["model"].split("(")[0]) for r in result["rows"]]
+    assert sets == [("mtt", "dc_convnet"), ("random real", "dc_convnet"), ("herding", "dc_convnet"),
+                    ("mtt", "mlp"), ("mtt", "resnet")]  # fmt: skip
+    assert all(r["images"] == 8 and r["nets"] == 2 and 0 <= r["test_accuracy"] <= 1 for r in result["rows"])
+    # every expert saved epochs 0..3, and its accuracy was logged per epoch
+    for k in range(2):
+        assert len(list((run / "buffer" / f"expert-{k:03d}").glob("epoch-*.safetensors"))) == 4
+    expert_evals = [r for r in read_metrics(run) if r["stage"] == "buffer/expert-000" and "eval/accuracy" in r]
+    assert len(expert_evals) == 3
+    # the synthetic set moved away from its real initialisation, alpha was learned, both were saved
+    syn = load_file(str(run / "synthetic.safetensors"))
+    assert syn["images"].shape == (8, 1, 12, 12) and syn["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert 0 <= float(syn["pixels"].min()) and float(syn["pixels"].max()) <= 1
+    assert float(syn["lr"]) != 0.01 and result["learned_lr"] == pytest.approx(float(syn["lr"]))
+    distill = [r for r in read_metrics(run) if r["stage"] == "distill"]
+    assert {"loss", "param/syn_lr"} <= set(distill[0]) and [r["step"] for r in distill if "eval/accuracy" in r] == [
+        4,
+        8,
+    ]
+    for rel in ["plots/synthetic.png", "plots/distill-loss.png", "plots/distill-params.png", "plots/distill-eval.png"]:
+        assert (run / rel).stat().st_size > 1000, rel
+    report = (run / "report.md").read_text()
+    assert "![synthetic](plots/synthetic.png)" in report and "learned parameters" in report
+
+
+def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
+    assert main(tiny_mtt(small_set, tmp_path, "first")) == 0
+    over = [*tiny_mtt(small_set, tmp_path, "second"), f"buffer.from_run={tmp_path / 'first'}", "distill.ipc=1"]
+    assert main(over) == 0
+    assert not (tmp_path / "second" / "buffer").exists()
+    assert json.loads((tmp_path / "second" / "results.json").read_text())["experts"] == 2
+    bad = [
+        *tiny_mtt(small_set, tmp_path, "third"),
+        f"buffer.from_run={tmp_path / 'first'}",
+        "distill.max_start_epoch=3",
+    ]
+    assert main(bad) == 2
+    assert "trajectories stop at epoch 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["distill.ipc=200"], "ipc 200 is more than class 0 has images (75); lower distill.ipc"),
+        (["distill.max_start_epoch=3"], "runs past the 3 saved expert epochs"),
+        (["preset=cifar11-ipc1"], "preset = 'cifar11-ipc1': choose one of"),
+        (["dsa.strategy=color_blur"], "unknown DSA ops ['blur']"),
+        (["data.source=cifar10"], "lacks ['data_batch_1.bin', 'data_batch_2.bin',"),
+    ],
+)
+def test_mtt_user_errors_are_one_line(small_set, tmp_path, capsys, extra, message):
+    assert main([*tiny_mtt(small_set, tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "tiny").exists(), "a failed start must leave no run directory behind"
+
+
+@pytest.mark.slow
+def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_set, tmp_path):
+    over = [*tiny_mtt(small_set, tmp_path, "straight")[1:], "distill.iterations=40", "distill.syn_steps=10",
+            "distill.save_every=5", "distill.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
+    subprocess.run([*DISTILL, "mtt", *over], check=True, env=ENV, capture_output=True)
+    killed = [o.replace("run.run_name=straight", "run.run_name=killed") for o in over]
+    kill_after_checkpoints([*DISTILL, "mtt", *killed], ENV, tmp_path / "killed" / "checkpoints" / "distill")
+    assert not (tmp_path / "killed" / "distill" / "done.json").exists()
+    done = subprocess.run([*DISTILL, "mtt", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (load_file(str(tmp_path / n / "synthetic.safetensors")) for n in ("straight", "killed"))
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["lr"], b["lr"])
+    rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed")]
+    assert rows[0] == rows[1]
+    assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "mtt").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_validate(path):
+    cfg = load_config(mtt.Config, path)
+    assert cfg.preset in mtt.PRESETS
+
+
+@pytest.mark.bundled
+def test_fashion_mnist_slice_through_the_cli(tmp_path, capsys):
+    """The demo config on a slice of the real data set: experts learn, and every set is scored."""
+    args = ["mtt", "--config", str(ROOT / "configs" / "mtt" / "demo.yaml"), f"run.output_dir={tmp_path}",
+            "run.run_name=f", "data.train_limit=1500", "data.test_limit=500", "model.args.width=16",
+            "buffer.experts=1", "buffer.epochs=3", "distill.iterations=4", "distill.syn_steps=10",
+            "eval.epochs=50"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert [r["set"] for r in result["rows"]] == ["mtt", "random real", "herding"]
+    assert all(r["test_accuracy"] > 0.2 for r in result["rows"])  # 10 classes: chance is 0.1
+    expert = [
+        r["eval/accuracy"] for r in read_metrics(tmp_path / "f") if "eval/accuracy" in r and "buffer" in r["stage"]
+    ]
+    assert expert[-1] > max(0.3, expert[0])  # 3 epochs of 5 plain-SGD steps at lr 0.01: learning, not done
