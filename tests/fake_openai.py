@@ -1,0 +1,84 @@
+"""A small OpenAI-compatible server on 127.0.0.1 for tests: /v1/models and /v1/chat/completions.
+
+It answers by a rule on the last user message (a review containing 'good' is positive), can fail the
+first N requests with 500s (retries), delay every answer (concurrency), and counts its requests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeServer:
+    def __init__(self, model: str = "fake-teacher", fail_first: int = 0, delay_s: float = 0.0) -> None:
+        self.model, self.fail_first, self.delay_s = model, fail_first, delay_s
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, body: dict) -> str:
+        text = body["messages"][-1]["content"].lower()
+        label = "positive" if "good" in text else "negative"
+        if "ambiguous" in text:
+            return "It is both positive and negative."
+        seed = body.get("seed", 0)
+        if "split" in text and seed % 2:  # samples disagree
+            label = "positive" if label == "negative" else "negative"
+        return f"The words point one way.\nAnswer: {label}"
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, code: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    failing = len(server.requests) <= server.fail_first
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    time.sleep(server.delay_s)
+                    if failing:
+                        return self._send(500, {"error": "busy"})
+                    if body.get("model") != server.model:
+                        return self._send(404, {"error": f"model {body.get('model')} not found"})
+                    text = server.answer(body)
+                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                                     "usage": {"prompt_tokens": 50, "completion_tokens": 12}})  # fmt: skip
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        return Handler

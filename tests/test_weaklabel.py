@@ -1,0 +1,118 @@
+"""Teacher backends that run here (a local transformers model, a real llama.cpp server) and the
+weaklabel pipeline end to end: label -> aggregate -> train students -> evaluate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from distill.cli import main
+from distill.recipes.label import resolve_task
+from distill.store import LabelStore
+from distill.teachers.generate import LocalClient, LocalTeacher, Request
+from fake_openai import FakeServer
+from llm_fixtures import char_tokenizer, save_tiny_llama
+
+TASK = resolve_task("movie_sentiment")
+
+
+def save_tiny_bert(path: Path) -> Path:
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)  # fmt: skip
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def requests(texts: list[str], temperature: float = 0.0) -> list[Request]:
+    return [Request(f"h{i}", 0, [{"role": "user", "content": t}], temperature, 8, 7) for i, t in enumerate(texts)]
+
+
+def test_local_batched_generation_equals_one_at_a_time(tmp_path):
+    """Left padding: a short prompt batched with a long one continues exactly as it does alone."""
+    teacher = LocalClient(LocalTeacher(path=str(save_tiny_llama(tmp_path / "llm")), batch_size=3))
+    texts = ["hi", "a much longer prompt about films", "mid length one"]
+    batched = [g.text for _, g in teacher.generate(requests(texts))]
+    alone = [teacher.batch([r])[0].text for r in requests(texts)]
+    assert batched == alone and all(len(t) > 0 for t in batched)
+    gens = teacher.batch(requests(texts))
+    assert gens[1].prompt_tokens > gens[0].prompt_tokens and all(g.completion_tokens <= 8 for g in gens)
+
+
+def test_local_sampling_is_seeded(tmp_path):
+    teacher = LocalClient(LocalTeacher(path=str(save_tiny_llama(tmp_path / "llm")), batch_size=2))
+    a = [g.text for _, g in teacher.generate(requests(["x", "y"], temperature=1.0))]
+    b = [g.text for _, g in teacher.generate(requests(["x", "y"], temperature=1.0))]
+    assert a == b
+
+
+def test_label_with_a_local_teacher_through_the_cli(tmp_path, capsys):
+    data = tmp_path / "in.txt"
+    data.write_text("a good film\na bad film\nfine\n")
+    args = ["label", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0", f"run.output_dir={tmp_path}",
+            "run.run_name=l", f"teacher={{kind: local, path: '{save_tiny_llama(tmp_path / 'llm')}'}}",
+            "sampling.samples=2", "sampling.max_tokens=6", "splits=[pool]"]  # fmt: skip
+    assert main(args) == 0
+    rows = list(LabelStore(tmp_path / "l" / "labels.sqlite").responses())
+    assert len(rows) == 6 and all(r["teacher"].startswith("local:") and r["completion_tokens"] for r in rows)
+
+
+def test_weaklabel_end_to_end(tmp_path, capsys):
+    items = [{"text": f"{w} film number {k}", "label": "positive" if w == "good" else "negative"}
+             for k in range(30) for w in ("good", "bad")]  # fmt: skip
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    with FakeServer() as server:
+        args = ["weaklabel", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0.25",
+                f"run.output_dir={tmp_path}", "run.run_name=w", "sampling.samples=3",
+                f"teacher={{kind: server, model: fake-teacher, url: '{server.url}'}}",
+                f"student.encoder.path={save_tiny_bert(tmp_path / 'bert')}", "student.encoder.max_length=24",
+                "student.objectives=[cls, reg]", "student.thresholds=[0.0, 1.0]", "student.train.epochs=4",
+                "student.train.batch_size=8", "student.train.lr=0.003", "student.train.warmup_steps=0"]  # fmt: skip
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| teacher (cot, K=3) |" in out and "| student-gold |" in out
+    result = json.loads((tmp_path / "w" / "results.json").read_text())
+    models = [r["model"] for r in result["rows"]]
+    assert models == ["teacher (cot, K=3)", "student-cls-agree0", "student-cls-agree1", "student-reg-agree0",
+                      "student-reg-agree1", "student-gold"]  # fmt: skip
+    assert result["rows"][0]["accuracy"] == 1.0
+    students = result["rows"][1:]
+    assert all(r["trained_on"] == 45 for r in students)
+    assert all(r["accuracy"] >= 0.9 for r in students), students  # 'good' vs 'bad' is learnable in 4 epochs
+    for stage in ["student-cls-agree0", "student-reg-agree1", "student-gold"]:
+        assert (tmp_path / "w" / stage / "model.safetensors").is_file()
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python[server] is installed by make test"
+)  # noqa: E501
+def test_against_a_real_llama_cpp_server(tmp_path, capsys):
+    """The test set-up builds llama.cpp's server; it serves the bundled SmolLM2 GGUF on a free port."""
+    from distill.models.llm import resolve
+    from distill.teachers.llama_server import llama_cpp_server
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "A triumph: funny, moving and beautifully acted.", "label": "positive"}\n'
+                    '{"text": "Dull, shapeless and far too long.", "label": "negative"}\n')  # fmt: skip
+    with llama_cpp_server(resolve("smollm2-135m"), "smollm2", tmp_path / "server.log") as url:
+        models = json.loads(urllib.request.urlopen(f"{url}/v1/models", timeout=5).read())
+        assert [m["id"] for m in models["data"]] == ["smollm2"]
+        args = ["label", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0",
+                f"run.output_dir={tmp_path}", "run.run_name=s", "splits=[pool]", "sampling.samples=2",
+                "sampling.max_tokens=48",
+                f"teacher={{kind: server, model: smollm2, url: '{url}', concurrency: 2, logprobs: 2}}"]  # fmt: skip
+        assert main(args) == 0
+    rows = list(LabelStore(tmp_path / "s" / "labels.sqlite").responses())
+    assert len(rows) == 4 and all(r["raw"] and r["completion_tokens"] > 0 for r in rows)
+    assert sum(r["label"] is not None for r in rows) >= 1  # the answer format is followed at least once
+    assert rows[0]["logprobs"], "llama.cpp offers logprobs: they are stored"
