@@ -51,10 +51,11 @@ bench: $(STAMP) data
 	$(BIN)/python benchmarks/chunked_kl.py
 	$(BIN)/python benchmarks/mtt_fmnist.py
 
-bench-llm: $(STAMP) data
+bench-llm: $(STAMP) data $(SERVER)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/llm_kd_throughput.py
 	$(BIN)/python benchmarks/minitron_smollm2.py
+	$(BIN)/python benchmarks/weaklabel_rt.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,7 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,8 +51,10 @@ def quality(args: argparse.Namespace, root: Path) -> dict:
         if buffer_run:
             over.append(f"buffer.from_run={buffer_run}")
         cfg = load_config(mtt.Config, None, over)
+        run_dir = root / f"ipc{ipc}"
         t0 = time.perf_counter()
-        result = mtt.run(cfg)
+        # an interrupted benchmark continues its runs (experts, distillation, finished evaluations)
+        result = mtt.run(cfg, resume=run_dir if (run_dir / "config.yaml").exists() else None)
         wall = time.perf_counter() - t0
         buffer_run = buffer_run or result["run_dir"]
         metrics = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -173,16 +174,17 @@ def main() -> None:
     p.add_argument("--nets", type=int, default=3)
     p.add_argument("--eval-epochs", type=int, default=300)
     p.add_argument("--cost-only", action="store_true")
+    p.add_argument("--out", default="runs/bench-mtt_fmnist", help="run directories (kept, resumed if interrupted)")
     p.add_argument("--cost", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cost:
         print(json.dumps(cost(*args.cost)))
         return
     t0 = time.perf_counter()
-    data = {"machine": machine(), "budget": {k: v for k, v in vars(args).items() if k not in ("cost", "cost_only")}}
+    skip = ("cost", "cost_only", "out")
+    data = {"machine": machine(), "budget": {k: v for k, v in vars(args).items() if k not in skip}}
     if not args.cost_only:
-        with tempfile.TemporaryDirectory() as root:
-            data["quality"] = quality(args, Path(root))
+        data["quality"] = quality(args, Path(args.out))
     else:
         old = RESULTS / "mtt_fmnist.json"
         if old.exists():

@@ -282,3 +282,11 @@ def test_a_killed_labelling_run_loses_nothing_and_repeats_nothing(tmp_path):
     answered_seeds = {request_seed(h, k, 0) for h, k in before}
     assert not resumed_seeds & answered_seeds, "an answer saved before the kill was asked for again"
     assert len(server.requests) - asked_before == 120 - len(before)
+
+
+def test_parquet_export(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    store = LabelStore(tmp_path / "s.sqlite")
+    store.put(Response("t", "h", 0, "i", "cot", "Answer: positive", "positive", 0.1, 5, 2, None))
+    table = pq.read_table(store.export(tmp_path / "r.parquet", "parquet"))
+    assert table.num_rows == 1 and table.column("label").to_pylist() == ["positive"]

@@ -116,3 +116,14 @@ def test_against_a_real_llama_cpp_server(tmp_path, capsys):
     assert len(rows) == 4 and all(r["raw"] and r["completion_tokens"] > 0 for r in rows)
     assert sum(r["label"] is not None for r in rows) >= 1  # the answer format is followed at least once
     assert rows[0]["logprobs"], "llama.cpp offers logprobs: they are stored"
+
+
+def test_weaklabel_needs_gold_test_labels_before_it_starts(tmp_path, capsys):
+    data = tmp_path / "in.txt"
+    data.write_text("a good film\na bad film\n")
+    with FakeServer() as server:
+        args = ["weaklabel", "data.source=files", f"data.paths=[{data}]", f"run.output_dir={tmp_path / 'runs'}",
+                f"teacher={{kind: server, model: fake-teacher, url: '{server.url}'}}"]  # fmt: skip
+        assert main(args) == 2
+    assert "the test texts need them" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

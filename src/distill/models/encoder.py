@@ -3,7 +3,6 @@ classification head (hard labels) or a one-output regression head (soft scores).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.bundled import package_path
 from distill.config import Section
 from distill.errors import DistillError
 
@@ -27,11 +27,7 @@ class EncoderSpec(Section):
 
 def encoder_dir(path: str) -> Path:
     if path in BUNDLED:
-        package, sub = BUNDLED[path]
-        spec = importlib.util.find_spec(package)
-        if spec is None:
-            raise DistillError(f"bundled encoder {path!r} is not installed; run `make data` (pip package {package})")
-        return Path(spec.submodule_search_locations[0]) / sub
+        return package_path(*BUNDLED[path], what=f"bundled encoder {path!r}")
     p = Path(path)
     if not (p / "config.json").is_file():
         raise DistillError(f"{p} is not a Hugging Face model directory (no config.json)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from distill.bundled import package_path
 from distill.config import Section
 from distill.errors import DistillError
 
@@ -30,11 +30,7 @@ class LlmSpec(Section):
 def resolve(path: str) -> Path:
     """A bundled name -> the file inside its package; anything else must exist."""
     if path in BUNDLED:
-        package, name = BUNDLED[path]
-        spec = importlib.util.find_spec(package)
-        if spec is None:
-            raise DistillError(f"bundled model {path!r} is not installed; run `make data` (pip package {package})")
-        return Path(spec.submodule_search_locations[0]) / name
+        return package_path(*BUNDLED[path], what=f"bundled model {path!r}")
     p = Path(path)
     if not p.exists():
         raise DistillError(f"model {path} does not exist (an HF directory or a .gguf file)")

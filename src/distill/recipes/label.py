@@ -36,14 +36,14 @@ class Config(Section):
     task: str = Field(
         "movie_sentiment",
         description=f"a task YAML file, or a bundled task: {sorted(p.stem for p in TASKS.glob('*.yaml'))}",
-    )  # noqa: E501
+    )
     data: TextItems = Field(default_factory=TextItems, description="the texts")
     teacher: TeacherSpec = Field(default_factory=LocalTeacher, description="teacher.kind: server | local")
     sampling: Sampling = Field(default_factory=Sampling, description="prompt mode and self-consistency")
     store: str | None = Field(
         None, description="SQLite label store (default: <run>/labels.sqlite); share it to reuse answers"
-    )  # noqa: E501
-    splits: list[Literal["pool", "test"]] = Field(default_factory=lambda: ["pool", "test"], description="what to label")  # noqa: E501
+    )
+    splits: list[Literal["pool", "test"]] = Field(default_factory=lambda: ["pool", "test"], description="what to label")
     export: Literal["jsonl", "parquet", "datasets"] | None = Field("jsonl", description="export format (null: none)")
 
 
@@ -52,28 +52,23 @@ def resolve_task(name: str) -> Task:
     return load_task(bundled if bundled.is_file() else name)
 
 
-def prepare(cfg, recipe: str, resume) -> tuple[Context, Task, dict[str, list[Item]], Any, LabelStore]:
+def prepare(
+    cfg, recipe: str, resume, need_gold: bool = False
+) -> tuple[Context, Task, dict[str, list[Item]], Any, LabelStore]:
     """Everything a user can get wrong is checked before the run directory exists."""
     task = resolve_task(cfg.task)
     pool, test = load_items(cfg.data)
-    gold = {g for g in (i.gold for i in pool + test) if g is not None}
-    if gold - set(task.names):
-        raise_gold(gold, task)
+    unknown = {i.gold for i in pool + test if i.gold is not None} - set(task.names)
+    if unknown:
+        raise DistillError(f"gold labels {sorted(unknown)} are not labels of task {task.name!r} {task.names}")
+    if need_gold and (not test or any(i.gold is None for i in test)):
+        raise DistillError("students are scored on gold labels: the test texts need them (data.label_field, "
+                           "data.test_fraction > 0)")  # fmt: skip
     teacher = client(cfg.teacher)
     teacher.check()
     ctx = start(recipe, cfg, cfg.run, resume)
     store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
     return ctx, task, {"pool": pool, "test": test}, teacher, store
-
-
-def raise_gold(gold: set[str], task: Task) -> None:
-    raise DistillError(
-        f"gold labels {sorted(gold - set(task.names))} are not labels of task {task.name!r} {task.names}"
-    )
-
-
-def raise_missing_gold() -> None:
-    raise DistillError("weaklabel scores on gold labels: every test text needs one (data.label_field)")
 
 
 def label_split(cfg, task, items, teacher, store, name: str) -> tuple[dict[str, Any], list]:

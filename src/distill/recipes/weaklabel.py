@@ -32,10 +32,10 @@ class StudentConfig(Section):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     objectives: list[Literal["cls", "reg"]] = Field(
         default_factory=lambda: ["cls"], description="cls: majority labels; reg: soft scores"
-    )  # noqa: E501
+    )
     thresholds: list[float] = Field(
         default_factory=lambda: [0.0], description="train only on texts whose agreement is at least this"
-    )  # noqa: E501
+    )
     gold: bool = Field(True, description="also train on the gold labels (the supervised upper reference)")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
@@ -51,10 +51,8 @@ class Config(labelling.Config):
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
-    ctx, task, splits, teacher, store = labelling.prepare(cfg, "weaklabel", resume)
+    ctx, task, splits, teacher, store = labelling.prepare(cfg, "weaklabel", resume, need_gold=True)
     pool, test = splits["pool"], splits["test"]
-    if not all(i.gold is not None for i in test):
-        labelling.raise_missing_gold()
 
     # 1-2. the teacher's labels and its own score on the test set
     pool_row, votes = labelling.label_split(cfg, task, pool, teacher, store, "pool")
