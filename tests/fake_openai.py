@@ -68,17 +68,17 @@ class FakeServer:
                     failing = len(server.requests) <= server.fail_first
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(server.delay_s)
-                    if failing:
-                        return self._send(500, {"error": "busy"})
-                    if body.get("model") != server.model:
-                        return self._send(404, {"error": f"model {body.get('model')} not found"})
-                    text = server.answer(body)
-                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                                     "usage": {"prompt_tokens": 50, "completion_tokens": 12}})  # fmt: skip
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                time.sleep(server.delay_s)
+                if failing:
+                    code, reply = 500, {"error": "busy"}
+                elif body.get("model") != server.model:
+                    code, reply = 404, {"error": f"model {body.get('model')} not found"}
+                else:
+                    message = {"role": "assistant", "content": server.answer(body)}
+                    code, reply = 200, {"choices": [{"index": 0, "message": message}],
+                                        "usage": {"prompt_tokens": 50, "completion_tokens": 12}}  # fmt: skip
+                with server.lock:  # done before the reply leaves: the client may send its next request at once
+                    server.in_flight -= 1
+                self._send(code, reply)
 
         return Handler
