@@ -75,16 +75,20 @@ class LabelStore:
         with self.db:
             self.db.execute(f"INSERT OR IGNORE INTO responses ({cols}) VALUES ({', '.join(':' + c for c in row)})", row)
 
-    def done(self, teacher: str, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which (prompt_hash, sample) pairs of `teacher` are already answered."""
-        keys = list(keys)
+    def labels(self, teacher: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+        """The stored parsed label of each (prompt_hash, sample) pair of `teacher` that is answered."""
+        keys = set(keys)
         hashes = sorted({h for h, _ in keys})
-        out: set[tuple[str, int]] = set()
+        out: dict[tuple[str, int], str | None] = {}
         for i in range(0, len(hashes), 500):
             chunk = hashes[i : i + 500]
-            q = f"SELECT prompt_hash, sample FROM responses WHERE teacher = ? AND prompt_hash IN ({','.join('?' * len(chunk))})"  # noqa: E501
-            out |= {(h, s) for h, s in self.db.execute(q, [teacher, *chunk])}
-        return out & set(keys)
+            q = f"SELECT prompt_hash, sample, label FROM responses WHERE teacher = ? AND prompt_hash IN ({','.join('?' * len(chunk))})"  # noqa: E501
+            out.update({(h, s): label for h, s, label in self.db.execute(q, [teacher, *chunk]) if (h, s) in keys})
+        return out
+
+    def done(self, teacher: str, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which (prompt_hash, sample) pairs of `teacher` are already answered."""
+        return set(self.labels(teacher, keys))
 
     def responses(self, teacher: str | None = None, mode: str | None = None) -> Iterator[dict[str, Any]]:
         q, args = "SELECT * FROM responses WHERE 1=1", []

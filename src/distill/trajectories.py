@@ -63,9 +63,5 @@ def check_span(trajectories: list[Trajectory], max_start_epoch: int, expert_epoc
         raise DistillError(f"the expert trajectories do not fit the model (e.g. {diff}); use the same model spec")
 
 
-def flat_names(trajectory: Trajectory) -> list[str]:
-    return list(trajectory[0])
-
-
 def to_device(trajectories: list[Trajectory], device: torch.device) -> list[Trajectory]:
     return [[{n: p.to(device) for n, p in epoch.items()} for epoch in t] for t in trajectories]

@@ -76,7 +76,7 @@ def label(
                                gen.latency_s, gen.prompt_tokens, gen.completion_tokens, gen.logprobs))  # fmt: skip
             bar.update(1)
     seconds = time.perf_counter() - t0
-    stored = {(row["prompt_hash"], row["sample"]): row["label"] for row in store.responses(teacher, sampling.mode)}
+    stored = store.labels(teacher, [(r.key, r.sample) for _, r in todo])  # just this call's answers
     labels: dict[str, list[str | None]] = {item.id: [] for item in items}
     for item, r in todo:
         labels[item.id].append(stored[(r.key, r.sample)])

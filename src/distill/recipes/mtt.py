@@ -35,6 +35,7 @@ from distill.synthetic import (
     Classifier,
     SyntheticSet,
     TrajectoryMatcher,
+    class_indices,
     herding_select,
     random_real,
     schedule,
@@ -143,7 +144,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     # 1. data, before the run directory exists: a bad path or ipc leaves nothing behind
     data = load_images(cfg.data)
     zca = _whiten(data, cfg) if cfg.zca else None
-    random_real(data.train["labels"], data.num_classes, cfg.distill.ipc, torch.Generator())  # ipc check
+    class_indices(data.train["labels"], data.num_classes, cfg.distill.ipc)  # a clear error if ipc is too large
     ctx = start("mtt", cfg, cfg.run, resume)
     shape = _shape(data)
     device = ctx.accelerator.device
@@ -263,14 +264,15 @@ def train_experts(ctx: Context, cfg: Config, data: ImageSplits, shape: dict[str,
 def evaluate_set(ctx, cfg, spec, shape, images, labels, lr, data, nets: int, seed: int = 0) -> list[float]:
     """Test accuracies of `nets` fresh networks trained on a small set; randomness apart from the run's."""
     accs = []
+    images, labels = images.to(ctx.accelerator.device), labels.to(ctx.accelerator.device)
     for i in range(nets):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed * 7919 + seed * 101 + i)
             net = build_model(spec, **shape)
             test_acc = train_and_test(
                 net,
-                images.to(ctx.accelerator.device),
-                labels.to(ctx.accelerator.device),
+                images,
+                labels,
                 lr,
                 data.test,
                 epochs=cfg.eval.epochs,

@@ -6,6 +6,7 @@ yielding each answer as soon as it exists so the caller can store it at once.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -81,8 +82,6 @@ TeacherSpec = Annotated[ServerTeacher | LocalTeacher, Field(discriminator="kind"
 # --- an OpenAI-compatible server ---------------------------------------------------------------
 class ServerClient:
     def __init__(self, spec: ServerTeacher) -> None:
-        import os
-
         self.spec = spec
         self.base = spec.url.rstrip("/").removesuffix("/v1")
         self.key = spec.api_key or os.environ.get(spec.api_key_env)
