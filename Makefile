@@ -31,9 +31,13 @@ demo-kd: $(STAMP) data
 demo-mtt: $(STAMP) data
 	$(BIN)/distill mtt --config configs/mtt/demo.yaml
 
-# a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~6 min on 2 cores, once)
+# a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~6 min on 2 cores, once
+# per venv). Not for the build machine's own CPU (GGML_NATIVE=OFF): a -march=native build used AMX/AVX-512
+# instructions that this kind of VM advertises but traps on (invalid opcode), and pip's wheel cache would
+# hand that build to the next venv, so it is not cached either.
 $(SERVER): $(STAMP)
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-cache-dir \
+		'llama-cpp-python[server]==0.3.36'
 	touch $(SERVER)
 
 test: $(STAMP) data $(SERVER)

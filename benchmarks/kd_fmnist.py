@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.data import ImageData, load_images  # noqa: E402
-from distill.distiller import Distiller  # noqa: E402
 from distill.engine import TrainConfig, fit  # noqa: E402
+from distill.kd.distiller import Distiller  # noqa: E402
 from distill.models import ModelSpec, build_model  # noqa: E402
+from distill.recipe import start  # noqa: E402
 from distill.recipes import kd  # noqa: E402
-from distill.recipes.common import start  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "kd"
 METHODS = ["student_alone", "hinton", "fitnets", "attention", "rkd", "combined", "two_teachers"]
@@ -57,12 +57,12 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
             t0 = time.perf_counter()
             result = kd.run(cfg)
             walls[method].append(time.perf_counter() - t0)
-            rows = {r["model"]: r for r in result["rows"]}
+            rows = {r["model"]: r for r in result.rows}
             student = rows.get("student KD") or rows["student"]
             per_method[method].append(student["test_accuracy"])
             params["student"] = student["params"]
             if method == "hinton":
-                teacher_ckpt[seed] = str(Path(result["run_dir"]) / "teacher" / "model.safetensors")
+                teacher_ckpt[seed] = str(Path(result.run_dir) / "teacher" / "model.safetensors")
                 teacher_acc.append(rows["teacher"]["test_accuracy"])
                 params["teacher"] = rows["teacher"]["params"]
             if method == "two_teachers":

@@ -69,10 +69,10 @@ def bare(args) -> float:
 
 
 def engine(args, chunk: int | None) -> float:
-    from distill.distiller import Distiller
     from distill.engine import TrainConfig, fit
-    from distill.objective import Term
-    from distill.recipes.common import RuntimeConfig, start
+    from distill.kd.distiller import Distiller
+    from distill.kd.objective import Term
+    from distill.recipe import RuntimeConfig, start
 
     teacher, student, data = setup(args.batch, args.seq_len)
     kd = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": chunk})

@@ -23,13 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from distill.data.text import TextData, token_splits  # noqa: E402
-from distill.distiller import Distiller  # noqa: E402
 from distill.engine import TrainConfig, fit  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
+from distill.kd.distiller import Distiller  # noqa: E402
+from distill.kd.objective import Term  # noqa: E402
 from distill.models.llm import LlmSpec, load_causal_lm  # noqa: E402
-from distill.objective import Term  # noqa: E402
 from distill.pruning import Importance, LlmShape, compute_importance, prune  # noqa: E402
-from distill.recipes.common import RuntimeConfig, start  # noqa: E402
+from distill.recipe import RuntimeConfig, start  # noqa: E402
 
 KD = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 512})
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
@@ -69,7 +69,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, seed=args.seed))
-        evaluate = lambda m: lm_loss(m.student if isinstance(m, Distiller) else m, val, ctx.accelerator, 8)  # noqa: E731
+        evaluate = lambda m: lm_loss(m, val, ctx.accelerator, 8)  # noqa: E731
         t0 = time.perf_counter()
         imp = compute_importance(teacher, train["input_ids"][: args.calibration].split(8), depth_batches=2)
         importance_s = time.perf_counter() - t0

@@ -34,33 +34,33 @@ def quality(args: argparse.Namespace, root: Path) -> dict:
         f"run.output_dir={root}",
         f"model.args.width={args.width}",
         f"buffer.experts={args.experts}",
-        f"buffer.epochs={args.expert_epochs}",
+        f"buffer.train.epochs={args.expert_epochs}",
         f"eval.nets={args.nets}",
-        f"eval.epochs={args.eval_epochs}",
+        f"eval.train.epochs={args.eval_epochs}",
         "eval.cross_arch=[{arch: mlp, args: {hidden: [128, 128]}}, {arch: resnet, args: {widths: [16, 32, 64]}}]",
-        "distill.log_every=10",
-        "distill.save_every=50",
+        "distill.train.log_every=10",
+        "distill.train.save_every=50",
     ]
     runs = {}
     buffer_run = None
     for ipc, iters in ((1, args.iters1), (10, args.iters10)):
-        over = [*common, f"preset=fmnist-ipc{ipc}", f"run.run_name=ipc{ipc}", f"distill.iterations={iters}"]
+        over = [*common, f"run.run_name=ipc{ipc}", f"distill.train.max_steps={iters}"]
         # our experts are shorter than the paper's 50 epochs: start epochs must leave room for M=2
         over.append(f"distill.max_start_epoch={min(2 if ipc == 1 else 20, args.expert_epochs - 2)}")
         if buffer_run:
             over.append(f"buffer.from_run={buffer_run}")
-        cfg = load_config(mtt.Config, None, over)
+        cfg = load_config(mtt.Config, f"fmnist_ipc{ipc}", over, recipe="mtt")
         run_dir = root / f"ipc{ipc}"
         t0 = time.perf_counter()
         # an interrupted benchmark continues its runs (experts, distillation, finished evaluations)
         result = mtt.run(cfg, resume=run_dir if (run_dir / "config.yaml").exists() else None)
         wall = time.perf_counter() - t0
-        buffer_run = buffer_run or result["run_dir"]
-        metrics = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        buffer_run = buffer_run or result.run_dir
+        metrics = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
         distill = [r for r in metrics if r.get("stage") == "distill" and "loss" in r]
         runs[ipc] = {
-            "rows": result["rows"],
-            "learned_lr": result["learned_lr"],
+            "rows": result.rows,
+            "learned_lr": result.info["learned_lr"],
             "wall_s": round(wall, 1),
             "distill_wall_s": round(distill[-1]["time"] - distill[0]["time"], 1) if len(distill) > 1 else None,
             "match_loss_first_last": [round(distill[0]["loss"], 4), round(distill[-1]["loss"], 4)],
@@ -74,9 +74,9 @@ def cost(ipc: int, syn_steps: int, iters: int) -> dict:
     """Seconds and peak memory of one distillation iteration (width 128, depth 3, 28x28); run in a fresh process."""
     from accelerate import Accelerator
 
-    from distill.augment import DSAConfig
+    from distill.dd import SyntheticSet, TrajectoryMatcher
+    from distill.dd.augment import DSAConfig
     from distill.models import ModelSpec, build_model
-    from distill.synthetic import SyntheticSet, TrajectoryMatcher
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="dc_convnet", args={"width": 128, "depth": 3})

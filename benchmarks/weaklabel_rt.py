@@ -24,14 +24,14 @@ from common import machine, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.data.labeled_text import TextItems, load_items  # noqa: E402
 from distill.labeling import scores, vote  # noqa: E402
+from distill.labeling.clients import LocalClient, LocalTeacher, ServerClient, ServerTeacher  # noqa: E402
 from distill.labeling.lexicon import lexicon, polarity  # noqa: E402
+from distill.labeling.llama_server import llama_cpp_server  # noqa: E402
 from distill.labeling.pipeline import Sampling, label  # noqa: E402
+from distill.labeling.stages import resolve_task  # noqa: E402
+from distill.labeling.store import LabelStore  # noqa: E402
 from distill.models.llm import resolve  # noqa: E402
 from distill.recipes import weaklabel  # noqa: E402
-from distill.recipes.label import resolve_task  # noqa: E402
-from distill.store import LabelStore  # noqa: E402
-from distill.teachers.generate import LocalClient, LocalTeacher, ServerClient, ServerTeacher  # noqa: E402
-from distill.teachers.llama_server import llama_cpp_server  # noqa: E402
 
 TASK = resolve_task("movie_sentiment")
 SETTINGS = {
@@ -124,14 +124,14 @@ def main() -> None:
                 "student.encoder.max_length=64", f"student.train.epochs={args.epochs}",
                 "student.train.progress=false"]  # fmt: skip
         result = weaklabel.run(load_config(weaklabel.Config, None, over))
-    students = result["rows"][1:]
+    students = result.rows[1:]
     sc_row = teachers[-1]
     rows = teachers + students + lexicon_rows(pool, test)
     out = {
         "machine": machine(),
         "budget": {**vars(args), "pool_texts": len(pool), "test_texts": len(test)},
         "rows": rows,
-        "labelling": result["labelling"],
+        "labelling": result.tables["labelling"],
         "throughput_texts_per_s": speed,
         "self_consistency_beats_single": sc_row["accuracy"] > max(t["accuracy"] for t in teachers[:-1]),
         "best_student_minus_teacher": round(max(s["accuracy"] or 0 for s in students[:-1]) - sc_row["accuracy"], 4),

@@ -97,3 +97,13 @@ def test_shipped_configs_load():
     assert len(files) >= 8
     for f in files:
         load_config(Config, f)
+
+
+def test_each_item_of_a_list_section_keeps_the_defaults_it_does_not_name():
+    """A teacher given in part keeps its documented train defaults (epochs 2, lr 0.002, weight decay 5e-4)."""
+    from distill.recipes import kd
+
+    cfg = load_config(kd.Config, None, ["teachers=[{name: t, train: {max_steps: 7, batch_size: 16}}]"])
+    train = cfg.teachers[0].train
+    assert (train.max_steps, train.batch_size, train.epochs, train.lr, train.weight_decay) == (7, 16, 2, 0.002, 5e-4)
+    assert cfg.teachers[0].model.args == {"channels": [32, 64, 128]}

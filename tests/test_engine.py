@@ -9,9 +9,9 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distill.distiller import Distiller
 from distill.engine import TrainConfig, checkpoints, epoch_batches, fit, lr_lambda
-from distill.objective import Term
+from distill.kd.distiller import Distiller
+from distill.kd.objective import Term
 from distill.run import RunDir
 
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
@@ -205,3 +205,48 @@ def test_parameter_groups_and_in_memory_training(tmp_path, accelerator):
     # d loss / d a = d loss / d b = 1 every step: a moves by 3 x 0.1, b by 3 x 0.01
     assert float(model.a.detach()) == pytest.approx(0.7) and float(model.b.detach()) == pytest.approx(0.97)
     assert not list(tmp_path.iterdir()), "run=None writes nothing"
+
+
+def test_named_callbacks_receive_the_product_not_the_wrapper(tmp_path, accelerator):
+    """on_step / on_eval / on_epoch_end / on_save each get the student, at the steps they promise."""
+    from distill.engine import Callbacks
+
+    student = toy_model()
+    seen: dict[str, list] = {"step": [], "eval": [], "epoch": [], "save": []}
+    hooks = Callbacks(
+        on_step=lambda m, step: seen["step"].append((m is student, step)),
+        on_eval=lambda m, step, metrics: seen["eval"].append((m is student, step, metrics["n"])),
+        on_epoch_end=lambda m, epoch: seen["epoch"].append((m is student, epoch)),
+        on_save=lambda m, step: seen["save"].append((m is student, step)),
+    )
+    cfg = TrainConfig(epochs=3, batch_size=16, eval_every=6, save_every=5, progress=False)  # 4 steps an epoch
+    fit(Distiller(student, [CE]), toy_data(), cfg, stage="s", run=RunDir(tmp_path / "r"), accelerator=accelerator,
+        seed=0, eval_fn=lambda m: {"n": float(m is student)}, callbacks=hooks, product=student)  # fmt: skip
+    assert seen["step"] == [(True, s) for s in range(1, 13)]
+    assert seen["eval"] == [(True, 6, 1.0), (True, 12, 1.0)]
+    assert seen["epoch"] == [(True, 1), (True, 2), (True, 3)]
+    assert seen["save"] == [(True, 5), (True, 10)]  # none at the last step: the finished stage is saved instead
+
+
+def test_several_named_products_are_saved_and_reloaded(tmp_path, accelerator):
+    from safetensors.torch import load_file
+
+    a, b = toy_model(0), toy_model(1)
+    both = nn.ModuleDict({"a": a, "b": b})
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair = both
+
+        def forward(self, batch):
+            x, y = batch["inputs"], batch["labels"]
+            return sum(nn.functional.cross_entropy(m(x), y) for m in self.pair.values()), {}
+
+    cfg = TrainConfig(max_steps=3, batch_size=16, progress=False)
+    run = RunDir(tmp_path / "r")
+    fit(Two(), toy_data(), cfg, stage="pair", run=run, accelerator=accelerator, seed=0, product={"a": a, "b": b})
+    assert torch.equal(load_file(str(run.path / "pair" / "a.safetensors"))["0.weight"], a[0].weight.detach())
+    fresh = {"a": toy_model(5), "b": toy_model(6)}
+    fit(Two(), toy_data(), cfg, stage="pair", run=run, accelerator=accelerator, seed=0, product=fresh)  # loaded
+    assert torch.equal(fresh["b"][0].weight, b[0].weight)

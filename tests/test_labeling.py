@@ -16,11 +16,11 @@ from distill.cli import main
 from distill.data.labeled_text import Item
 from distill.errors import DistillError
 from distill.labeling import coverage_precision, load_task, scores, vote
+from distill.labeling.clients import Request, ServerClient, ServerTeacher
 from distill.labeling.lexicon import polarity
 from distill.labeling.pipeline import Sampling, label, request_seed
-from distill.recipes.label import resolve_task
-from distill.store import LabelStore, Response
-from distill.teachers.generate import Request, ServerClient, ServerTeacher
+from distill.labeling.stages import resolve_task
+from distill.labeling.store import LabelStore, Response
 from fake_openai import FakeServer
 from test_cli import DISTILL, ENV
 
@@ -170,13 +170,13 @@ def request(k: int = 0) -> Request:
 
 def test_client_retries_with_backoff_then_answers():
     with FakeServer(fail_first=2) as server:
-        gen = ServerClient(ServerTeacher(model="fake-teacher", url=server.url, backoff_s=0.01)).one(request())
+        gen = ServerClient(ServerTeacher(model="fake-teacher", url=server.url)).one(request())
     assert gen.text.endswith("Answer: positive") and gen.completion_tokens == 12 and len(server.requests) == 3
 
 
 def test_client_gives_up_after_its_retries():
     with FakeServer(fail_first=10) as server:
-        spec = ServerTeacher(model="fake-teacher", url=server.url, retries=1, backoff_s=0.01)
+        spec = ServerTeacher(model="fake-teacher", url=server.url, retries=1)
         with pytest.raises(DistillError, match="answered 500"):
             ServerClient(spec).one(request())
     assert len(server.requests) == 2

@@ -49,7 +49,7 @@ def test_jsd_golden_and_endpoints():
     m = [3 / 8, 5 / 8]
     kl_pm = 0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])
     kl_qm = 0.25 * math.log(0.25 / m[0]) + 0.75 * math.log(0.75 / m[1])
-    assert jsd(S_LOGITS, T_LOGITS, beta=0.5).item() == pytest.approx(0.5 * kl_pm + 0.5 * kl_qm, rel=1e-6)
+    assert jsd(S_LOGITS, T_LOGITS, beta=0.5).item() == pytest.approx(0.5 * kl_pm + 0.5 * kl_qm, rel=1e-5)  # fp32
     assert jsd(S_LOGITS, T_LOGITS, beta=0.0).item() == pytest.approx(kl_div(S_LOGITS, T_LOGITS).item(), rel=1e-6)
     assert jsd(S_LOGITS, T_LOGITS, beta=1.0).item() == pytest.approx(reverse_kl(S_LOGITS, T_LOGITS).item(), rel=1e-6)
     with pytest.raises(ValueError, match="beta"):

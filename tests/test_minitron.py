@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ def tiny(tmp_path):
     corpus = save_corpus(tmp_path / "corpus.txt")
     return [
         f"teacher.path={model}", "data.source=files", f"data.paths=[{corpus}]", "data.seq_len=32",
-        "calibration=16", "calibration_batch=4", "depth_batches=2", f"run.output_dir={tmp_path / 'runs'}",
+        "calibration=16", "calibration_batch_size=4", "depth_batches=2", f"run.output_dir={tmp_path / 'runs'}",
         "train.max_steps=12", "train.batch_size=4", "train.eval_every=6", "train.log_every=2",
         "train.progress=false", "train.lr=3e-3", "samples=[The cat]", "sample_tokens=4",
     ]  # fmt: skip
@@ -63,11 +64,11 @@ def test_budget_search_and_importance_reuse(tiny, tmp_path):
     assert main(["minitron", *args]) == 0
     first = only_run(tmp_path)
     result = json.loads((first / "results.json").read_text())
-    assert result["search"] and [r["val_loss"] for r in result["search"]] == sorted(
-        r["val_loss"] for r in result["search"]
+    assert result["tables"]["search"] and [r["val_loss"] for r in result["tables"]["search"]] == sorted(
+        r["val_loss"] for r in result["tables"]["search"]
     )
-    best = result["search"][0]
-    assert {k: result["target"][k] for k in ("hidden", "ffn", "heads", "layers")} == {
+    best = result["tables"]["search"][0]
+    assert {k: result["info"]["target"][k] for k in ("hidden", "ffn", "heads", "layers")} == {
         k: best[k] for k in ("hidden", "ffn", "heads", "layers")
     }
     budget = 0.6 * result["rows"][0]["params"]
@@ -111,14 +112,14 @@ def test_smollm2_prunes_and_distills(tmp_path, capsys):
     """The bundled teacher (GGUF -> cached HF directory) on a slice of the Austen corpus."""
     args = ["minitron", f"run.output_dir={tmp_path}", "data.seq_len=64", "data.max_sequences=16",
             "data.max_val_sequences=8", "calibration=8",
-            "calibration_batch=4", "depth_batches=1", "target.params=null", "target.layers=20", "target.ffn=1024",
+            "calibration_batch_size=4", "depth_batches=1", "target.params=null", "target.layers=20", "target.ffn=1024",
             "train.max_steps=2", "train.batch_size=2", "train.progress=false", "sample_tokens=2"]  # fmt: skip
     assert main(args) == 0
     result = json.loads(next(tmp_path.glob("minitron-*/results.json")).read_text())
     teacher, pruned, _ = result["rows"]
     assert 130e6 < teacher["params"] < 140e6
     assert teacher["ppl"] < 200 < pruned["ppl"]  # a real model on real English (uniform would be 49,152)
-    exported = AutoModelForCausalLM.from_pretrained(result["export"])
+    exported = AutoModelForCausalLM.from_pretrained(Path(result["run_dir"]) / result["products"]["model"])
     assert exported.config.num_hidden_layers == 20 and exported.config.intermediate_size == 1024
     with torch.no_grad():
         assert torch.isfinite(exported(input_ids=torch.tensor([[1, 2, 3]])).logits).all()

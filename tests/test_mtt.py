@@ -13,15 +13,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import ROOT, kill_after_checkpoints, write_tensor_file
-from distill.augment import OPS, DSAConfig, dsa
 from distill.cli import main
 from distill.config import load_config
-from distill.data.zca import ZCA
+from distill.dd import SyntheticSet, TrajectoryMatcher, herding, schedule
+from distill.dd.augment import OPS, DSAConfig, dsa
+from distill.dd.buffer import check_span
+from distill.dd.zca import ZCA
 from distill.errors import DistillError
 from distill.losses import trajectory_matching
 from distill.recipes import mtt
-from distill.synthetic import SyntheticSet, TrajectoryMatcher, herding, schedule
-from distill.trajectories import check_span
 from test_cli import DISTILL, ENV, read_metrics, strip
 
 
@@ -113,16 +113,19 @@ def test_schedule_is_seeded_and_in_range():
 
 
 # --- configs, presets and errors ---------------------------------------------------------------
-def test_presets_fill_in_and_explicit_values_win():
-    cfg = load_config(mtt.Config, None, ["preset=fmnist-ipc1"])
-    assert (cfg.distill.ipc, cfg.distill.syn_steps, cfg.distill.lr_lr) == (1, 50, 1e-7)
-    cfg = load_config(mtt.Config, None, ["preset=cifar10-ipc10", "distill.syn_steps=7", "data.path=/x"])
+def test_named_configs_fill_in_and_explicit_values_win():
+    cfg = load_config(mtt.Config, "fmnist_ipc1", recipe="mtt")
+    assert (cfg.distill.ipc, cfg.distill.syn_steps, cfg.distill.lr_lr, cfg.distill.train.lr) == (1, 50, 1e-7, 1000)
+    cfg = load_config(mtt.Config, "cifar10_ipc10", ["distill.syn_steps=7", "data.path=/x"], recipe="mtt")
     assert (cfg.zca, cfg.distill.syn_steps, cfg.distill.max_start_epoch, cfg.data.source) == (True, 7, 20, "cifar10")
+    assert cfg.distill.train.lr == 1e5 and cfg.distill.train.momentum == 0.5  # the file's lr, the section's defaults
+    demo = load_config(mtt.Config, "demo", recipe="mtt")  # `base: fmnist_ipc1` under the demo's own values
+    assert (demo.distill.syn_steps, demo.distill.train.max_steps, demo.buffer.experts) == (50, 100, 2)
 
 
 def test_a_start_epoch_beyond_the_trajectory_is_a_clear_error():
     with pytest.raises(DistillError, match="runs past the 4 saved expert epochs"):
-        load_config(mtt.Config, None, ["buffer.epochs=4", "distill.max_start_epoch=4"])
+        load_config(mtt.Config, None, ["buffer.train.epochs=4", "distill.max_start_epoch=4"])
     net = nn.Linear(2, 2)
     trajectory = [{n: p.detach() for n, p in net.named_parameters()} for _ in range(4)]  # epochs 0..3
     check_span([trajectory], max_start_epoch=2, expert_epochs=2, model=net)  # needs epoch 3: fine
@@ -148,19 +151,19 @@ def tiny_mtt(data: Path, out: Path, name: str = "tiny") -> list[str]:
         f"run.run_name={name}",
         "model.args.width=8",
         "buffer.experts=2",
-        "buffer.epochs=3",
-        "buffer.batch_size=32",
+        "buffer.train.epochs=3",
+        "buffer.train.batch_size=32",
         "distill.ipc=2",
-        "distill.iterations=8",
+        "distill.train.max_steps=8",
         "distill.syn_steps=5",
         "distill.expert_epochs=2",
         "distill.max_start_epoch=2",
-        "distill.lr_img=100",
-        "distill.save_every=3",
-        "distill.log_every=2",
-        "distill.eval_every=4",
+        "distill.train.lr=100",
+        "distill.train.save_every=3",
+        "distill.train.log_every=2",
+        "distill.train.eval_every=4",
         "eval.nets=2",
-        "eval.epochs=30",
+        "eval.train.epochs=30",
         "eval.cross_arch=[{arch: mlp, args: {hidden: [32]}}, {arch: resnet, args: {widths: [4, 8]}}]",
     ]
 
@@ -184,7 +187,7 @@ def test_buffer_distill_evaluate_through_the_cli(small_set, tmp_path, capsys):
     syn = load_file(str(run / "synthetic.safetensors"))
     assert syn["images"].shape == (8, 1, 12, 12) and syn["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert 0 <= float(syn["pixels"].min()) and float(syn["pixels"].max()) <= 1
-    assert float(syn["lr"]) != 0.01 and result["learned_lr"] == pytest.approx(float(syn["lr"]))
+    assert float(syn["lr"]) != 0.01 and result["info"]["learned_lr"] == pytest.approx(float(syn["lr"]))
     distill = [r for r in read_metrics(run) if r["stage"] == "distill"]
     assert {"loss", "param/syn_lr"} <= set(distill[0]) and [r["step"] for r in distill if "eval/accuracy" in r] == [
         4,
@@ -201,7 +204,7 @@ def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
     over = [*tiny_mtt(small_set, tmp_path, "second"), f"buffer.from_run={tmp_path / 'first'}", "distill.ipc=1"]
     assert main(over) == 0
     assert not (tmp_path / "second" / "buffer").exists()
-    assert json.loads((tmp_path / "second" / "results.json").read_text())["experts"] == 2
+    assert json.loads((tmp_path / "second" / "results.json").read_text())["info"]["experts"] == 2
     bad = [
         *tiny_mtt(small_set, tmp_path, "third"),
         f"buffer.from_run={tmp_path / 'first'}",
@@ -216,7 +219,7 @@ def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
     [
         (["distill.ipc=200"], "ipc 200 is more than class 0 has images (75); lower distill.ipc"),
         (["distill.max_start_epoch=3"], "runs past the 3 saved expert epochs"),
-        (["preset=cifar11-ipc1"], "preset = 'cifar11-ipc1': choose one of"),
+        (["--config", "cifar11_ipc1"], "config file cifar11_ipc1 does not exist; the named configs of mtt: ["),
         (["dsa.strategy=color_blur"], "unknown DSA ops ['blur']"),
         (["data.source=cifar10"], "lacks ['data_batch_1.bin', 'data_batch_2.bin',"),
     ],
@@ -230,8 +233,8 @@ def test_mtt_user_errors_are_one_line(small_set, tmp_path, capsys, extra, messag
 
 @pytest.mark.slow
 def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_set, tmp_path):
-    over = [*tiny_mtt(small_set, tmp_path, "straight")[1:], "distill.iterations=40", "distill.syn_steps=10",
-            "distill.save_every=5", "distill.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
+    over = [*tiny_mtt(small_set, tmp_path, "straight")[1:], "distill.train.max_steps=40", "distill.syn_steps=10",
+            "distill.train.save_every=5", "distill.train.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
     subprocess.run([*DISTILL, "mtt", *over], check=True, env=ENV, capture_output=True)
     killed = [o.replace("run.run_name=straight", "run.run_name=killed") for o in over]
     kill_after_checkpoints([*DISTILL, "mtt", *killed], ENV, tmp_path / "killed" / "checkpoints" / "distill")
@@ -249,7 +252,7 @@ def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_s
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "mtt").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
     cfg = load_config(mtt.Config, path)
-    assert cfg.preset in mtt.PRESETS
+    assert cfg.distill.train.max_steps > 0
 
 
 @pytest.mark.bundled
@@ -257,8 +260,8 @@ def test_fashion_mnist_slice_through_the_cli(tmp_path, capsys):
     """The demo config on a slice of the real data set: experts learn, and every set is scored."""
     args = ["mtt", "--config", str(ROOT / "configs" / "mtt" / "demo.yaml"), f"run.output_dir={tmp_path}",
             "run.run_name=f", "data.train_limit=1500", "data.test_limit=500", "model.args.width=16",
-            "buffer.experts=1", "buffer.epochs=3", "distill.iterations=4", "distill.syn_steps=10",
-            "eval.epochs=50"]  # fmt: skip
+            "buffer.experts=1", "buffer.train.epochs=3", "distill.train.max_steps=4", "distill.syn_steps=10",
+            "eval.train.epochs=50"]  # fmt: skip
     assert main(args) == 0
     result = json.loads((tmp_path / "f" / "results.json").read_text())
     assert [r["set"] for r in result["rows"]] == ["mtt", "random real", "herding"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from distill.distiller import Distiller
 from distill.errors import ConfigError, DistillError
-from distill.objective import Objective, Term, parse_ref
-from distill.taps import Taps
+from distill.kd.distiller import Distiller
+from distill.kd.objective import Objective, Term, parse_ref
+from distill.kd.taps import Taps
 
 
 def net(width: int = 4, out: int = 3) -> nn.Module:
@@ -108,7 +108,7 @@ def test_balanced_term_is_scaled_to_its_reference_each_step():
 
 
 def test_balance_with_must_name_another_term():
-    from distill.objective import check_terms
+    from distill.kd.objective import check_terms
 
     with pytest.raises(ValueError, match="balance_with names no other term"):
         check_terms([Term(name="a", loss="ce", inputs=["student.logits", "labels"], balance_with="b")])

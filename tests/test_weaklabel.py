@@ -13,9 +13,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from distill.cli import main
-from distill.recipes.label import resolve_task
-from distill.store import LabelStore
-from distill.teachers.generate import LocalClient, LocalTeacher, Request
+from distill.labeling.clients import LocalClient, LocalTeacher, Request
+from distill.labeling.stages import resolve_task
+from distill.labeling.store import LabelStore
 from fake_openai import FakeServer
 from llm_fixtures import char_tokenizer, save_tiny_llama
 
@@ -98,8 +98,8 @@ def test_weaklabel_end_to_end(tmp_path, capsys):
 )  # noqa: E501
 def test_against_a_real_llama_cpp_server(tmp_path, capsys):
     """The test set-up builds llama.cpp's server; it serves the bundled SmolLM2 GGUF on a free port."""
+    from distill.labeling.llama_server import llama_cpp_server
     from distill.models.llm import resolve
-    from distill.teachers.llama_server import llama_cpp_server
 
     data = tmp_path / "in.jsonl"
     data.write_text('{"text": "A triumph: funny, moving and beautifully acted.", "label": "positive"}\n'

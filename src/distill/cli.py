@@ -1,25 +1,41 @@
-"""`distill <recipe> [--config FILE] [key.sub=value ...] [--resume RUN_DIR]` and `distill report RUN_DIR`."""
+"""`distill <recipe> [--config FILE|NAME] [key.sub=value ...] [--resume RUN_DIR]`, `distill report RUN_DIR`,
+`distill ls [RECIPE]` and `distill cp RECIPE/NAME DEST` (the named configs shipped with the package)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
-from distill.config import describe, load_config
+from distill.config import config_path, describe, load_config, named_configs
 from distill.errors import DistillError
+from distill.recipe import Recipe, recipes
 from distill.run import RunDir
 
+USAGE = (
+    "usage: distill RECIPE [--config FILE|NAME] [key=value ...] | distill report RUN_DIR | distill ls [RECIPE] | "
+    "distill cp RECIPE/NAME DEST"
+)
 
-def _recipe_help(name: str, module) -> str:
-    rows = describe(module.Config)
+
+def _summary(recipe: Recipe) -> str:
+    doc = (recipe.Config.__doc__ or "").strip() or (getattr(recipe, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _recipe_help(name: str, recipe: Recipe) -> str:
+    rows = describe(recipe.Config)
     width = max(len(r[0]) for r in rows)
+    configs = named_configs(name)
     lines = [
-        f"usage: distill {name} [--config FILE] [key.sub=value ...] [--resume RUN_DIR]",
+        f"usage: distill {name} [--config FILE|NAME] [key.sub=value ...] [--resume RUN_DIR]",
         "",
-        (module.__doc__ or "").strip().splitlines()[0],
+        _summary(recipe),
         "",
         "options:",
-        "  --config FILE     YAML file of field values (see configs/)",
+        "  --config FILE     YAML file of field values, or a named config: "
+        + (", ".join(configs) if configs else "(none shipped)"),
         "  --resume RUN_DIR  continue an interrupted run from its last checkpoint",
         "",
         "fields (override any with key.sub=value; lists by index, e.g. objective.0.weight=0.5):",
@@ -33,12 +49,9 @@ def _recipe_help(name: str, module) -> str:
     return "\n".join(lines)
 
 
-def _run_recipe(name: str, argv: list[str]) -> int:
-    from distill.recipes import RECIPES
-
-    module = RECIPES[name]
+def _run_recipe(name: str, recipe: Recipe, argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
-        print(_recipe_help(name, module))
+        print(_recipe_help(name, recipe))
         return 0
     parser = argparse.ArgumentParser(prog=f"distill {name}", add_help=False)
     parser.add_argument("--config")
@@ -49,31 +62,57 @@ def _run_recipe(name: str, argv: list[str]) -> int:
         if args.config or args.overrides:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")
         run = RunDir.open(args.resume)  # a clear error for a path that is not a run
-        cfg = load_config(module.Config, run.path / "config.yaml")
+        cfg = load_config(recipe.Config, run.path / "config.yaml")
     else:
-        cfg = load_config(module.Config, args.config, args.overrides)
-    result = module.run(cfg, resume=args.resume)
-    if not result.get("is_main", True):
+        cfg = load_config(recipe.Config, args.config, args.overrides, recipe=name)
+    result = recipe.run(cfg, resume=args.resume)
+    if not result.is_main:
         return 0  # under `accelerate launch`, one process speaks
-    print(module.table(result))
-    print(f"\nrun directory: {result['run_dir']}  (report: {result['run_dir']}/report.md)")
+    print(recipe.table(result))
+    print(f"\nrun directory: {result.run_dir}  (report: {result.run_dir}/report.md)")
+    return 0
+
+
+def _ls(rest: list[str], known: dict[str, Recipe]) -> int:
+    """The recipes and their named configs (as torchtune's `tune ls`)."""
+    names = rest or list(known)
+    for name in names:
+        if name not in known:
+            raise DistillError(f"unknown recipe {name!r}; choose one of {sorted(known)}")
+        print(f"{name:10s} {_summary(known[name])}")
+        for config in named_configs(name):
+            print(f"{'':10s} {name}/{config}")
+    return 0
+
+
+def _cp(rest: list[str], known: dict[str, Recipe]) -> int:
+    """Copy a named config out to edit it (as torchtune's `tune cp`)."""
+    if len(rest) != 2 or "/" not in rest[0]:
+        raise DistillError("usage: distill cp RECIPE/NAME DEST (see distill ls)")
+    (recipe, name), dest = rest[0].split("/", 1), Path(rest[1])
+    if recipe not in known:
+        raise DistillError(f"unknown recipe {recipe!r}; choose one of {sorted(known)}")
+    if name not in named_configs(recipe):
+        raise DistillError(f"{recipe} has no named config {name!r}; it has {named_configs(recipe)}")
+    source = config_path(name, recipe)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise DistillError(f"{dest} exists already; remove it or choose another destination")
+    shutil.copyfile(source, dest)
+    print(dest)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distill.recipes import RECIPES
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = f"usage: distill {{{','.join(RECIPES)}}} [--config FILE] [key=value ...] | distill report RUN_DIR"
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
-        print(
-            "\nrecipes:\n"
-            + "\n".join(f"  {n:8s} {(m.__doc__ or '').strip().splitlines()[0]}" for n, m in RECIPES.items())
-        )
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
     try:
+        known = recipes()
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE)
+            print("\nrecipes:\n" + "\n".join(f"  {n:10s} {_summary(r)}" for n, r in known.items()))
+            return 0 if argv else 2
+        command, rest = argv[0], argv[1:]
         if command == "report":
             if len(rest) != 1:
                 raise DistillError("usage: distill report RUN_DIR")
@@ -81,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(write_report(rest[0]))
             return 0
-        if command not in RECIPES:
-            raise DistillError(f"unknown command {command!r}; choose one of {sorted(RECIPES)} or 'report'")
-        return _run_recipe(command, rest)
+        if command == "ls":
+            return _ls(rest, known)
+        if command == "cp":
+            return _cp(rest, known)
+        if command not in known:
+            raise DistillError(f"unknown command {command!r}; choose one of {sorted(known)}, 'report', 'ls' or 'cp'")
+        return _run_recipe(command, known[command], rest)
     except DistillError as e:
         print(f"distill: error: {e}", file=sys.stderr)
         return 2

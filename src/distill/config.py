@@ -64,6 +64,29 @@ def _list_item(node: list, part: str, path: list[str]) -> Any:
     return node[_list_index(node, part, path)]
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the named configs, shipped inside the package
+
+
+def named_configs(recipe: str) -> list[str]:
+    """The names of the configs shipped for `recipe` (`distill ls`)."""
+    return sorted(p.stem for p in (CONFIGS / recipe).glob("*.yaml"))
+
+
+def config_path(name: str | Path, recipe: str | None = None, near: Path | None = None) -> Path:
+    """A config file: a path that exists, else a named config of `recipe` (`hinton` or `hinton.yaml`)."""
+    p = Path(name)
+    candidates = [p]
+    if near is not None:  # a base named beside the file that names it
+        candidates += [near / p, near / f"{p.name}.yaml"]
+    if recipe is not None and p.parent == Path(".") and p.suffix in ("", ".yaml", ".yml"):
+        candidates.append(CONFIGS / recipe / f"{p.stem if p.suffix else p.name}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    names = f"; the named configs of {recipe}: {named_configs(recipe)}" if recipe and named_configs(recipe) else ""
+    raise ConfigError(f"config file {name} does not exist{names}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
     p = Path(path)
@@ -78,28 +101,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
-    """Build `cls` from an optional YAML file plus dotted overrides.
+def read_config(name: str | Path, recipe: str | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's values; `base: NAME` in it puts another config (a file or a named one) underneath."""
+    path = config_path(name, recipe, _seen[-1].parent if _seen else None).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {path.name} is its own base (through {[p.name for p in _seen]})")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must name one config file, got {base!r}")
+    return merge(read_config(base, recipe, (*_seen, path)), data)
 
-    A class with named `PRESETS` takes `preset: NAME` (in the file or as an override): the preset's
-    values sit under the file's and the overrides', above the class defaults.
-    """
-    data = read_yaml(path) if path else {}
-    parsed = [parse_override(item) for item in overrides]
-    preset = next((v for k, v in reversed(parsed) if k == ["preset"]), data.get("preset"))
-    if preset is not None:
-        data = merge(preset_values(cls, preset), data)
-    data = with_defaults(cls, data)
-    for key, value in parsed:
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: list[str] = (), recipe: str | None = None
+) -> C:
+    """Build `cls` from an optional config (a YAML path, or a named config of `recipe`) plus dotted overrides."""
+    data = read_config(path, recipe) if path else {}
+    data = with_defaults(cls, data)  # so that overrides can address fields the file leaves out
+    for key, value in map(parse_override, overrides):
         apply_override(data, key, value)
-    return validate(cls, data)
-
-
-def preset_values(cls: type[BaseModel], name: Any) -> dict[str, Any]:
-    presets = getattr(cls, "PRESETS", {})
-    if name not in presets:
-        raise ConfigError(f"config error: preset = {name!r}: choose one of {sorted(presets)}")
-    return {"preset": name, **presets[name]}
+    return validate(cls, with_defaults(cls, data))  # and complete the sections the overrides gave in part
 
 
 def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +138,7 @@ def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseMode
     """Fill the fields `data` leaves out with the defaults in effect, so overrides can address them.
 
     A section given in part is completed from that section's default (the recipe's, e.g. its
-    `train`), recursively; lists and free dicts given are kept whole.
+    `train`), recursively, and so is each item of a list of sections; free dicts are kept whole.
     """
     out = dict(data)
     for name, field in cls.model_fields.items():
@@ -124,11 +148,13 @@ def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseMode
             continue
         else:
             value = field.get_default(call_default_factory=True)
-        sub = _section_type(field.annotation)
+        sub, item = _section_type(field.annotation), _list_item_section(field.annotation)
         if name not in out:
             out[name] = TypeAdapter(field.annotation).dump_python(value, mode="json")
         elif sub is not None and isinstance(out[name], dict):
             out[name] = with_defaults(sub, out[name], value if isinstance(value, sub) else None)
+        elif item is not None and isinstance(out[name], list):  # each item completed from its class's defaults
+            out[name] = [with_defaults(item, x) if isinstance(x, dict) else x for x in out[name]]
     return out
 
 

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,26 @@ from distill.errors import DistillError
 from distill.run import RunDir, atomic_write
 
 Data = Mapping[str, Tensor] | torch.utils.data.Dataset
-EvalFn = Callable[[nn.Module], dict[str, float]]
+# what a stage delivers: one model, or several named ones (e.g. a trainable teacher and its students)
+Product = nn.Module | Mapping[str, nn.Module]
+EvalFn = Callable[[Product], dict[str, float]]
+
+
+@dataclass
+class Callbacks:
+    """Named hooks of a fit; each receives the stage's product (never the training wrapper).
+
+    on_step(product, step)              after every optimizer step
+    on_eval(product, step, metrics)     after every evaluation
+    on_epoch_end(product, epoch)        when an epoch's last step is done (epoch counts from 1), before
+                                        any checkpoint of that step: a checkpoint implies the hook ran
+    on_save(product, step)              after a checkpoint is written (main process)
+    """
+
+    on_step: Callable[[Product, int], None] | None = None
+    on_eval: Callable[[Product, int, dict[str, float]], None] | None = None
+    on_epoch_end: Callable[[Product, int], None] | None = None
+    on_save: Callable[[Product, int], None] | None = None
 
 
 class TrainConfig(Section):
@@ -136,19 +156,23 @@ def fit(
     accelerator: Accelerator,
     seed: int,
     eval_fn: EvalFn | None = None,
-    product: nn.Module | None = None,
+    callbacks: Callbacks | None = None,
+    product: Product | None = None,
 ) -> dict[str, float]:
     """Train `model` on `data`; return the last evaluation's metrics.
 
-    `product` is the part whose weights the stage delivers (default: `model`); it is saved as
-    `<stage>/model.safetensors`. A stage already finished in this run is loaded, not retrained;
-    a stage with a checkpoint continues from it. With `run=None` the stage trains in memory only
-    (no checkpoints, logs or saved weights): for short throwaway trainings such as evaluations.
+    `product` is what the stage delivers (default: `model`): one module, saved as
+    `<stage>/model.safetensors`, or several named ones, each saved as `<stage>/<name>.safetensors`.
+    `eval_fn` and the callbacks receive the product. A stage already finished in this run is
+    loaded, not retrained; a stage with a checkpoint continues from it. With `run=None` the stage
+    trains in memory only (no checkpoints, logs or saved weights), e.g. for evaluation protocols.
     A model may own its optimizer groups through a `param_groups()` method (e.g. two learning rates).
     """
     product = product if product is not None else model
+    hooks = callbacks or Callbacks()
     if run is not None and (run.path / stage / "done.json").exists():
-        load_model(product, str(run.path / stage / "model.safetensors"), device=str(accelerator.device))
+        for path, module in _product_files(run, stage, product):
+            load_model(module, str(path), device=str(accelerator.device))
         return run.read_json(f"{stage}/done.json")["metrics"]
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -210,6 +234,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
+            if hooks.on_step:
+                hooks.on_step(product, step)
             if run is not None and (step % cfg.log_every == 0 or step == total):
                 record = window.flush(accelerator)
                 record.update(lr=scheduler.get_last_lr()[0])
@@ -218,16 +244,23 @@ def fit(
             paused = False  # evaluating and saving are not training throughput
             if eval_fn is not None and (step % eval_every == 0 or step == total):
                 paused = True
-                metrics = _evaluate(wrapped, accelerator, eval_fn)
+                metrics = _evaluate(wrapped, accelerator, eval_fn, product)
                 evals = {f"eval/{k}": v for k, v in metrics.items()}
                 if run is not None:
                     run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
+                if hooks.on_eval:
+                    hooks.on_eval(product, step, metrics)
+            if hooks.on_epoch_end and step % steps_per_epoch == 0:
+                paused = True
+                hooks.on_epoch_end(product, step // steps_per_epoch)
             if run is not None and step % save_every == 0 and step < total:
                 paused = True
                 _save_checkpoint(
                     run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints
                 )
+                if hooks.on_save and accelerator.is_main_process:
+                    hooks.on_save(product, step)
             if paused:
                 window.restart()
             if step >= total:
@@ -237,21 +270,27 @@ def fit(
         return metrics
 
     if accelerator.is_main_process:
-        out = run.path / stage / "model.safetensors"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(".model.safetensors.tmp")
-        save_model(product, str(tmp))
-        tmp.replace(out)
+        for out, module in _product_files(run, stage, product):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+            save_model(module, str(tmp))
+            tmp.replace(out)
     run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
     accelerator.wait_for_everyone()
     return metrics
 
 
-def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn) -> dict[str, float]:
+def _product_files(run: RunDir, stage: str, product: Product) -> list[tuple[Path, nn.Module]]:
+    if isinstance(product, nn.Module):
+        return [(run.path / stage / "model.safetensors", product)]
+    return [(run.path / stage / f"{name}.safetensors", module) for name, module in product.items()]
+
+
+def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:
     module = accelerator.unwrap_model(wrapped)
     module.eval()
     with torch.no_grad():
-        metrics = eval_fn(module)
+        metrics = eval_fn(product)
     module.train()
     return metrics
 

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from distill.teachers import call_model
+from distill.models import call_model
 
 # (logits, batch) -> (sum of the metric, number of items) for one batch
 BatchSums = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, int]]

@@ -61,8 +61,8 @@ def _results(result: dict[str, Any]) -> list[str]:
     lines = ["## Results", "", markdown_table(result.get("rows", [])), ""]
     for rel in result.get("figures", []):  # images a recipe drew (e.g. mtt's synthetic set)
         lines += [f"![{Path(rel).stem}]({rel})", ""]
-    for key, value in result.items():  # further tables a recipe returns (e.g. minitron's search)
-        if key != "rows" and isinstance(value, list) and value and isinstance(value[0], dict):
+    for key, value in result.get("tables", {}).items():  # further tables a recipe returns (e.g. minitron's search)
+        if value:
             lines += [f"## {key.replace('_', ' ').capitalize()}", "", markdown_table(value), ""]
     samples = [(r["model"], s) for r in result.get("rows", []) for s in r.get("samples", [])]
     if samples:
@@ -121,7 +121,7 @@ def write_report(run_path: str | Path) -> Path:
     result = json.loads(results_path.read_text()) if results_path.exists() else {}
     lines = [f"# Run `{run.path.name}`", "", *_results(result)]
     for stage, recs in _by_stage(run.metrics()).items():
-        lines += _stage(run, stage, recs, result.get("tokens_per_sample"))
+        lines += _stage(run, stage, recs, result.get("info", {}).get("tokens_per_sample"))
     lines += ["## Config", "", "```yaml", (run.path / "config.yaml").read_text().rstrip(), "```", ""]
     out = run.path / "report.md"
     atomic_write(out, "\n".join(lines))

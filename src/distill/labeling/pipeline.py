@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 
 from distill.config import Section
 from distill.data.labeled_text import Item
+from distill.labeling.clients import Request
+from distill.labeling.store import LabelStore, Response
 from distill.labeling.task import Task, prompt_hash
-from distill.store import LabelStore, Response
-from distill.teachers.generate import Request
 
 
 class Sampling(Section):

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from pydantic import Field, field_validator
-from torch import nn
+from torch import Tensor, nn
 
 from distill.config import Section
 from distill.errors import DistillError
@@ -90,6 +90,18 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         )
 
 
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values")
+
+
+def call_model(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Run a model on a batch: `inputs` for plain nets, HF keyword inputs otherwise; return logits."""
+    if "inputs" in batch:
+        out = model(batch["inputs"])
+    else:
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_KEYS})
+    return getattr(out, "logits", out)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -102,6 +114,7 @@ __all__ = [
     "ResNet",
     "ModelSpec",
     "build_model",
+    "call_model",
     "count_parameters",
     "load_weights",
     "resolve_class",

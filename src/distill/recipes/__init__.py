@@ -1,7 +1,3 @@
-"""One module per method, each with a typed `Config` and `run(config, resume=None) -> dict`."""
-
-from distill.recipes import kd, label, minitron, mtt, weaklabel
-
-RECIPES = {"kd": kd, "minitron": minitron, "mtt": mtt, "label": label, "weaklabel": weaklabel}
-
-__all__ = ["RECIPES"]
+"""The package's own recipes, one module each; they are registered under the `distill.recipes` entry
+points (see distill.recipe for the contract). No recipe imports another: shared stages live in the
+method subpackages."""

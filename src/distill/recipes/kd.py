@@ -18,17 +18,17 @@ from torch import nn
 
 from distill.config import Section
 from distill.data import ImageData, load_images
-from distill.distiller import Distiller
-from distill.engine import TrainConfig, fit
+from distill.engine import TrainConfig
 from distill.evaluate import accuracy
+from distill.kd import Distiller, Term, check_refs, check_terms
 from distill.models import ModelSpec, build_model, count_parameters
-from distill.objective import Term, check_refs, check_terms
-from distill.recipes.common import Context, RuntimeConfig, start
+from distill.recipe import Context, Result, RuntimeConfig, start
 
+name = "kd"
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 
 
-class TeacherSpec(Section):
+class TeacherConfig(Section):
     """A teacher: its network, and how to train it when no checkpoint is given."""
 
     name: str = Field("teacher", description="name used in objective inputs: teacher[NAME].<tap>")
@@ -47,7 +47,9 @@ class Config(Section):
 
     run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
     data: ImageData = Field(default_factory=ImageData, description="the image data set")
-    teachers: list[TeacherSpec] = Field(default_factory=lambda: [TeacherSpec()], description="zero or more teachers")
+    teachers: list[TeacherConfig] = Field(
+        default_factory=lambda: [TeacherConfig()], description="zero or more teachers"
+    )
     student: ModelSpec = Field(
         default_factory=lambda: ModelSpec(arch="convnet", args={"channels": [8, 16, 32]}),
         description="the student network",
@@ -83,77 +85,52 @@ class Config(Section):
         return self
 
 
-def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
     data = load_images(cfg.data)  # before the run directory exists: a bad path leaves nothing behind
-    ctx = start("kd", cfg, cfg.run, resume)
+    ctx = start(name, cfg, cfg.run, resume)
     shape = {"num_classes": data.num_classes, "in_channels": data.image_shape[0]}
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        net = model.student if isinstance(model, Distiller) else model
-        return {"accuracy": accuracy(net, data.test, ctx.accelerator, cfg.eval_batch_size)}
+        return {"accuracy": accuracy(model, data.test, ctx.accelerator, cfg.eval_batch_size)}
 
     rows: list[dict[str, Any]] = []
     teachers: dict[str, nn.Module] = {}
-    for i, spec in enumerate(cfg.teachers):
-        ctx.seed_stage(1000 * (i + 1))
+    for spec in cfg.teachers:
+        stage = _teacher_stage(spec.name)
+        ctx.seed_stage(stage)
         model = build_model(spec.model, **shape)
         if spec.model.checkpoint:
             acc = evaluate(model.to(ctx.accelerator.device))["accuracy"]
         else:
-            acc = train_supervised(ctx, model, data.train, spec.train, _teacher_stage(spec.name), evaluate)["accuracy"]
+            acc = train_supervised(ctx, model, data.train, spec.train, stage, evaluate)["accuracy"]
         teachers[spec.name] = model
-        rows.append(_row(_teacher_stage(spec.name).replace("-", " "), model, acc))
+        rows.append(_row(stage.replace("-", " "), model, acc))
 
     if cfg.baseline:
-        ctx.seed_stage(0)  # same initial weights as the distilled student
+        ctx.seed_stage("student/init")  # the same initial weights as the distilled student
         alone = build_model(cfg.student, **shape)
         acc = train_supervised(ctx, alone, data.train, cfg.train, "student-alone", evaluate)["accuracy"]
         rows.append(_row("student alone", alone, acc))
 
-    seed = ctx.seed_stage(0)
+    ctx.seed_stage("student/init")
     student = build_model(cfg.student, **shape)
     distiller = Distiller(student, cfg.objective, teachers).to(ctx.accelerator.device)
     distiller.build(_probe(data.train, cfg.train.batch_size, ctx))
-    label = "student KD" if teachers else "student"
-    acc = fit(
-        distiller,
-        data.train,
-        cfg.train,
-        stage="student",
-        run=ctx.run,
-        accelerator=ctx.accelerator,
-        seed=seed,
-        eval_fn=evaluate,
-        product=student,
-    )["accuracy"]
-    rows.append(_row(label, student, acc))
+    metrics = ctx.fit(distiller, data.train, cfg.train, stage="student", eval_fn=evaluate, product=student)
+    rows.append(_row("student KD" if teachers else "student", student, metrics["accuracy"]))
 
-    result = {
-        "recipe": "kd",
-        "run_dir": str(ctx.run.path),
-        "rows": rows,
-        "epochs": cfg.train.epochs,
-        "teacher_epochs": [t.train.epochs for t in cfg.teachers],
-        "seed": cfg.run.seed,
-    }
-    return ctx.finish(result)
+    info = {"epochs": cfg.train.epochs, "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed}
+    products = {"student": "student/model.safetensors"}
+    trained = [t.name for t in cfg.teachers if not t.model.checkpoint]
+    products.update({t: f"{_teacher_stage(t)}/model.safetensors" for t in trained})
+    return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
 
 
 def train_supervised(
     ctx: Context, model: nn.Module, train: dict, tcfg: TrainConfig, stage: str, evaluate
 ) -> dict[str, float]:
     """A plain supervised run of the same engine: the objective is cross-entropy alone."""
-    return fit(
-        Distiller(model, [CE]),
-        train,
-        tcfg,
-        stage=stage,
-        run=ctx.run,
-        accelerator=ctx.accelerator,
-        seed=ctx.seed,
-        eval_fn=evaluate,
-        product=model,
-    )
+    return ctx.fit(Distiller(model, [CE]), train, tcfg, stage=stage, eval_fn=evaluate, product=model)
 
 
 def _teacher_stage(name: str) -> str:
@@ -168,8 +145,8 @@ def _row(name: str, model: nn.Module, acc: float) -> dict[str, Any]:
     return {"model": name, "params": count_parameters(model), "test_accuracy": round(acc, 4)}
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: Result) -> str:
     """The result rows as a markdown table."""
     lines = ["| model | params | test accuracy |", "|---|---:|---:|"]
-    lines += [f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |" for r in result["rows"]]
+    lines += [f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |" for r in result.rows]
     return "\n".join(lines)

@@ -25,17 +25,17 @@ from torch import nn
 
 from distill.config import Section
 from distill.data.text import TextData, token_splits
-from distill.distiller import Distiller
-from distill.engine import TrainConfig, fit
+from distill.engine import TrainConfig
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
+from distill.kd import Distiller, Term, check_terms
 from distill.models.llm import LlmSpec, load_causal_lm
-from distill.objective import Term, check_terms
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
-from distill.recipes.common import Context, RuntimeConfig, start
+from distill.recipe import Context, Result, RuntimeConfig, start
 
+name = "minitron"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 
 
@@ -75,7 +75,7 @@ class Config(Section):
     teacher: LlmSpec = Field(default_factory=LlmSpec, description="the model to prune")
     data: TextData = Field(default_factory=TextData, description="distillation corpus")
     calibration: int = Field(1024, gt=0, description="calibration sequences for importance")
-    calibration_batch: int = Field(8, gt=0, description="sequences per calibration forward pass")
+    calibration_batch_size: int = Field(8, gt=0, description="sequences per calibration forward pass")
     depth_batches: int = Field(4, gt=0, description="calibration batches scored per dropped layer")
     importance_from: str | None = Field(None, description="a run directory whose importance/ to reuse")
     target: Target = Field(default_factory=lambda: Target(params=0.5), description="the pruned shape")
@@ -100,7 +100,7 @@ class Config(Section):
         "that of the teacher layer it was pruned from (learned projection when widths differ), scaled each step "
         "to the first objective term's size (0: off)",
     )
-    eval_batch: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+    eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
     samples: list[str] = Field(
         default_factory=lambda: ["It is a truth universally acknowledged", "Emma Woodhouse, handsome,"],
         description="prompts for greedy samples in the report",
@@ -113,25 +113,24 @@ class Config(Section):
         return check_terms(terms)
 
 
-def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
     teacher, tokenizer = load_causal_lm(cfg.teacher, check=check_supported)
     shape, target = LlmShape.of(teacher.config), None
     if cfg.target.params is None:  # check an explicit target before any work
         target = shape.with_(**cfg.target.model_dump(include={"hidden", "ffn", "heads", "layers"}))
         shape.check_prunable_to(target)
     train, val = token_splits(cfg.data, tokenizer)
-    ctx = start("minitron", cfg, cfg.run, resume)
+    ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        net = model.student if isinstance(model, Distiller) else model
-        loss = lm_loss(net, val, ctx.accelerator, cfg.eval_batch)
+        loss = lm_loss(model, val, ctx.accelerator, cfg.eval_batch_size)
         return {"val_loss": loss, "ppl": math.exp(min(loss, 50))}
 
     if cfg.correction is not None:
-        fit(Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", run=ctx.run,
-            accelerator=ctx.accelerator, seed=ctx.seed_stage(1), eval_fn=evaluate, product=teacher)  # fmt: skip
+        ctx.fit(Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", eval_fn=evaluate,
+                product=teacher)  # fmt: skip
         teacher.eval().requires_grad_(False)
 
     imp = importance(cfg, ctx, teacher, train)
@@ -139,13 +138,12 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     if target is None:
         target, table = search(cfg, ctx, teacher, imp, shape, train, evaluate)
 
-    ctx.seed_stage(0)
+    ctx.seed_stage("student/init")
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
     distiller = Distiller(student, cfg.objective + hidden_terms(cfg, imp, target), {"teacher": teacher}).to(dev)
     distiller.build({k: v[:1].to(dev) for k, v in train.items()})
-    final = fit(distiller, train, cfg.train, stage="student", run=ctx.run, accelerator=ctx.accelerator,
-                seed=ctx.seed, eval_fn=evaluate, product=student)  # fmt: skip
+    final = ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=evaluate, product=student)
 
     rows = [
         _row("teacher", teacher, evaluate(teacher), tokenizer, cfg),
@@ -156,17 +154,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
     if ctx.accelerator.is_main_process:
         student.save_pretrained(export)
         tokenizer.save_pretrained(export)
-    result = {
-        "recipe": "minitron",
-        "run_dir": str(ctx.run.path),
-        "rows": rows,
-        "target": target.as_dict(),
-        "search": table,
-        "export": str(export),
-        "tokens_per_sample": cfg.data.seq_len,
-        "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
-    }
-    return ctx.finish(result)
+    info = {"target": target.as_dict(), "tokens_per_sample": cfg.data.seq_len,
+            "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx)}  # fmt: skip
+    return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, tables={"search": table},
+                             info=info))  # fmt: skip
 
 
 def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
@@ -179,7 +170,7 @@ def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Im
     if cfg.importance_from:
         raise DistillError(f"{cfg.importance_from} holds no importance/ scores")
     calib = train["input_ids"][: cfg.calibration].to(ctx.accelerator.device)
-    imp = compute_importance(teacher, calib.split(cfg.calibration_batch), cfg.depth_batches)
+    imp = compute_importance(teacher, calib.split(cfg.calibration_batch_size), cfg.depth_batches)
     if ctx.accelerator.is_main_process:
         imp.save(ctx.run.path / "importance")
     return imp
@@ -205,11 +196,10 @@ def search(cfg, ctx, teacher, imp, shape, train, evaluate) -> tuple[LlmShape, li
         raise DistillError(f"no candidate shape lies within {cfg.search.tolerance:.0%} of {int(budget):,} parameters")
     table = []
     for i, cand in enumerate(shapes):
-        ctx.seed_stage(100 + i)
+        ctx.seed_stage(f"search-{i}/init")
         student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
         distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(ctx.accelerator.device)
-        metrics = fit(distiller, train, cfg.search.train, stage=f"search-{i}", run=ctx.run,
-                      accelerator=ctx.accelerator, seed=ctx.seed, eval_fn=evaluate, product=student)  # fmt: skip
+        metrics = ctx.fit(distiller, train, cfg.search.train, stage=f"search-{i}", eval_fn=evaluate, product=student)
         table.append({**cand.as_dict(), "params": cand.params(), "val_loss": metrics["val_loss"]})
     table.sort(key=lambda r: r["val_loss"])
     best = table[0]
@@ -247,12 +237,12 @@ def _tokens(tcfg: TrainConfig, seq_len: int, ctx: Context) -> int | None:
     return tcfg.max_steps * tcfg.batch_size * tcfg.grad_accum * seq_len * ctx.accelerator.num_processes
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: Result) -> str:
     lines = ["| model | params | held-out loss | perplexity | tokens/s |", "|---|---:|---:|---:|---:|"]
-    for r in result["rows"]:
+    for r in result.rows:
         tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
         lines.append(f"| {r['model']} | {r['params']:,} | {r['val_loss']:.4f} | {r['ppl']:.2f} | {tps} |")
-    t = result["target"]
+    t = result.info["target"]
     lines += ["", f"pruned shape: layers {t['layers']}, hidden {t['hidden']}, ffn {t['ffn']}, heads {t['heads']}",
-              f"exported model: {result['export']}"]  # fmt: skip
+              f"exported model: {result.run_dir / result.products['model']}"]  # fmt: skip
     return "\n".join(lines)

@@ -10,7 +10,6 @@ Stages, in order:
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,12 +17,14 @@ import torch
 from pydantic import Field
 
 from distill.config import Section
-from distill.engine import TrainConfig, fit
+from distill.engine import TrainConfig
 from distill.labeling import Task, scores
+from distill.labeling.stages import LabelConfig, label_split, prepare
 from distill.models.encoder import EncoderSpec, TextClassifier, load_encoder, load_tokenizer, predict, tokenize
-from distill.recipes import label as labelling
-from distill.recipes.common import Context
+from distill.recipe import Context, Result
 from distill.report import markdown_table
+
+name = "weaklabel"
 
 
 class StudentConfig(Section):
@@ -45,19 +46,19 @@ class StudentConfig(Section):
     )
 
 
-class Config(labelling.Config):
+class Config(LabelConfig):
     """`distill weaklabel`: label texts with a teacher LLM, then train a small classifier on the labels."""
 
     student: StudentConfig = Field(default_factory=StudentConfig)
 
 
-def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
-    ctx, task, splits, teacher, store = labelling.prepare(cfg, "weaklabel", resume, need_gold=True)
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
+    ctx, task, splits, teacher, store = prepare(cfg, name, resume, need_gold=True)
     pool, test = splits["pool"], splits["test"]
 
     # 1-2. the teacher's labels and its own score on the test set
-    pool_row, votes = labelling.label_split(cfg, task, pool, teacher, store, "pool")
-    test_row, _ = labelling.label_split(cfg, task, test, teacher, store, "test")
+    pool_row, votes = label_split(cfg, task, pool, teacher, store, "pool")
+    test_row, _ = label_split(cfg, task, test, teacher, store, "test")
     store.close()
     del teacher  # a local teacher's weights are not needed any more
     gold = [i.gold for i in test]
@@ -73,15 +74,15 @@ def run(cfg: Config, resume: str | Path | None = None) -> dict[str, Any]:
         kept = [(i, v) for i, v in zip(pool, votes) if v.label is not None and v.agreement >= threshold]
         texts = [i.text for i, _ in kept]
         targets = [v.label for _, v in kept] if objective == "cls" else [v.soft for _, v in kept]
-        name = f"student-{objective}-agree{threshold:g}"
-        rows.append(train_student(ctx, cfg, task, name, objective, texts, targets, test_data, gold, tok))
+        stage = f"student-{objective}-agree{threshold:g}"
+        rows.append(train_student(ctx, cfg, task, stage, objective, texts, targets, test_data, gold, tok))
     if s.gold:
         texts, labels = [i.text for i in pool if i.gold], [i.gold for i in pool if i.gold]
         rows.append(train_student(ctx, cfg, task, "student-gold", "cls", texts, labels, test_data, gold, tok))
 
-    result = {"recipe": "weaklabel", "run_dir": str(ctx.run.path), "rows": rows, "labelling": [pool_row, test_row],
-              "teacher": cfg.teacher.name, "task": task.name}  # fmt: skip
-    return ctx.finish(result)
+    products = {r["model"]: f"{r['model']}/model.safetensors" for r in rows[1:] if r["accuracy"] is not None}
+    return ctx.finish(Result(name, ctx.run.path, rows, products=products, tables={"labelling": [pool_row, test_row]},
+                             info={"teacher": cfg.teacher.name, "task": task.name}))  # fmt: skip
 
 
 def train_student(ctx: Context, cfg: Config, task: Task, stage: str, objective: str, texts: list[str],
@@ -92,7 +93,7 @@ def train_student(ctx: Context, cfg: Config, task: Task, stage: str, objective: 
     if len(texts) < s.train.batch_size:
         row["note"] = f"only {len(texts)} texts kept: too few for a batch"
         return row
-    ctx.seed_stage(zlib.crc32(stage.encode()) % 1000)  # str hash() differs per process
+    ctx.seed_stage(f"{stage}/init")
     model, _ = load_encoder(s.encoder, len(task.names) if objective == "cls" else 1)
     data = tokenize(tok, texts, s.encoder.max_length)
     if objective == "cls":
@@ -100,11 +101,10 @@ def train_student(ctx: Context, cfg: Config, task: Task, stage: str, objective: 
     else:
         data["targets"] = torch.tensor(targets, dtype=torch.float32)
 
-    def evaluate(module: TextClassifier) -> dict[str, float]:
-        return scores(to_labels(task, predict(module.model, test_data), objective), gold, task.names)
+    def evaluate(trained: torch.nn.Module) -> dict[str, float]:
+        return scores(to_labels(task, predict(trained, test_data), objective), gold, task.names)
 
-    metrics = fit(TextClassifier(model, objective), data, s.train, stage=stage, run=ctx.run,
-                  accelerator=ctx.accelerator, seed=ctx.seed, eval_fn=evaluate, product=model)  # fmt: skip
+    metrics = ctx.fit(TextClassifier(model, objective), data, s.train, stage=stage, eval_fn=evaluate, product=model)
     row.update(accuracy=round(metrics["accuracy"], 4), f1=round(metrics["f1"], 4))
     return row
 
@@ -117,5 +117,5 @@ def to_labels(task: Task, outputs: torch.Tensor, objective: str) -> list[str]:
     return [task.names[i] for i in (outputs[:, :1] - values).abs().argmin(-1).tolist()]
 
 
-def table(result: dict[str, Any]) -> str:
-    return markdown_table(result["rows"])
+def table(result: Result) -> str:
+    return markdown_table(result.rows)

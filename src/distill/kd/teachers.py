@@ -1,4 +1,6 @@
-"""A live teacher: a module run in eval mode under no_grad, with taps on named submodules."""
+"""Teachers as signal sources. A live frozen teacher (this module, the default) runs in eval mode
+under no_grad with taps on named submodules; a teacher that trains while students learn from it is
+a member of a `Cohort` (distill.kd.cohort)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.taps import Taps
-
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values")
-
-
-def call_model(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Run a model on a batch: `inputs` for plain nets, HF keyword inputs otherwise; return logits."""
-    if "inputs" in batch:
-        out = model(batch["inputs"])
-    else:
-        out = model(**{k: v for k, v in batch.items() if k in MODEL_KEYS})
-    return getattr(out, "logits", out)
+from distill.kd.taps import Taps
+from distill.models import call_model
 
 
 class LiveTeacher:

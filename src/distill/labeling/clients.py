@@ -1,17 +1,15 @@
-"""Text-generating teachers: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI, hosted APIs),
-or a local transformers model. Both answer `generate(requests) -> iterator of (request, Generation)`,
-yielding each answer as soon as it exists so the caller can store it at once.
+"""Text-generating teachers: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI, hosted APIs)
+through the official `openai` package, or a local transformers model. Both answer
+`generate(requests) -> iterator of (request, Generation)`, yielding each answer as soon as it exists
+so the caller can store it at once.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -54,8 +52,10 @@ class ServerTeacher(Section):
     endpoint: Literal["chat", "completions"] = Field("chat", description="/v1/chat/completions or /v1/completions")
     concurrency: int = Field(4, gt=0, description="requests in flight at once")
     timeout_s: float = Field(120.0, gt=0, description="per request")
-    retries: int = Field(3, ge=0, description="retries of a failed request, with exponential backoff")
-    backoff_s: float = Field(1.0, ge=0, description="first backoff; doubled each retry")
+    retries: int = Field(
+        3, ge=0, description="retries of a failed request (connection errors, timeouts, 408/409/429/5xx), with the "
+        "openai client's exponential backoff (0.5 s doubling to 8 s, jittered; Retry-After honoured)",
+    )  # fmt: skip
     logprobs: int = Field(0, ge=0, le=20, description="top logprobs per token to ask for (0: none)")
 
     @property
@@ -76,91 +76,95 @@ class LocalTeacher(Section):
         return f"local:{self.path}"
 
 
-TeacherSpec = Annotated[ServerTeacher | LocalTeacher, Field(discriminator="kind")]
+LlmTeacher = Annotated[ServerTeacher | LocalTeacher, Field(discriminator="kind")]
 
 
 # --- an OpenAI-compatible server ---------------------------------------------------------------
 class ServerClient:
+    """The `openai` package's clients pointed at `spec.url`: its timeouts and retries, our concurrency limit."""
+
     def __init__(self, spec: ServerTeacher) -> None:
         self.spec = spec
         self.base = spec.url.rstrip("/").removesuffix("/v1")
-        self.key = spec.api_key or os.environ.get(spec.api_key_env)
-
-    def _call(self, method: str, route: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.base}/v1/{route}", data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if self.key:
-            req.add_header("Authorization", f"Bearer {self.key}")
-        with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as resp:
-            return json.loads(resp.read())
+        # the client requires a key; local servers ignore it
+        key = spec.api_key or os.environ.get(spec.api_key_env) or "not-needed"
+        self.options = dict(base_url=f"{self.base}/v1", api_key=key, timeout=spec.timeout_s)
 
     def check(self) -> None:
-        """One clear line when the server is unreachable or does not serve the model."""
+        """One clear line when the server is unreachable or does not serve the model (asked once, no retries)."""
+        import openai
+
         try:
-            models = [m["id"] for m in self._call("GET", "models").get("data", [])]
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
+            models = [m.id for m in openai.OpenAI(**self.options, max_retries=0).models.list()]
+        except openai.APIConnectionError as e:
             raise DistillError(
-                f"teacher server {self.base} is unreachable ({reason}); start it or fix teacher.url"
+                f"teacher server {self.base} is unreachable ({e.__cause__ or e}); start it or fix teacher.url"
             ) from None
+        except openai.APIStatusError as e:
+            raise DistillError(f"teacher server {self.base} answered {e.status_code} to GET /v1/models") from None
         if self.spec.model not in models:
             raise DistillError(f"teacher server {self.base} has no model {self.spec.model!r}; it serves {models}")
 
-    def one(self, r: Request) -> Generation:
-        """One request, retried with exponential backoff on connection errors, timeouts, 429 and 5xx."""
-        body: dict[str, Any] = {"model": self.spec.model, "temperature": r.temperature, "max_tokens": r.max_tokens,
-                                "seed": r.seed}  # fmt: skip
-        if self.spec.endpoint == "chat":
-            route, body["messages"] = "chat/completions", r.messages
-            if self.spec.logprobs:
-                body.update(logprobs=True, top_logprobs=self.spec.logprobs)
-        else:
-            route = "completions"
-            body["prompt"] = "\n\n".join(m["content"] for m in r.messages) + "\n\n"
-            if self.spec.logprobs:
-                body["logprobs"] = self.spec.logprobs
-        for attempt in range(self.spec.retries + 1):
-            t0 = time.perf_counter()
-            try:
-                out = self._call("POST", route, body)
-                break
-            except urllib.error.HTTPError as e:
-                if e.code != 429 and e.code < 500 or attempt == self.spec.retries:
-                    detail = e.read().decode(errors="replace")[:200]
-                    raise DistillError(f"teacher server {self.base} answered {e.code} to {route}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
-                if attempt == self.spec.retries:
-                    raise DistillError(f"teacher server {self.base} failed {attempt + 1} times: {e}") from None
-            time.sleep(self.spec.backoff_s * 2**attempt)
-        choice = out["choices"][0]
-        text = choice["message"]["content"] if self.spec.endpoint == "chat" else choice["text"]
-        usage = out.get("usage") or {}
-        return Generation(text or "", time.perf_counter() - t0, usage.get("prompt_tokens"),
-                          usage.get("completion_tokens"), choice.get("logprobs"))  # fmt: skip
+    async def _one(self, client, r: Request) -> Generation:
+        import openai
+
+        args = dict(model=self.spec.model, temperature=r.temperature, max_tokens=r.max_tokens, seed=r.seed)
+        t0 = time.perf_counter()
+        try:
+            if self.spec.endpoint == "chat":
+                if self.spec.logprobs:
+                    args.update(logprobs=True, top_logprobs=self.spec.logprobs)
+                out = await client.chat.completions.create(messages=r.messages, **args)
+            else:
+                prompt = "\n\n".join(m["content"] for m in r.messages) + "\n\n"
+                out = await client.completions.create(prompt=prompt, logprobs=self.spec.logprobs or None, **args)
+        except openai.APIStatusError as e:
+            detail = e.response.text[:200] if e.response is not None else str(e)
+            raise DistillError(f"teacher server {self.base} answered {e.status_code}: {detail}") from None
+        except openai.APIConnectionError as e:
+            raise DistillError(
+                f"teacher server {self.base} failed {self.spec.retries + 1} times: {e.__cause__ or e}"
+            ) from None
+        choice = out.choices[0]
+        text = choice.message.content if self.spec.endpoint == "chat" else choice.text
+        logprobs = choice.logprobs.model_dump() if choice.logprobs is not None else None
+        usage = out.usage
+        return Generation(text or "", time.perf_counter() - t0, usage and usage.prompt_tokens,
+                          usage and usage.completion_tokens, logprobs)  # fmt: skip
 
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Generation]]:
-        """Up to `concurrency` requests in flight; answers yielded as they complete."""
-        todo = iter(requests)
-        with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            running = {}
-            for r in todo:
-                running[pool.submit(self.one, r)] = r
-                if len(running) >= self.spec.concurrency:
+        """Up to `concurrency` requests in flight on the async client; answers yielded as they complete.
+
+        The event loop runs only inside this generator, in the caller's thread, so the caller stores
+        each answer (e.g. in SQLite, which wants one thread) before the next is awaited.
+        """
+        import openai
+
+        loop = asyncio.new_event_loop()
+        client = openai.AsyncOpenAI(**self.options, max_retries=self.spec.retries)
+        todo, running = iter(requests), {}
+        try:
+            while True:
+                for r in todo:
+                    running[loop.create_task(self._one(client, r))] = r
+                    if len(running) >= self.spec.concurrency:
+                        break
+                if not running:
                     break
-            while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    r = running.pop(f)
-                    try:
-                        yield r, f.result()
-                    except BaseException:
-                        for other in running:
-                            other.cancel()
-                        raise
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        running[pool.submit(self.one, nxt)] = nxt
+                finished, _ = loop.run_until_complete(asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))
+                for task in finished:
+                    yield running.pop(task), task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                loop.run_until_complete(asyncio.wait(running))
+            loop.run_until_complete(client.close())
+            loop.close()
+
+    def one(self, r: Request) -> Generation:
+        """A single request (retried as configured)."""
+        return next(iter(self.generate([r])))[1]
 
 
 # --- a local transformers model -------------------------------------------------------------------
@@ -218,5 +222,5 @@ class LocalClient:
             yield from zip(pending, self.batch(pending))
 
 
-def client(spec: ServerTeacher | LocalTeacher) -> ServerClient | LocalClient:
+def client(spec: LlmTeacher) -> ServerClient | LocalClient:
     return ServerClient(spec) if isinstance(spec, ServerTeacher) else LocalClient(spec)

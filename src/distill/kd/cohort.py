@@ -1,0 +1,97 @@
+"""Several models trained in one step, each on its own objective; some learn from others as they train.
+
+A trainable teacher and the students that learn from its current signals (online distillation),
+or a chain teacher -> assistant -> student, are members of one `Cohort`. Every member is a
+submodule: optimised, checkpointed and resumed with the others. A member's forward runs once per
+step; the members that read it (`sources`) get its signals detached, so no gradient flows from a
+student into its teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+from distill.kd.distiller import Distiller, Signals
+from distill.kd.objective import Objective, Term
+
+
+@dataclass
+class Member:
+    """One trained model of a cohort: its objective, the members it learns from, its learning rate."""
+
+    model: nn.Module
+    objective: list[Term]
+    sources: list[str] = field(default_factory=list)
+    lr: float | None = None  # None: the stage's TrainConfig.lr
+
+
+class Cohort(nn.Module):
+    """`Cohort(batch) -> (sum of the members' losses, {member/term: value})`; members run in the order given."""
+
+    def __init__(self, members: dict[str, Member]) -> None:
+        super().__init__()
+        seen: list[str] = []
+        for name, m in members.items():
+            late = [s for s in m.sources if s not in seen]
+            if late:
+                raise ConfigError(f"member {name!r} learns from {late}, which are not members listed before it")
+            seen.append(name)
+        # what each member must expose to the members that read it
+        wanted: dict[str, list[str]] = {n: [] for n in members}
+        for m in members.values():
+            _, teacher_taps = Objective(m.objective, m.sources).taps()
+            for src, taps in teacher_taps.items():
+                wanted[src] += taps
+        self.sources = {n: list(m.sources) for n, m in members.items()}
+        self.lrs = {n: m.lr for n, m in members.items()}
+        self.members = nn.ModuleDict(
+            {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
+        )
+
+    @property
+    def products(self) -> dict[str, nn.Module]:
+        """Each member's model by name: what the stage saves."""
+        return {n: d.student for n, d in self.members.items()}
+
+    def param_groups(self) -> list[dict]:
+        groups = []
+        for name, d in self.members.items():
+            group: dict = {"params": [p for p in d.parameters() if p.requires_grad]}
+            if self.lrs[name] is not None:
+                group["lr"] = self.lrs[name]
+            groups.append(group)
+        return groups
+
+    def build(self, batch: dict[str, Tensor]) -> Cohort:
+        """Size every member's learned projections on one probe batch (before the optimizer is made)."""
+        was_training = self.training
+        self.eval()  # the probe must not move BatchNorm statistics
+        out: dict[str, Signals] = {}
+        with torch.no_grad():
+            for name, d in self.members.items():
+                given = {s: out[s] for s in self.sources[name]}
+                d.build(batch, given)
+                out[name] = _detached(d.signals(batch, given))
+        self.train(was_training)
+        return self
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        total: Tensor | float = 0.0
+        terms: dict[str, Tensor] = {}
+        out: dict[str, Signals] = {}
+        for name, d in self.members.items():
+            signals = d.signals(batch, {s: out[s] for s in self.sources[name]})
+            loss, own = d.objective(signals, batch)
+            total = total + loss
+            terms.update({f"{name}/{k}": v for k, v in own.items()})
+            out[name] = _detached(signals)
+        return total, terms
+
+
+def _detached(signals: Signals) -> Signals:
+    """A member's own signals as its readers get them: no gradient path back into it."""
+    return {k: v.detach() if isinstance(v, Tensor) else v for k, v in signals["student"].items()}

@@ -1,0 +1,75 @@
+"""One model and its objective in one training step: `Distiller(batch) -> (loss, {term: value})`.
+
+Frozen teachers live in a plain list, not as submodules, so they are outside `parameters()`,
+the optimizer and every checkpoint; they are rebuilt from the config on resume. A teacher that
+trains in the same step is not held here: its signals come in through `given` (see `Cohort`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.kd.objective import Objective, Term
+from distill.kd.taps import Taps
+from distill.kd.teachers import LiveTeacher
+from distill.models import call_model
+
+Signals = dict[str, Any]
+
+
+class Distiller(nn.Module):
+    def __init__(
+        self,
+        student: nn.Module,
+        objective: list[Term],
+        teachers: dict[str, nn.Module] | None = None,
+        *,
+        sources: Sequence[str] = (),
+        extra_taps: Sequence[str] = (),
+    ) -> None:
+        """`teachers`: frozen live teachers. `sources`: names of teachers whose signals each step
+        receives through `given`. `extra_taps`: submodules of the student to capture beyond what
+        its objective reads (what others read from it)."""
+        super().__init__()
+        teachers = teachers or {}
+        self.student = student
+        self.objective = Objective(objective, [*teachers, *sources])
+        student_taps, teacher_taps = self.objective.taps()
+        self._student_taps = Taps(student, [*student_taps, *extra_taps], owner="student")
+        self._teachers = [LiveTeacher(n, m, teacher_taps[n]) for n, m in teachers.items()]
+        self.source_taps = {n: teacher_taps[n] for n in sources}
+
+    @property
+    def teachers(self) -> list[LiveTeacher]:
+        return self._teachers
+
+    def to(self, *args: Any, **kwargs: Any) -> Distiller:
+        super().to(*args, **kwargs)
+        for t in self._teachers:
+            t.model.to(*args, **kwargs)
+        return self
+
+    def signals(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> dict[str, Any]:
+        self._student_taps.clear()
+        logits = call_model(self.student, batch)
+        teachers = {t.name: t.signals(batch) for t in self._teachers}
+        teachers.update(given or {})
+        return {"student": {"logits": logits, **self._student_taps.values}, "teachers": teachers}
+
+    def build(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> Distiller:
+        """Run one probe batch to size the learned projections; call before making the optimizer."""
+        was_training = self.student.training
+        self.student.eval()  # the probe must not move BatchNorm statistics
+        with torch.no_grad():
+            self.objective.build(self.signals(batch, given), batch)
+        self.student.train(was_training)
+        return self
+
+    def forward(
+        self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(self.signals(batch, given), batch)

@@ -1,0 +1,84 @@
+"""The labelling stages every labelling recipe shares: its config, the checks before a run starts,
+and labelling one split into the store (votes, agreement, the teacher's own scores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from distill.config import Section
+from distill.data.labeled_text import Item, TextItems, load_items
+from distill.errors import DistillError
+from distill.labeling.aggregate import scores, vote
+from distill.labeling.clients import LlmTeacher, LocalTeacher, client
+from distill.labeling.pipeline import Sampling, label
+from distill.labeling.store import LabelStore
+from distill.labeling.task import Task, load_task
+from distill.recipe import Context, RuntimeConfig, start
+
+TASKS = Path(__file__).resolve().parent / "tasks"
+THRESHOLDS = [0.0, 0.5, 0.625, 0.75, 0.875, 1.0]
+
+
+class LabelConfig(Section):
+    """What a labelling run asks of which teacher, and where the answers go."""
+
+    run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed")
+    task: str = Field(
+        "movie_sentiment",
+        description=f"a task YAML file, or a bundled task: {sorted(p.stem for p in TASKS.glob('*.yaml'))}",
+    )
+    data: TextItems = Field(default_factory=TextItems, description="the texts")
+    teacher: LlmTeacher = Field(default_factory=LocalTeacher, description="teacher.kind: server | local")
+    sampling: Sampling = Field(default_factory=Sampling, description="prompt mode and self-consistency")
+    store: str | None = Field(
+        None, description="SQLite label store (default: <run>/labels.sqlite); share it to reuse answers"
+    )
+    splits: list[Literal["pool", "test"]] = Field(default_factory=lambda: ["pool", "test"], description="what to label")
+    export: Literal["jsonl", "parquet", "datasets"] | None = Field("jsonl", description="export format (null: none)")
+
+
+def resolve_task(name: str) -> Task:
+    bundled = TASKS / f"{name}.yaml"
+    return load_task(bundled if bundled.is_file() else name)
+
+
+def prepare(
+    cfg, recipe: str, resume, need_gold: bool = False
+) -> tuple[Context, Task, dict[str, list[Item]], Any, LabelStore]:
+    """Everything a user can get wrong is checked before the run directory exists."""
+    task = resolve_task(cfg.task)
+    pool, test = load_items(cfg.data)
+    unknown = {i.gold for i in pool + test if i.gold is not None} - set(task.names)
+    if unknown:
+        raise DistillError(f"gold labels {sorted(unknown)} are not labels of task {task.name!r} {task.names}")
+    if need_gold and (not test or any(i.gold is None for i in test)):
+        raise DistillError("students are scored on gold labels: the test texts need them (data.label_field, "
+                           "data.test_fraction > 0)")  # fmt: skip
+    teacher = client(cfg.teacher)
+    teacher.check()
+    ctx = start(recipe, cfg, cfg.run, resume)
+    store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
+    return ctx, task, {"pool": pool, "test": test}, teacher, store
+
+
+def label_split(cfg, task, items, teacher, store, name: str) -> tuple[dict[str, Any], list]:
+    """Label one split; its result row and each item's vote."""
+    done = label(store, teacher, cfg.teacher.name, task, items, cfg.sampling, desc=f"label {name}")
+    votes = [vote(done.labels[i.id], task.values) for i in items]
+    answers = [lab for i in items for lab in done.labels[i.id]]
+    row: dict[str, Any] = {
+        "split": name,
+        "texts": len(items),
+        "answers": len(answers),
+        "parsed": round(sum(a is not None for a in answers) / max(len(answers), 1), 4),
+        "agreement": round(sum(v.agreement for v in votes) / max(len(votes), 1), 4),
+        "new_answers": done.new,
+        "texts_per_s": round(done.new / cfg.sampling.samples / done.seconds, 3) if done.new else None,
+    }
+    if items and all(i.gold is not None for i in items):
+        row.update({f"teacher_{k}": round(v, 4) for k, v in scores([v.label for v in votes], [i.gold for i in items],
+                                                                   task.names).items()})  # fmt: skip
+    return row, votes

@@ -1,0 +1,169 @@
+"""The recipe contract, and what every recipe starts with (processes, the run directory, seeds).
+
+A recipe is anything with these four attributes (a module is the usual form):
+
+    name: str                                  the CLI command, `distill <name>`
+    Config: type[pydantic.BaseModel]           its typed config (see distill.config)
+    run(config, resume=None) -> Result         the stages, in order
+    table(result) -> str                       the result as the CLI prints it
+
+Recipes are found through the `distill.recipes` entry point group, so another package can add
+one: `[project.entry-points."distill.recipes"] myrecipe = "my_pkg.my_recipe"`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from pydantic import BaseModel, Field
+
+from distill.config import Section, dump
+from distill.engine import Callbacks, Data, EvalFn, Product, TrainConfig, fit
+from distill.errors import DistillError
+from distill.run import RunDir, new_run_name
+
+GROUP = "distill.recipes"
+
+
+@dataclass
+class Result:
+    """What a recipe's run returns, and what `results.json` holds.
+
+    rows      the main table (one dict per model or set)
+    figures   images the recipe drew, relative to the run directory
+    products  named outputs and their paths (weights, exported models, data files)
+    tables    further tables by name (a search, a labelling summary)
+    info      scalars that describe the run (budget, learned values, target shape)
+    """
+
+    recipe: str
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    figures: list[str] = field(default_factory=list)
+    products: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True
+    processes: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "run_dir": str(self.run_dir),
+            "rows": self.rows,
+            "figures": self.figures,
+            "products": self.products,
+            "tables": self.tables,
+            "info": self.info,
+            "processes": self.processes,
+        }
+
+
+@runtime_checkable
+class Recipe(Protocol):
+    name: str
+    Config: type[BaseModel]
+
+    def run(self, config: Any, resume: str | Path | None = None) -> Result: ...
+
+    def table(self, result: Result) -> str: ...
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every registered recipe by name: the package's own and those other packages declare."""
+    targets = {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    if not targets:
+        raise DistillError(f"no recipes are registered under {GROUP!r}: install the package (pip install -e .)")
+    out = {}
+    for name, target in targets.items():
+        module, _, attr = target.partition(":")
+        obj = importlib.import_module(module)
+        obj = getattr(obj, attr) if attr else obj
+        if not isinstance(obj, Recipe):
+            missing = [a for a in ("name", "Config", "run", "table") if not hasattr(obj, a)]
+            raise DistillError(f"recipe {name!r} ({target}) does not follow the recipe contract: it lacks {missing}")
+        out[name] = obj
+    return out
+
+
+# --- what every run starts with ------------------------------------------------------------------
+class RuntimeConfig(Section):
+    """Where a run goes and how it runs."""
+
+    output_dir: str = Field("runs", description="parent folder of run directories")
+    run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
+    seed: int = Field(0, description="seeds every random stream of the run")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision (bf16/fp16 need a GPU)")
+    cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stage's seed: derived from the run's seed and the stage's name, never a hand-picked offset."""
+    digest = hashlib.sha256(f"{seed}/{stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 2**31
+
+
+@dataclass
+class Context:
+    run: RunDir
+    accelerator: Accelerator
+    seed: int
+
+    def seed_stage(self, stage: str) -> int:
+        """Reseed every stream for `stage`, so it starts the same whether or not earlier stages were skipped."""
+        seed = stage_seed(self.seed, stage)
+        set_seed(seed)
+        return seed
+
+    def fit(
+        self,
+        model: torch.nn.Module,
+        data: Data,
+        cfg: TrainConfig,
+        *,
+        stage: str,
+        eval_fn: EvalFn | None = None,
+        callbacks: Callbacks | None = None,
+        product: Product | None = None,
+    ) -> dict[str, float]:
+        """`engine.fit` in this run, with the stage's own seed."""
+        return fit(model, data, cfg, stage=stage, run=self.run, accelerator=self.accelerator,
+                   seed=self.seed_stage(stage), eval_fn=eval_fn, callbacks=callbacks, product=product)  # fmt: skip
+
+    def finish(self, result: Result) -> Result:
+        """Save results.json and the report (main process only), close the run, return the result."""
+        result.processes, result.is_main = self.accelerator.num_processes, self.accelerator.is_main_process
+        self.run.write_json("results.json", result.to_json())
+        if self.accelerator.is_main_process:
+            from distill.report import write_report
+
+            write_report(self.run.path)
+        self.run.close()
+        return result
+
+
+def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Path | None = None) -> Context:
+    """Processes (accelerate), the run directory (new, or the one resumed) with its config saved."""
+    # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
+    cpu = runtime.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
+    main = accelerator.is_main_process
+    if resume is not None:
+        run = RunDir.open(resume, main)
+    else:
+        # the main process names the run; the others must use the same directory
+        name = [str(RunDir.create(runtime.output_dir, runtime.run_name or new_run_name(recipe), main).path)]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        run = RunDir(name[0], main)
+        run.write_text("config.yaml", dump(cfg))
+    accelerator.wait_for_everyone()
+    return Context(run, accelerator, runtime.seed)
