@@ -50,6 +50,8 @@ def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int =
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # else the deadline passed first, and the resume would restart from scratch and prove nothing
+    assert len(list(folder.glob("step-*.pt"))) >= count, f"killed before {count} checkpoints existed in {folder}"
 
 
 def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:

@@ -250,3 +250,54 @@ def test_several_named_products_are_saved_and_reloaded(tmp_path, accelerator):
     fresh = {"a": toy_model(5), "b": toy_model(6)}
     fit(Two(), toy_data(), cfg, stage="pair", run=run, accelerator=accelerator, seed=0, product=fresh)  # loaded
     assert torch.equal(fresh["b"][0].weight, b[0].weight)
+
+
+def _crashing_fit(run: RunDir, cfg: TrainConfig, crash_at: int | None) -> nn.Module:
+    """A fit that raises at its `crash_at`-th evaluation (None: runs through), rebuilt from scratch each call."""
+    torch.manual_seed(123)
+    model = Distiller(toy_model(), [CE])
+    calls = {"n": 0}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise Boom
+        return {"w": float(m[0].weight.sum())}
+
+    fit(model, toy_data(), cfg, stage="s", run=run, accelerator=Accelerator(cpu=True), seed=7, eval_fn=evaluate,
+        product=model.student)  # fmt: skip
+    return model
+
+
+def _same_run(a: RunDir, b: RunDir, ma: nn.Module, mb: nn.Module) -> None:
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs]  # noqa: E731
+    assert strip(a.metrics()) == strip(b.metrics())
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, save_every=3, log_every=2, eval_every=5, progress=False)
+    straight = _crashing_fit(RunDir(tmp_path / "a"), cfg, None)
+    broken = RunDir(tmp_path / "b")
+    with pytest.raises(Boom):
+        _crashing_fit(broken, cfg, crash_at=2)  # evals at 5, 10: dies at step 10; checkpoints at 6 and 9
+    newest = checkpoints(broken, "s")[-1]
+    assert newest.name == "step-00000009.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    resumed = _crashing_fit(broken, cfg, None)
+    assert (
+        "checkpoint step-00000009.pt is truncated or corrupt; resuming from step-00000006.pt" in capsys.readouterr().err
+    )
+    _same_run(RunDir(tmp_path / "a"), broken, straight, resumed)
+
+
+def test_killed_before_the_first_checkpoint_the_metrics_hold_each_step_once(tmp_path):
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, save_every=100, log_every=2, eval_every=5, progress=False)
+    straight = _crashing_fit(RunDir(tmp_path / "a"), cfg, None)
+    broken = RunDir(tmp_path / "b")
+    with pytest.raises(Boom):
+        _crashing_fit(broken, cfg, crash_at=2)  # logged steps 2..10, no checkpoint yet
+    assert not checkpoints(broken, "s") and broken.metrics()
+    resumed = _crashing_fit(broken, cfg, None)
+    _same_run(RunDir(tmp_path / "a"), broken, straight, resumed)

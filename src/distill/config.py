@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from distill.errors import ConfigError
 
@@ -18,9 +18,21 @@ _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, a number is
+    never a boolean (`batch_size=true` is not 1) and never nan or inf."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        for name, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(name)
+            if field is not None and isinstance(value, bool):
+                kinds = set(typing.get_args(field.annotation)) or {field.annotation}
+                if kinds & {int, float} and bool not in kinds:
+                    raise ValueError(f"{name} = {str(value).lower()}: expected a number, not a boolean")
+        return data
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -95,7 +107,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data
@@ -120,7 +137,7 @@ def load_config(
 ) -> C:
     """Build `cls` from an optional config (a YAML path, or a named config of `recipe`) plus dotted overrides."""
     data = read_config(path, recipe) if path else {}
-    data = with_defaults(cls, data)  # so that overrides can address fields the file leaves out
+    data = with_defaults(cls, data, unions=False)  # so that overrides can address fields the file leaves out
     for key, value in map(parse_override, overrides):
         apply_override(data, key, value)
     return validate(cls, with_defaults(cls, data))  # and complete the sections the overrides gave in part
@@ -134,11 +151,16 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseModel | None = None) -> dict[str, Any]:
+def with_defaults(
+    cls: type[BaseModel], data: dict[str, Any], defaults: BaseModel | None = None, unions: bool = True
+) -> dict[str, Any]:
     """Fill the fields `data` leaves out with the defaults in effect, so overrides can address them.
 
     A section given in part is completed from that section's default (the recipe's, e.g. its
     `train`), recursively, and so is each item of a list of sections; free dicts are kept whole.
+    A union told apart by `kind` (e.g. `teacher`) is completed from its default only when it names
+    the default's kind or none (`unions=False` leaves it alone, so `teacher.kind=server` plus the
+    server's fields can replace a local default).
     """
     out = dict(data)
     for name, field in cls.model_fields.items():
@@ -149,7 +171,14 @@ def with_defaults(cls: type[BaseModel], data: dict[str, Any], defaults: BaseMode
         else:
             value = field.get_default(call_default_factory=True)
         sub, item = _section_type(field.annotation), _list_item_section(field.annotation)
-        if name not in out:
+        if field.discriminator is not None:
+            default = TypeAdapter(field.annotation).dump_python(value, mode="json")
+            given = out.get(name, {})
+            if not unions or not isinstance(given, dict):
+                continue
+            kind = given.get(field.discriminator, default[field.discriminator])
+            out[name] = merge(default, given) if kind == default[field.discriminator] else given
+        elif name not in out:
             out[name] = TypeAdapter(field.annotation).dump_python(value, mode="json")
         elif sub is not None and isinstance(out[name], dict):
             out[name] = with_defaults(sub, out[name], value if isinstance(value, sub) else None)
@@ -176,7 +205,10 @@ def format_errors(e: ValidationError) -> str:
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"config error: {loc} = {shown}: {msg}" if loc else f"config error: {msg}")
+        if isinstance(value, dict) and loc:  # a section-level check names its field in the message
+            lines.append(f"config error: {loc}: {msg}")
+        else:
+            lines.append(f"config error: {loc} = {shown}: {msg}" if loc else f"config error: {msg}")
     return "\n".join(lines)
 
 
@@ -199,6 +231,13 @@ def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> li
         if sub is not None:
             rows.append((key, "section", "", field.description or ""))
             rows += describe(sub, key + ".", value)
+        elif field.discriminator is not None:  # each kind's fields, marked with the kind they belong to
+            rows.append((key, "section", "", field.description or ""))
+            for variant in typing.get_args(field.annotation):
+                kind = variant.model_fields[field.discriminator].default
+                shown = value if isinstance(value, variant) else None
+                rows += [(k, t, d, f"[{field.discriminator}={kind}] {x}".strip())
+                         for k, t, d, x in describe(variant, key + ".", shown)]  # fmt: skip
         elif item is not None:
             shown = "" if value is None else _short(value)
             rows.append((key, f"list of {item.__name__}", shown, field.description or ""))

@@ -8,9 +8,11 @@ state, and exact resume: an interrupted-and-resumed run matches an uninterrupted
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -57,7 +59,7 @@ class Callbacks:
 class TrainConfig(Section):
     """How one stage trains."""
 
-    epochs: int = Field(1, ge=0, description="passes over the training data (ignored if max_steps is set)")
+    epochs: int = Field(1, gt=0, description="passes over the training data (ignored if max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(128, gt=0, description="samples per process per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
@@ -145,6 +147,31 @@ def checkpoints(run: RunDir, stage: str) -> list[Path]:
     return sorted((run.path / "checkpoints" / stage).glob("step-*.pt"))
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def latest_intact_checkpoint(run: RunDir, stage: str, speak: bool = True) -> dict[str, Any] | None:
+    """The newest checkpoint of `stage` whose bytes match the checksum written with it, loaded.
+
+    A truncated or corrupt newest checkpoint is passed over, with one line saying so.
+    """
+    skipped: list[str] = []
+    state = None
+    for path in reversed(checkpoints(run, stage)):
+        data = path.read_bytes()
+        sums = _checksum_path(path)
+        if not sums.is_file() or sums.read_text().strip() != hashlib.sha256(data).hexdigest():
+            skipped.append(path.name)
+            continue
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        break
+    if skipped and speak:
+        to = f"resuming from {path.name}" if state is not None else "starting the stage over"
+        print(f"distill: {stage}: checkpoint {', '.join(skipped)} is truncated or corrupt; {to}", file=sys.stderr)
+    return state
+
+
 # --- the loop -----------------------------------------------------------------------------
 def fit(
     model: nn.Module,
@@ -195,9 +222,11 @@ def fit(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     step, metrics = 0, {}
-    found = checkpoints(run, stage) if run is not None else []  # every process reads the same run directory
-    if found:
-        state = torch.load(found[-1], map_location="cpu", weights_only=False)
+    # every process reads the same run directory
+    state = latest_intact_checkpoint(run, stage, accelerator.is_main_process) if run is not None else None
+    if state is None and run is not None:
+        run.truncate_metrics(stage, 0)  # killed before its first checkpoint: the stage starts over
+    if state is not None:
         accelerator.unwrap_model(wrapped).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -309,9 +338,12 @@ def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, a
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(run.path / "checkpoints" / stage / f"step-{step:08d}.pt", buf.getvalue())
+    path = run.path / "checkpoints" / stage / f"step-{step:08d}.pt"
+    atomic_write(path, buf.getvalue())
+    atomic_write(_checksum_path(path), hashlib.sha256(buf.getvalue()).hexdigest() + "\n")  # written after: proof
     for old in checkpoints(run, stage)[:-keep]:
         old.unlink(missing_ok=True)
+        _checksum_path(old).unlink(missing_ok=True)
 
 
 class _Window:

@@ -100,7 +100,7 @@ class RuntimeConfig(Section):
 
     output_dir: str = Field("runs", description="parent folder of run directories")
     run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
-    seed: int = Field(0, description="seeds every random stream of the run")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision (bf16/fp16 need a GPU)")
     cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
 
@@ -154,16 +154,20 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
     """Processes (accelerate), the run directory (new, or the one resumed) with its config saved."""
     # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
     cpu = runtime.cpu or not torch.cuda.is_available()
+    if cpu and runtime.precision != "no":
+        raise DistillError(
+            f"run.precision={runtime.precision} needs a GPU, and this run is on the CPU; use run.precision=no"
+        )
     accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
     main = accelerator.is_main_process
     if resume is not None:
-        run = RunDir.open(resume, main)
+        run = RunDir.open(resume, main).lock()
     else:
         # the main process names the run; the others must use the same directory
         name = [str(RunDir.create(runtime.output_dir, runtime.run_name or new_run_name(recipe), main).path)]
         if accelerator.num_processes > 1:
             broadcast_object_list(name)
-        run = RunDir(name[0], main)
+        run = RunDir(name[0], main).lock()
         run.write_text("config.yaml", dump(cfg))
     accelerator.wait_for_everyone()
     return Context(run, accelerator, runtime.seed)

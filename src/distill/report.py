@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
 from distill.plots import save_figure
 from distill.run import RunDir, atomic_write
 
@@ -114,9 +113,7 @@ def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sampl
 
 def write_report(run_path: str | Path) -> Path:
     """Rebuild `report.md` and `plots/*.png` of a run; returns the report's path."""
-    run = RunDir(run_path)
-    if not (run.path / "config.yaml").is_file():
-        raise DistillError(f"{run.path} is not a run directory (no config.yaml in it)")
+    run = RunDir.open(run_path)  # a clear error, and nothing created, for a path that is not a run
     results_path = run.path / "results.json"
     result = json.loads(results_path.read_text()) if results_path.exists() else {}
     lines = [f"# Run `{run.path.name}`", "", *_results(result)]

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from distill.errors import DistillError
 
 
@@ -52,8 +54,30 @@ class RunDir:
         self.path = Path(path)
         self.is_main = is_main
         self._writer = None
+        self._lock = None
         if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and not self.path.is_dir():
+                raise DistillError(
+                    f"{self.path} is a file, not a run directory; choose another run.output_dir / run_name"
+                )
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except (NotADirectoryError, FileExistsError):
+                raise DistillError(f"{self.path} cannot be a run directory: a part of its path is a file") from None
+
+    def lock(self) -> RunDir:
+        """Hold the run's lock until `close()` (or the process's end, a kill included): one writer per run."""
+        if not self.is_main or self._lock is not None:
+            return self
+        lock = FileLock(self.path / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise DistillError(
+                f"{self.path} is in use by another distill process; wait for it to end (or stop it) and resume then"
+            ) from None
+        self._lock = lock
+        return self
 
     # --- creation and reopening -------------------------------------------------------
     @classmethod
@@ -131,6 +155,9 @@ class RunDir:
         if self._writer:
             self._writer.close()
         self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _records_until(records: Iterable[dict[str, Any]], stage: str, step: int) -> list[dict[str, Any]]:

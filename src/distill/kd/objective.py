@@ -13,6 +13,7 @@ Inputs are references into the signals of one step:
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,6 +66,10 @@ class Term(Section):
             raise ValueError(f"loss {self.loss!r} has no argument {bad[0]!r}; it takes {params[n_in:]}")
         if self.mask is not None and "mask" not in params:
             raise ValueError(f"loss {self.loss!r} takes no mask")
+        t = self.args.get("temperature")
+        number = isinstance(t, (int, float)) and not isinstance(t, bool)
+        if t is not None and (not number or not math.isfinite(t) or t < 0.01):
+            raise ValueError(f"temperature {t!r} must be a finite number >= 0.01 (logits / T overflow below that)")
         return self
 
 

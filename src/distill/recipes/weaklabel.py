@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from distill.config import Section
 from distill.engine import TrainConfig
@@ -37,6 +37,15 @@ class StudentConfig(Section):
     thresholds: list[float] = Field(
         default_factory=lambda: [0.0], description="train only on texts whose agreement is at least this"
     )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _shares(cls, thresholds: list[float]) -> list[float]:
+        bad = [t for t in thresholds if not 0 <= t <= 1]
+        if bad:
+            raise ValueError(f"agreement thresholds are shares of the votes, in [0, 1]; got {bad}")
+        return thresholds
+
     gold: bool = Field(True, description="also train on the gold labels (the supervised upper reference)")
     train: TrainConfig = Field(
         # small weak-label sets need many short steps: 3 epochs of batch 32 left MiniLM at the majority class
