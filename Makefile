@@ -31,13 +31,15 @@ demo-kd: $(STAMP) data
 demo-mtt: $(STAMP) data
 	$(BIN)/distill mtt --config configs/mtt/demo.yaml
 
-# a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~6 min on 2 cores, once
-# per venv). Not for the build machine's own CPU (GGML_NATIVE=OFF): a -march=native build used AMX/AVX-512
-# instructions that this kind of VM advertises but traps on (invalid opcode), and pip's wheel cache would
-# hand that build to the next venv, so it is not cached either.
+# a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~10 min on 2 cores).
+# Built for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF), not the build machine's own: a -march=native build
+# used AMX/AVX-512 instructions that this kind of VM advertises but traps on (invalid opcode). The wheel is
+# kept in a cache of its own (pip's cache would hand out an older native build), so a fresh venv is quick.
+LLAMA_WHEELS ?= $(HOME)/.cache/distill/wheels/llama-cpp-python-0.3.36-portable
 $(SERVER): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-cache-dir \
-		'llama-cpp-python[server]==0.3.36'
+	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36
+	$(BIN)/pip install -q --no-cache-dir --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==0.3.36'
 	touch $(SERVER)
 
 test: $(STAMP) data $(SERVER)
