@@ -118,28 +118,27 @@ def _divergence(
     return loss * temperature**2 if t2_scale else loss
 
 
-def kl_div(
-    student: Tensor,
-    teacher: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    chunk_size: int | None = None,
-    t2_scale: bool = True,
-) -> Tensor:
-    """Forward KL(teacher || student) at `temperature` (Hinton et al.), times T^2 when `t2_scale`."""
-    return _divergence(student, teacher, _forward_kl_rows, temperature, mask, chunk_size, t2_scale)
+def _divergence_loss(rows: RowLoss, doc: str) -> Callable[..., Tensor]:
+    """A logit divergence as a pure loss function with the signature the objective reads."""
+
+    def loss(
+        student: Tensor,
+        teacher: Tensor,
+        temperature: float = 1.0,
+        mask: Tensor | None = None,
+        chunk_size: int | None = None,
+        t2_scale: bool = True,
+    ) -> Tensor:
+        return _divergence(student, teacher, rows, temperature, mask, chunk_size, t2_scale)
+
+    loss.__doc__ = doc
+    return loss
 
 
-def reverse_kl(
-    student: Tensor,
-    teacher: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    chunk_size: int | None = None,
-    t2_scale: bool = True,
-) -> Tensor:
-    """Reverse KL(student || teacher): mode-seeking, as in MiniLLM."""
-    return _divergence(student, teacher, _reverse_kl_rows, temperature, mask, chunk_size, t2_scale)
+kl_div = _divergence_loss(
+    _forward_kl_rows, "Forward KL(teacher || student) at `temperature` (Hinton et al.), times T^2 when `t2_scale`."
+)
+reverse_kl = _divergence_loss(_reverse_kl_rows, "Reverse KL(student || teacher): mode-seeking, as in MiniLLM.")
 
 
 def jsd(

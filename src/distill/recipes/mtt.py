@@ -48,6 +48,14 @@ from distill.run import atomic_write
 
 name = "mtt"
 CONVNET = {"arch": "dc_convnet", "args": {"width": 128, "depth": 3}}
+# how each stage trains by default, as in the paper and the reference code
+# fmt: off
+EXPERTS = dict(epochs=50, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.0, schedule="constant", log_every=50)
+MATCHING = dict(max_steps=5000, batch_size=1, optimizer="sgd", lr=1000.0, momentum=0.5, schedule="constant",
+                log_every=10, save_every=50)
+PROTOCOL = dict(epochs=1000, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4,
+                schedule="step", progress=False)
+# fmt: on
 # The paper's hyperparameters per data set and IPC are named configs: configs/mtt/<set>_ipc<N>.yaml
 
 
@@ -56,9 +64,7 @@ class BufferConfig(Section):
 
     experts: int = Field(10, gt=0, description="number of experts K (the paper: 100)")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            epochs=50, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.0, schedule="constant", log_every=50
-        ),
+        default_factory=lambda: TrainConfig(**EXPERTS),
         description="how each expert trains; its parameters are saved after every epoch (the paper: plain SGD 0.01, "
         "50 epochs)",
     )
@@ -79,16 +85,7 @@ class DistillConfig(Section):
     init: Literal["real", "noise"] = Field("real", description="start from random real images or Gaussian noise")
     eval_nets: int = Field(1, gt=0, description="networks trained per evaluation during distillation")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            max_steps=5000,
-            batch_size=1,
-            optimizer="sgd",
-            lr=1000.0,
-            momentum=0.5,
-            schedule="constant",
-            log_every=10,
-            save_every=50,
-        ),
+        default_factory=lambda: TrainConfig(**MATCHING),
         description="the distillation: max_steps iterations, pixels at lr (alpha at lr_lr), SGD momentum 0.5; "
         "eval_every 0 evaluates at the end only",
     )
@@ -105,16 +102,7 @@ class EvalConfig(Section):
 
     nets: int = Field(5, gt=0, description="fresh networks per set and architecture (mean +- std)")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            epochs=1000,
-            batch_size=256,
-            optimizer="sgd",
-            lr=0.01,
-            momentum=0.9,
-            weight_decay=5e-4,
-            schedule="step",
-            progress=False,
-        ),
+        default_factory=lambda: TrainConfig(**PROTOCOL),
         description="how each fresh net trains on a small set (the MTT code: 1000 epochs); lr is the real-image "
         "baselines' (the synthetic set trains at its learned alpha)",
     )
