@@ -86,3 +86,72 @@ def test_a_run_directory_has_one_writer(tensor_file, tmp_path, capsys):
         holder.wait()
     time.sleep(0.1)
     assert main(["kd", "--resume", str(run)]) == 0
+
+
+def _files_run(recipe: str, path, tmp_path) -> list[str]:
+    return [recipe, "data.source=files", f"data.paths=[{path}]", f"run.output_dir={tmp_path / 'runs'}",
+            "teacher={kind: server, model: m, url: 'http://127.0.0.1:9'}"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, content, word",
+    [
+        ("bin.txt", b"\x00\x01\x02binary", "is a binary file, not text"),
+        ("latin.txt", "caf\xe9 cr\xe8me\n".encode("latin-1"), "is not UTF-8 text (byte 3"),
+        ("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n', "line 2 is not JSON"),
+        ("list.jsonl", b'{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON object"),
+        ("field.jsonl", b'{"text": "fine"}\n{"body": "x"}\n', "line 2 has no field 'text'"),
+    ],
+)
+def test_bad_text_files_are_named_with_the_line(name, content, word, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _one_line(capsys, 2, word, _files_run("label", path, tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_that_is_not_a_tensor_file(tmp_path, capsys):
+    fake = tmp_path / "x.pt"
+    fake.write_bytes(b"this is not a pickle")
+    _one_line(capsys, 2, "is not a tensor file", ["kd", "data.source=tensors", f"data.path={fake}",
+                                                  f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    import torch
+
+    torch.save([1, 2, 3], fake)
+    _one_line(capsys, 2, "holds a list, not a mapping of named tensors", ["kd", "data.source=tensors",
+              f"data.path={fake}", f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_truncated_gguf_file(tmp_path, capsys):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
+    _one_line(capsys, 2, "cannot be read as a GGUF language model", ["minitron", f"teacher.path={bad}",
+              f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checks_before_any_training(tensor_file, tmp_path, capsys):
+    """A net that cannot take the images, or a batch larger than the data, fails before a teacher trains."""
+    over = tiny_overrides(tensor_file, tmp_path)
+    _one_line(capsys, 2, "student (mlp) does not take inputs of shape (1, 12, 12)",
+              ["kd", *over, "student.arch=mlp", "student.args={in_features: 784, hidden: [8]}"])  # fmt: skip
+    big = ["kd", *over, "train.batch_size=512"]
+    _one_line(capsys, 2, "train: 256 samples make no full step of batch_size 512", big)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_label_resume_of_a_finished_run_needs_no_server(tmp_path, capsys):
+    from fake_openai import FakeServer
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "a good film", "label": "positive"}\n{"text": "a bad film", "label": "negative"}\n')
+    with FakeServer() as server:
+        args = ["label", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0", "splits=[pool]",
+                f"run.output_dir={tmp_path}", "run.run_name=r", "sampling.samples=2",
+                f"teacher={{kind: server, model: fake-teacher, url: '{server.url}'}}"]  # fmt: skip
+        assert main(args) == 0
+        asked = len(server.requests)
+    capsys.readouterr()
+    assert main(["label", "--resume", str(tmp_path / "r")]) == 0  # the server is gone: nothing is missing
+    assert asked == 4 and "| pool |" in capsys.readouterr().out

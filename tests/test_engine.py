@@ -164,7 +164,9 @@ def test_teacher_is_outside_parameters_state_and_grad(tmp_path, accelerator):
 def test_no_full_step_is_a_clear_error(tmp_path, accelerator):
     from distill.errors import DistillError
 
-    with pytest.raises(DistillError, match="lower train.batch_size"):
+    with pytest.raises(
+        DistillError, match="make no full step of batch_size 16 x grad_accum 1 x 1 processes; lower its batch_size"
+    ):
         fit(
             Distiller(toy_model(), [CE]),
             toy_data(8),

@@ -216,7 +216,7 @@ def test_unreachable_server_and_unknown_model_are_one_line(tmp_path, capsys):
     "content, extra, message",
     [
         ("", [], "holds no texts"),
-        ('{"body": "x"}\n', [], "has no field 'text' (fields: ['body'])"),
+        ('{"body": "x"}\n', [], "line 1 has no field 'text' (it has ['body'])"),
         ('{"text": "x"\n', [], "line 1 is not JSON"),
         ('{"text": "x", "label": "meh"}\n', [], "gold labels ['meh'] are not labels of task"),
         ('{"text": "x"}\n', ["task=/nonexistent.yaml"], "task file /nonexistent.yaml does not exist"),

@@ -98,7 +98,12 @@ def test_user_errors(tiny, tmp_path, capsys):
         (["teacher.path=/nonexistent/model.gguf"], "model /nonexistent/model.gguf does not exist"),
         (["target.params=null", "target.hidden=4096"], "target hidden=4096 must be between 1 and the teacher's 48"),
         (["target.hidden=32"], "give either an explicit shape"),
-        (["data.paths=[/nonexistent.txt]"], "text file /nonexistent.txt does not exist"),
+        (
+            ["data.paths=[/nonexistent.txt]", "target.params=null", "target.layers=1"],
+            "text file /nonexistent.txt does not exist",
+        ),
+        (["target.params=0.01"], "no candidate shape lies within 5% of"),  # before calibration
+        (["target.params=null", "target.layers=1", "train.batch_size=100000"], "train: "),
     ]
     for extra, message in cases:
         assert main(["minitron", *tiny, *extra]) == 2, extra

@@ -108,6 +108,20 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
+def check_fits(n: int, cfg: TrainConfig, where: str, world: int = 1) -> int:
+    """Optimizer steps per epoch of `n` samples (as many as epoch_batches yields); a clear error for none.
+
+    Recipes call it for every stage before any work, so a batch larger than the data fails at once.
+    """
+    steps = (n // world) // cfg.batch_size // cfg.grad_accum
+    if steps == 0:
+        raise DistillError(
+            f"{where}: {n} samples make no full step of batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}"
+            f" x {world} processes; lower its batch_size"
+        )
+    return steps
+
+
 def data_len(data: Data) -> int:
     return len(next(iter(data.values()))) if isinstance(data, Mapping) else len(data)
 
@@ -204,12 +218,7 @@ def fit(
 
     world, rank = accelerator.num_processes, accelerator.process_index
     n = data_len(data)
-    steps_per_epoch = (n // world) // cfg.batch_size // cfg.grad_accum  # as many as epoch_batches yields
-    if steps_per_epoch == 0:
-        raise DistillError(
-            f"{stage}: {n} samples make no full step of batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}"
-            f" x {world} processes; lower train.batch_size"
-        )
+    steps_per_epoch = check_fits(n, cfg, stage, world)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     per_step = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
     eval_every = cfg.eval_every or steps_per_epoch

@@ -7,7 +7,6 @@ from __future__ import annotations
 import bz2
 import csv
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import Field
 
 from distill.bundled import package_path
 from distill.config import Section
+from distill.data.files import read_jsonl, read_text
 from distill.errors import DistillError
 
 RT_CATEGORIES = {"fresh": "positive", "rotten": "negative"}  # 'plot' rows are not reviews
@@ -75,23 +75,18 @@ def _files(cfg: TextItems) -> list[Item]:
 
 
 def _rows(p: Path, cfg: TextItems) -> list[tuple[str, str | None]]:
-    text = p.read_text(encoding="utf-8")
     if p.suffix == ".txt":
-        return [(line.strip(), None) for line in text.splitlines() if line.strip()]
+        return [(line.strip(), None) for line in read_text(p).splitlines() if line.strip()]
     if p.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DistillError(f"{p} line {n} is not JSON: {e.msg}") from None
+        records = read_jsonl(p, cfg.text_field)
     elif p.suffix == ".csv":
-        records = list(csv.DictReader(io.StringIO(text)))
+        records = list(csv.DictReader(io.StringIO(read_text(p))))
+        if records and cfg.text_field not in records[0]:
+            raise DistillError(
+                f"{p} has no column {cfg.text_field!r} (it has {sorted(records[0])}); set data.text_field"
+            )
     else:
         raise DistillError(f"input file {p}: use .jsonl, .csv or .txt")
-    if records and cfg.text_field not in records[0]:
-        raise DistillError(f"{p} has no field {cfg.text_field!r} (fields: {sorted(records[0])}); set data.text_field")
     out = []
     for r in records:
         gold = r.get(cfg.label_field) if cfg.label_field else None

@@ -5,7 +5,6 @@ or a local `datasets` directory; tokenized and packed into fixed-length sequence
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import zlib
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import Field
 from torch import Tensor
 
 from distill.config import Section
+from distill.data.files import read_jsonl, read_text
 from distill.errors import DistillError
 
 AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
@@ -78,14 +78,9 @@ def read_texts(cfg: TextData) -> list[str]:
         if not p.is_file():
             raise DistillError(f"text file {p} does not exist")
         if p.suffix in (".jsonl", ".json"):
-            for n, line in enumerate(p.read_text().splitlines(), 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if cfg.text_field not in row:
-                        raise DistillError(f"{p}:{n} has no field {cfg.text_field!r}; set data.text_field")
-                    texts.append(str(row[cfg.text_field]))
+            texts += [str(row[cfg.text_field]) for row in read_jsonl(p, cfg.text_field)]
         else:
-            texts.append(p.read_text())
+            texts.append(read_text(p))
     if not any(t.strip() for t in texts):
         raise DistillError(f"the files {cfg.paths} hold no text")
     return texts

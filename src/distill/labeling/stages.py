@@ -3,6 +3,7 @@ and labelling one split into the store (votes, agreement, the teacher's own scor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from distill.config import Section
 from distill.data.labeled_text import Item, TextItems, load_items
 from distill.errors import DistillError
 from distill.labeling.aggregate import scores, vote
-from distill.labeling.clients import LlmTeacher, LocalTeacher, client
+from distill.labeling.clients import Generation, LlmTeacher, LocalTeacher, Request, client
 from distill.labeling.pipeline import Sampling, label
 from distill.labeling.store import LabelStore
 from distill.labeling.task import Task, load_task
@@ -57,11 +58,29 @@ def prepare(
     if need_gold and (not test or any(i.gold is None for i in test)):
         raise DistillError("students are scored on gold labels: the test texts need them (data.label_field, "
                            "data.test_fraction > 0)")  # fmt: skip
-    teacher = client(cfg.teacher)
-    teacher.check()
+    if resume is None:
+        teacher = client(cfg.teacher)
+        teacher.check()  # an unreachable server stops a new run before its directory exists
+    else:  # a resumed run may hold every answer already: the teacher is reached only when one is missing
+        teacher = OnDemand(cfg.teacher)
     ctx = start(recipe, cfg, cfg.run, resume)
     store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
     return ctx, task, {"pool": pool, "test": test}, teacher, store
+
+
+class OnDemand:
+    """A teacher client made (and checked) at the first request it has to send, not before."""
+
+    def __init__(self, spec: LlmTeacher) -> None:
+        self.spec, self._client = spec, None
+
+    def generate(self, requests: list[Request]) -> Iterator[tuple[Request, Generation]]:
+        if not requests:
+            return iter(())
+        if self._client is None:
+            self._client = client(self.spec)
+            self._client.check()
+        return self._client.generate(requests)
 
 
 def label_split(cfg, task, items, teacher, store, name: str) -> tuple[dict[str, Any], list]:

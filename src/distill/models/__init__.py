@@ -102,6 +102,20 @@ def call_model(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return getattr(out, "logits", out)
 
 
+def check_accepts(model: nn.Module, sample: Tensor, what: str) -> None:
+    """One forward of `sample` (eval mode, no grad); a clear error when the net cannot take such inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample)
+    except (RuntimeError, ValueError, TypeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DistillError(f"{what} does not take inputs of shape {tuple(sample.shape[1:])}: {detail}") from None
+    finally:
+        model.train(was_training)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -115,6 +129,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "call_model",
+    "check_accepts",
     "count_parameters",
     "load_weights",
     "resolve_class",

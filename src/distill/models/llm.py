@@ -57,8 +57,12 @@ def hf_dir(path: str) -> Path:
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # a damaged or foreign file fails deep inside the GGUF reader, in many ways
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DistillError(f"{gguf} cannot be read as a GGUF language model ({detail})") from None
     model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

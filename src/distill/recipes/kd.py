@@ -17,11 +17,11 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from distill.config import Section
-from distill.data import ImageData, load_images
-from distill.engine import TrainConfig
+from distill.data import ImageData, ImageSplits, load_images
+from distill.engine import TrainConfig, check_fits
 from distill.evaluate import accuracy
 from distill.kd import Distiller, Term, check_refs, check_terms
-from distill.models import ModelSpec, build_model, count_parameters
+from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
 
 name = "kd"
@@ -87,8 +87,9 @@ class Config(Section):
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     data = load_images(cfg.data)  # before the run directory exists: a bad path leaves nothing behind
-    ctx = start(name, cfg, cfg.run, resume)
     shape = {"num_classes": data.num_classes, "in_channels": data.image_shape[0]}
+    check(cfg, data, shape)
+    ctx = start(name, cfg, cfg.run, resume)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"accuracy": accuracy(model, data.test, ctx.accelerator, cfg.eval_batch_size)}
@@ -124,6 +125,19 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     trained = [t.name for t in cfg.teachers if not t.model.checkpoint]
     products.update({t: f"{_teacher_stage(t)}/model.safetensors" for t in trained})
     return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
+
+
+def check(cfg: Config, data: ImageSplits, shape: dict[str, int]) -> None:
+    """What would fail after minutes of training fails now: nets that do not take the images, batches
+    larger than the data."""
+    sample = data.train["inputs"][:2]
+    nets = [("student", cfg.student)] + [(f"teachers.{i}.model", t.model) for i, t in enumerate(cfg.teachers)]
+    for where, spec in nets:
+        check_accepts(build_model(spec, **shape), sample, f"{where} ({spec.arch})")
+    stages = [("train", cfg.train)] + [(f"teachers.{i}.train", t.train) for i, t in enumerate(cfg.teachers)
+                                       if not t.model.checkpoint]  # fmt: skip
+    for where, tcfg in stages:
+        check_fits(len(data.train["labels"]), tcfg, where)
 
 
 def train_supervised(

@@ -25,7 +25,7 @@ from torch import nn
 
 from distill.config import Section
 from distill.data.text import TextData, token_splits
-from distill.engine import TrainConfig
+from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
 from distill.kd import Distiller, Term, check_terms
@@ -115,11 +115,16 @@ class Config(Section):
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     teacher, tokenizer = load_causal_lm(cfg.teacher, check=check_supported)
-    shape, target = LlmShape.of(teacher.config), None
-    if cfg.target.params is None:  # check an explicit target before any work
+    shape, target, shapes = LlmShape.of(teacher.config), None, []
+    if cfg.target.params is None:  # check the target before any work (calibration takes minutes)
         target = shape.with_(**cfg.target.model_dump(include={"hidden", "ffn", "heads", "layers"}))
         shape.check_prunable_to(target)
+    else:
+        shapes = candidate_shapes(cfg, shape)
     train, val = token_splits(cfg.data, tokenizer)
+    for where, tcfg in [("train", cfg.train), ("search.train", cfg.search.train), ("correction", cfg.correction)]:
+        if tcfg is not None and (where != "search.train" or shapes):
+            check_fits(len(train["input_ids"]), tcfg, where)
     ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev)
@@ -136,7 +141,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     imp = importance(cfg, ctx, teacher, train)
     table: list[dict[str, Any]] = []
     if target is None:
-        target, table = search(cfg, ctx, teacher, imp, shape, train, evaluate)
+        target, table = search(cfg, ctx, teacher, imp, shapes, train, evaluate)
 
     ctx.seed_stage("student/init")
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
@@ -188,12 +193,20 @@ def hidden_terms(cfg: Config, imp: Importance, target: LlmShape) -> list[Term]:
     ]  # fmt: skip
 
 
-def search(cfg, ctx, teacher, imp, shape, train, evaluate) -> tuple[LlmShape, list[dict[str, Any]]]:
-    """Prune to each candidate, distill it briefly, keep the lowest validation loss."""
+def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
+    """The shapes the search tries for the params budget; a clear error when none is near it."""
     budget = cfg.target.params * shape.params() if cfg.target.params <= 1 else cfg.target.params
     shapes = pick(candidates(shape, int(budget), cfg.search.tolerance), cfg.search.candidates)
     if not shapes:
-        raise DistillError(f"no candidate shape lies within {cfg.search.tolerance:.0%} of {int(budget):,} parameters")
+        raise DistillError(
+            f"no candidate shape lies within {cfg.search.tolerance:.0%} of {int(budget):,} parameters (the teacher "
+            f"has {shape.params():,}); change target.params or search.tolerance"
+        )
+    return shapes
+
+
+def search(cfg, ctx, teacher, imp, shapes, train, evaluate) -> tuple[LlmShape, list[dict[str, Any]]]:
+    """Prune to each candidate, distill it briefly, keep the lowest validation loss."""
     table = []
     for i, cand in enumerate(shapes):
         ctx.seed_stage(f"search-{i}/init")
@@ -201,9 +214,9 @@ def search(cfg, ctx, teacher, imp, shape, train, evaluate) -> tuple[LlmShape, li
         distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(ctx.accelerator.device)
         metrics = ctx.fit(distiller, train, cfg.search.train, stage=f"search-{i}", eval_fn=evaluate, product=student)
         table.append({**cand.as_dict(), "params": cand.params(), "val_loss": metrics["val_loss"]})
+    best = min(range(len(shapes)), key=lambda i: table[i]["val_loss"])
     table.sort(key=lambda r: r["val_loss"])
-    best = table[0]
-    return shape.with_(**{k: best[k] for k in ("hidden", "ffn", "heads", "layers")}), table
+    return shapes[best], table
 
 
 def _row(name: str, model: nn.Module, metrics: dict[str, float], tokenizer, cfg: Config) -> dict[str, Any]:

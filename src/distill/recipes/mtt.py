@@ -39,7 +39,7 @@ from distill.dd import (
     schedule,
 )
 from distill.dd.buffer import to_device
-from distill.engine import Callbacks, TrainConfig
+from distill.engine import Callbacks, TrainConfig, check_fits
 from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model, count_parameters
 from distill.plots import image_grid
@@ -142,6 +142,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     data = load_images(cfg.data)
     zca = _whiten(data, cfg) if cfg.zca else None
     class_indices(data.train["labels"], data.num_classes, cfg.distill.ipc)  # a clear error if ipc is too large
+    if cfg.buffer.from_run is None:
+        check_fits(len(data.train["labels"]), cfg.buffer.train, "buffer.train")
     ctx = start(name, cfg, cfg.run, resume)
     shape = _shape(data)
     device = ctx.accelerator.device
