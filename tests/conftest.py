@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,22 @@ def tensor_file(tmp_path: Path) -> Path:
     return write_tensor_file(tmp_path / "tiny.pt", 256, 128)
 
 
-def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int = 2) -> None:
-    """Start `cmd`, SIGKILL it as soon as `folder` holds `count` checkpoints; fail if it ended first."""
+def kill_when(cmd: list[str], env: dict, ready: Callable[[], bool], what: str) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()`; fail if it ended first or the deadline came first."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(folder.glob("step-*.pt"))) < count and proc.poll() is None:
+    while time.time() < deadline and not ready() and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     # else the deadline passed first, and the resume would restart from scratch and prove nothing
-    assert len(list(folder.glob("step-*.pt"))) >= count, f"killed before {count} checkpoints existed in {folder}"
+    assert ready(), f"killed before {what}"
+
+
+def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int = 2) -> None:
+    """Kill `cmd` as soon as `folder` holds `count` checkpoints."""
+    kill_when(cmd, env, lambda: len(list(folder.glob("step-*.pt"))) >= count, f"{count} checkpoints in {folder}")
 
 
 def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:

@@ -1,7 +1,8 @@
 """A small OpenAI-compatible server on 127.0.0.1 for tests: /v1/models and /v1/chat/completions.
 
 It answers by a rule on the last user message (a review containing 'good' is positive), can fail the
-first N requests with 500s (retries), delay every answer (concurrency), and counts its requests.
+first N requests with 500s (retries) and the next M with an HTML page (malformed replies), delay every
+answer (concurrency), and counts its requests.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeServer:
-    def __init__(self, model: str = "fake-teacher", fail_first: int = 0, delay_s: float = 0.0) -> None:
-        self.model, self.fail_first, self.delay_s = model, fail_first, delay_s
+    def __init__(
+        self, model: str = "fake-teacher", fail_first: int = 0, delay_s: float = 0.0, garbage_first: int = 0
+    ) -> None:
+        self.model, self.fail_first, self.delay_s, self.garbage_first = model, fail_first, delay_s, garbage_first
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -47,10 +50,10 @@ class FakeServer:
             def log_message(self, *args) -> None:
                 pass
 
-            def _send(self, code: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
+            def _send(self, code: int, obj: dict | bytes) -> None:
+                data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if isinstance(obj, bytes) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -66,11 +69,14 @@ class FakeServer:
                 with server.lock:
                     server.requests.append(body)
                     failing = len(server.requests) <= server.fail_first
+                    garbage = server.fail_first < len(server.requests) <= server.fail_first + server.garbage_first
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 time.sleep(server.delay_s)
                 if failing:
                     code, reply = 500, {"error": "busy"}
+                elif garbage:  # a proxy's error page, or a server that is not what it claims
+                    code, reply = 200, b"<html><body>502 Bad Gateway</body></html>"
                 elif body.get("model") != server.model:
                     code, reply = 404, {"error": f"model {body.get('model')} not found"}
                 else:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, kill_after_checkpoints, tiny_overrides
+from conftest import ROOT, kill_after_checkpoints, kill_when, tiny_overrides
 from distill.cli import main
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -115,14 +115,41 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
 
     kill_after_checkpoints([*DISTILL, "kd", *over, "run.run_name=killed"], ENV, tmp_path / "killed/checkpoints/student")
     assert not (tmp_path / "killed" / "student" / "done.json").exists()
+    _resumed_equals_straight(tmp_path, "killed")
 
-    done = subprocess.run(
-        [*DISTILL, "kd", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True, text=True
-    )
+
+def _resumed_equals_straight(tmp_path: Path, name: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / name)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed"))
+    a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", name))
     assert a == b
-    assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))
+    assert strip(read_metrics(tmp_path / name)) == strip(read_metrics(tmp_path / "straight"))
+    return done
+
+
+@pytest.mark.slow
+def test_killed_before_the_first_checkpoint_or_with_a_corrupt_one(tensor_file, tmp_path):
+    """Killed before the student's first checkpoint: the stage starts over, and each step is logged once.
+    Killed, then the newest checkpoint truncated: resume falls back to the one before and says so."""
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8", "train.log_every=2"]
+    subprocess.run([*DISTILL, "kd", *over, "run.run_name=straight"], check=True, env=ENV, capture_output=True)
+
+    early = [*over, "run.run_name=early", "train.save_every=100000"]
+    log = tmp_path / "early/metrics.jsonl"  # read as text: the kill may land mid-line
+    kill_when([*DISTILL, "kd", *early], ENV, lambda: log.exists() and '"stage": "student"' in log.read_text(),
+              "the student logged a step")  # fmt: skip
+    assert not list((tmp_path / "early/checkpoints/student").glob("step-*.pt"))
+    subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / "early")], env=ENV, check=True, capture_output=True)
+    steps = [r["step"] for r in read_metrics(tmp_path / "early") if r["stage"] == "student" and "loss" in r]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+
+    kill_after_checkpoints(
+        [*DISTILL, "kd", *over, "run.run_name=corrupt"], ENV, tmp_path / "corrupt/checkpoints/student"
+    )
+    newest = sorted((tmp_path / "corrupt/checkpoints/student").glob("step-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-100])
+    done = _resumed_equals_straight(tmp_path, "corrupt")
+    assert f"checkpoint {newest.name} is truncated or corrupt; resuming from step-" in done.stderr
 
 
 def _free_port() -> int:

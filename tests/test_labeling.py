@@ -182,6 +182,17 @@ def test_client_gives_up_after_its_retries():
     assert len(server.requests) == 2
 
 
+def test_malformed_replies_are_retried_then_named():
+    with FakeServer(garbage_first=2) as server:
+        gen = ServerClient(ServerTeacher(model="fake-teacher", url=server.url, retries=2)).one(request())
+    assert gen.text.endswith("Answer: positive") and len(server.requests) == 3
+    with FakeServer(garbage_first=10) as server:
+        spec = ServerTeacher(model="fake-teacher", url=server.url, retries=1)
+        with pytest.raises(DistillError, match="sent a malformed reply 2 times \\(a str body, not a completion"):
+            ServerClient(spec).one(request())
+    assert len(server.requests) == 2
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_concurrent_requests_in_flight(concurrency):
     with FakeServer(delay_s=0.05) as server:

@@ -86,6 +86,25 @@ def test_chunked_equals_unchunked_in_value_and_gradient(fn):
     torch.testing.assert_close(g_chunk, 3.0 * g_full, rtol=1e-5, atol=1e-7)
 
 
+def test_chunked_kl_with_bf16_logits_and_a_fully_masked_chunk():
+    """bf16 logits (computed in fp32 inside, gradient back in bf16), and a chunk whose rows are all padding:
+    it adds nothing to the loss and gets exactly zero gradient."""
+    g = torch.Generator().manual_seed(0)
+    s32 = torch.randn(2, 8, 40, generator=g)
+    t32 = torch.randn(2, 8, 40, generator=g)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[:, 4:] = False  # with chunk_size 4 over the 16 flattened rows, chunks 2 and 4 are all padding
+    s = s32.bfloat16().requires_grad_(True)
+    loss = kl_div(s, t32.bfloat16(), mask=mask, chunk_size=4)
+    (grad,) = torch.autograd.grad(loss, s)
+    ref = kl_div(s32.bfloat16().float(), t32.bfloat16().float(), mask=mask)  # the same values, unchunked, fp32
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
+    assert grad[:, 4:].abs().sum() == 0 and grad[:, :4].abs().sum() > 0
+    unmasked_only = kl_div(s32[:, :4].bfloat16().float(), t32[:, :4].bfloat16().float())
+    assert loss.item() == pytest.approx(unmasked_only.item(), rel=1e-5)  # padding changes neither sum nor count
+
+
 def test_logit_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ"):
         kl_div(torch.zeros(2, 3), torch.zeros(2, 4))

@@ -22,8 +22,14 @@ def test_user_class_by_dotted_path_ignores_defaults_it_does_not_take():
 
 
 def test_default_kd_student_is_under_a_tenth_of_the_teacher():
-    teacher, student = ConvNet(channels=(32, 64, 128)), ConvNet(channels=(8, 16, 32))
+    """The recipe's own defaults, as `distill kd` builds them."""
+    from distill.recipes import kd
+
+    cfg = kd.Config()
+    shape = {"num_classes": 10, "in_channels": 1}
+    teacher, student = build_model(cfg.teachers[0].model, **shape), build_model(cfg.student, **shape)
     assert count_parameters(student) * 10 <= count_parameters(teacher)
+    assert student(torch.zeros(2, 1, 28, 28)).shape == teacher(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_weights_load_and_mismatch_is_clear(tmp_path):

@@ -32,8 +32,8 @@ def save_tiny_bert(path: Path) -> Path:
     return path
 
 
-def requests(texts: list[str], temperature: float = 0.0) -> list[Request]:
-    return [Request(f"h{i}", 0, [{"role": "user", "content": t}], temperature, 8, 7) for i, t in enumerate(texts)]
+def requests(texts: list[str], temperature: float = 0.0, seed: int = 7) -> list[Request]:
+    return [Request(f"h{i}", 0, [{"role": "user", "content": t}], temperature, 8, seed) for i, t in enumerate(texts)]
 
 
 def test_local_batched_generation_equals_one_at_a_time(tmp_path):
@@ -52,6 +52,8 @@ def test_local_sampling_is_seeded(tmp_path):
     a = [g.text for _, g in teacher.generate(requests(["x", "y"], temperature=1.0))]
     b = [g.text for _, g in teacher.generate(requests(["x", "y"], temperature=1.0))]
     assert a == b
+    others = [[g.text for _, g in teacher.generate(requests(["x", "y"], 1.0, seed))] for seed in (8, 9)]
+    assert any(o != a for o in others), "another seed must sample something else (greedy would not)"
 
 
 def test_label_with_a_local_teacher_through_the_cli(tmp_path, capsys):

@@ -240,7 +240,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, metrics = state["step"], state.get("metrics", {})
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        set_rng_state(state["processes"][rank]["rng"])
         run.truncate_metrics(stage, step)
 
     bar = tqdm(
@@ -250,7 +250,7 @@ def fit(
         disable=not (cfg.progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
-    window = _Window()
+    window = _Window(state["processes"][rank]["window"] if state is not None else None)
     wrapped.train()
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -295,7 +295,7 @@ def fit(
             if run is not None and step % save_every == 0 and step < total:
                 paused = True
                 _save_checkpoint(
-                    run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints
+                    run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints, window
                 )
                 if hooks.on_save and accelerator.is_main_process:
                     hooks.on_save(product, step)
@@ -333,8 +333,11 @@ def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, pro
     return metrics
 
 
-def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, keep) -> None:
-    rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else rng_state()
+def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, keep, window) -> None:
+    # per process: its random streams, and the loss sums since its last log record (so that a resumed run
+    # logs the same averages as an uninterrupted one, whatever the checkpoint's place between two logs)
+    mine = {"rng": rng_state(), "window": window.state()}
+    own = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
     if not accelerator.is_main_process:
         return
     state = {
@@ -343,7 +346,7 @@ def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, a
         "scheduler": scheduler.state_dict(),
         "step": step,
         "metrics": metrics,
-        "rng": rngs,
+        "processes": own,
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -358,10 +361,16 @@ def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, a
 class _Window:
     """Running sums of loss terms and samples between two log records."""
 
-    def __init__(self) -> None:
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
         self.sums: dict[str, Tensor] = {}
         self.count, self.samples, self.elapsed = 0, 0, 0.0
+        if saved is not None:  # a checkpoint's: the sums go on; the clock starts now
+            self.sums = {k: v.clone() for k, v in saved["sums"].items()}
+            self.count, self.samples = saved["count"], saved["samples"]
         self.restart()
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count, "samples": self.samples}
 
     def restart(self) -> None:
         self.t0 = time.perf_counter()

@@ -132,7 +132,16 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise DistillError(f"{self.metrics_path} line {i + 1} is damaged") from None
+                # the last line of a process killed while appending it: the resume rewrites the file
+        return records
 
     def truncate_metrics(self, stage: str, step: int) -> None:
         """Drop what a killed run logged after the checkpoint it resumes from."""

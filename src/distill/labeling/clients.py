@@ -7,6 +7,7 @@ so the caller can store it at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -106,18 +107,32 @@ class ServerClient:
             raise DistillError(f"teacher server {self.base} has no model {self.spec.model!r}; it serves {models}")
 
     async def _one(self, client, r: Request) -> Generation:
+        """One answer. HTTP and connection errors are retried by the client; a malformed reply (not JSON,
+        an HTML page, no choices) is retried here the same number of times, with the same kind of backoff."""
+        for attempt in range(self.spec.retries + 1):
+            t0 = time.perf_counter()
+            try:
+                return _generation(await self._ask(client, r), self.spec.endpoint, t0)
+            except (_Malformed, json.JSONDecodeError) as e:
+                problem = str(e) if isinstance(e, _Malformed) else "not JSON"
+                if attempt == self.spec.retries:
+                    raise DistillError(
+                        f"teacher server {self.base} sent a malformed reply {attempt + 1} times ({problem})"
+                    ) from None
+                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+        raise AssertionError("unreachable")
+
+    async def _ask(self, client, r: Request) -> Any:
         import openai
 
         args = dict(model=self.spec.model, temperature=r.temperature, max_tokens=r.max_tokens, seed=r.seed)
-        t0 = time.perf_counter()
         try:
             if self.spec.endpoint == "chat":
                 if self.spec.logprobs:
                     args.update(logprobs=True, top_logprobs=self.spec.logprobs)
-                out = await client.chat.completions.create(messages=r.messages, **args)
-            else:
-                prompt = "\n\n".join(m["content"] for m in r.messages) + "\n\n"
-                out = await client.completions.create(prompt=prompt, logprobs=self.spec.logprobs or None, **args)
+                return await client.chat.completions.create(messages=r.messages, **args)
+            prompt = "\n\n".join(m["content"] for m in r.messages) + "\n\n"
+            return await client.completions.create(prompt=prompt, logprobs=self.spec.logprobs or None, **args)
         except openai.APIStatusError as e:
             detail = e.response.text[:200] if e.response is not None else str(e)
             raise DistillError(f"teacher server {self.base} answered {e.status_code}: {detail}") from None
@@ -125,12 +140,6 @@ class ServerClient:
             raise DistillError(
                 f"teacher server {self.base} failed {self.spec.retries + 1} times: {e.__cause__ or e}"
             ) from None
-        choice = out.choices[0]
-        text = choice.message.content if self.spec.endpoint == "chat" else choice.text
-        logprobs = choice.logprobs.model_dump() if choice.logprobs is not None else None
-        usage = out.usage
-        return Generation(text or "", time.perf_counter() - t0, usage and usage.prompt_tokens,
-                          usage and usage.completion_tokens, logprobs)  # fmt: skip
 
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Generation]]:
         """Up to `concurrency` requests in flight on the async client; answers yielded as they complete.
@@ -165,6 +174,25 @@ class ServerClient:
     def one(self, r: Request) -> Generation:
         """A single request (retried as configured)."""
         return next(iter(self.generate([r])))[1]
+
+
+class _Malformed(Exception):
+    """A reply that is not a completion."""
+
+
+def _generation(out: Any, endpoint: str, t0: float) -> Generation:
+    """The completion's first choice as a Generation; _Malformed when the reply is not a completion."""
+    if isinstance(out, (str, bytes)):  # the client hands back a body it could not read as JSON
+        raise _Malformed(f"a {type(out).__name__} body, not a completion: {str(out)[:60]!r}")
+    try:
+        choice = out.choices[0]
+        text = choice.message.content if endpoint == "chat" else choice.text
+    except (AttributeError, TypeError, IndexError):
+        raise _Malformed("no choices") from None
+    logprobs = choice.logprobs.model_dump() if getattr(choice, "logprobs", None) is not None else None
+    usage = getattr(out, "usage", None)
+    return Generation(text or "", time.perf_counter() - t0, usage and usage.prompt_tokens,
+                      usage and usage.completion_tokens, logprobs)  # fmt: skip
 
 
 # --- a local transformers model -------------------------------------------------------------------

@@ -202,7 +202,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     # 5. outputs
     pixels = data.pixels(zca.inverse(synthetic.images.detach()) if zca else synthetic.images.detach())
-    tensors = {"images": synthetic.images, "pixels": pixels, "labels": synthetic.labels, "lr": synthetic.lr}
+    tensors = {
+        "images": synthetic.images,
+        "pixels": pixels,
+        "labels": synthetic.labels,
+        "lr": synthetic.lr,
+        "init_index": init,
+    }  # which training images the set started from (its provenance)
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     if ctx.run.is_main:
         atomic_write(ctx.run.path / "synthetic.safetensors", save(tensors))
