@@ -1,5 +1,8 @@
-"""Bad input, as a new user gives it: each ends in one line naming the problem, exit code 2, and
-nothing half-written. (More of these, per recipe, live beside each recipe's tests.)"""
+"""Bad input, as a new user gives it: one matrix of (input, exit code, a word the message must hold).
+
+Each case ends in one line on stderr (no traceback), the expected exit code, and nothing half-written:
+no run directory, no file changed. More cases, per recipe, live beside each recipe's tests.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, write_tensor_file
 from distill.cli import main
+
+KD_CE = "objective=[{name: c, loss: ce, inputs: [student.logits, labels]}]"
 
 
 def _one_line(capsys, code: int, word: str, args: list[str]) -> str:
@@ -22,51 +30,102 @@ def _one_line(capsys, code: int, word: str, args: list[str]) -> str:
     return err
 
 
-@pytest.mark.parametrize(
-    "args, word",
-    [
-        (["kd", "train.batch_size=true"], "batch_size = true: expected a number, not a boolean"),
-        (["kd", "train.epochs=0"], "train.epochs = 0: Input should be greater than 0"),
-        (["kd", "run.seed=-1"], "run.seed = -1: Input should be greater than or equal to 0"),
-        (["kd", "train.lr=nan"], "train.lr = 'nan': Input should be a finite number"),
-        (["kd", "objective.0.args.temperature=1e-8"], "temperature 1e-08 must be a finite number >= 0.01"),
-        (["kd", "objective.0.args.temperature=0"], "temperature 0 must be a finite number >= 0.01"),
-        (["kd", "objective.0.args.temperature=.inf"], "temperature inf must be a finite number"),
-        (["kd", "teachers=[{name: t, train: {lr: -1}}]", "objective=[{name: c, loss: ce, inputs: [student.logits,"
-          " labels]}]"], "teachers.0.train.lr = -1"),
-        (["weaklabel", "student.thresholds=[0.5, 1.5]"], "agreement thresholds are shares of the votes, in [0, 1]"),
-        (["weaklabel", "teacher.kind=server"], "teacher.server.model: Field required"),
-        (["kd", "run.precision=bf16"], "run.precision=bf16 needs a GPU"),
-        (["kd", "--config", "nosuch"], "config file nosuch does not exist; the named configs of kd: ["),
-        (["cp", "kd/nosuch", "x.yaml"], "kd has no named config 'nosuch'"),
-        (["ls", "nosuch"], "unknown recipe 'nosuch'"),
-    ],
-)  # fmt: skip
-def test_config_errors_are_one_line(args, word, tmp_path, capsys, monkeypatch):
+def _write(name: str, content: bytes | str) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        path = tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    return make
+
+
+def _texts(name: str, content: bytes) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["label", "data.source=files", f"data.paths=[{_write(name, content)(tmp)}]",
+                        "teacher={kind: server, model: m, url: 'http://127.0.0.1:9'}"]  # fmt: skip
+
+
+def _tiny_kd(*extra: str) -> Callable[[Path], list[str]]:
+    def args(tmp: Path) -> list[str]:
+        data = write_tensor_file(tmp / "tiny.pt", 256, 128)
+        return ["kd", *[o for o in tiny_overrides(data, tmp) if not o.startswith("run.output_dir")], *extra]
+
+    return args
+
+
+def _tensors(content: object) -> Callable[[Path], list[str]]:
+    def args(tmp: Path) -> list[str]:
+        path = tmp / "x.pt"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        return ["kd", "data.source=tensors", f"data.path={path}"]
+
+    return args
+
+
+def _taken(tmp: Path, *extra: str) -> list[str]:
+    (tmp / "taken").write_text("x")
+    return [*_tiny_kd(*extra)(tmp)]
+
+
+CASES = {
+    # values: each field checked at config time, before any data is read
+    "batch_size=true": (lambda t: ["kd", "train.batch_size=true"], 2, "batch_size = true: expected a number, not a boolean"),
+    "epochs=0": (lambda t: ["kd", "train.epochs=0"], 2, "train.epochs = 0: Input should be greater than 0"),
+    "negative seed": (lambda t: ["kd", "run.seed=-1"], 2, "run.seed = -1: Input should be greater than or equal to 0"),
+    "lr=nan": (lambda t: ["kd", "train.lr=nan"], 2, "train.lr = 'nan': Input should be a finite number"),
+    "lr<0": (lambda t: ["kd", "train.lr=-1"], 2, "train.lr = -1: Input should be greater than 0"),
+    "temperature=1e-8": (lambda t: ["kd", "objective.0.args.temperature=1e-8"], 2, "temperature 1e-08 must be a finite number >= 0.01"),
+    "temperature=0": (lambda t: ["kd", "objective.0.args.temperature=0"], 2, "temperature 0 must be a finite number >= 0.01"),
+    "temperature=inf": (lambda t: ["kd", "objective.0.args.temperature=.inf"], 2, "temperature inf must be a finite number"),
+    "sampling temperature nan": (lambda t: ["label", "sampling.temperature=.nan"], 2, "sampling.temperature = nan: Input should be a finite number"),
+    "partial teacher, bad lr": (lambda t: ["kd", "teachers=[{name: t, train: {lr: -1}}]", KD_CE], 2, "teachers.0.train.lr = -1"),
+    "thresholds outside [0, 1]": (lambda t: ["weaklabel", "student.thresholds=[0.5, 1.5]"], 2, "agreement thresholds are shares of the votes, in [0, 1]"),
+    "server teacher lacks a model": (lambda t: ["weaklabel", "teacher.kind=server"], 2, "teacher.server.model: Field required"),
+    "bf16 on the CPU": (lambda t: ["kd", "run.precision=bf16"], 2, "run.precision=bf16 needs a GPU"),
+    "unknown field": (lambda t: ["kd", "train.lrr=0.1"], 2, "unknown field 'train.lrr'"),
+    # config files and commands
+    "unknown named config": (lambda t: ["kd", "--config", "nosuch"], 2, "config file nosuch does not exist; the named configs of kd: ["),
+    "YAML syntax error": (lambda t: ["kd", "--config", str(_write("bad.yaml", "train:\n  lr: 0.1\n  epochs: [1, 2\n")(t))], 2, "is not valid YAML at line 4, column 1"),
+    "config is binary": (lambda t: ["kd", "--config", str(_write("bin.yaml", b"\xff\xfe\x00")(t))], 2, "is not UTF-8 text"),
+    "cp of an unknown config": (lambda t: ["cp", "kd/nosuch", str(t / "x.yaml")], 2, "kd has no named config 'nosuch'"),
+    "ls of an unknown recipe": (lambda t: ["ls", "nosuch"], 2, "unknown recipe 'nosuch'"),
+    "report of a missing run": (lambda t: ["report", str(t / "nonexistent")], 2, "is not a run directory"),
+    "report of a file": (lambda t: ["report", str(_write("file", "x")(t))], 2, "is not a run directory"),
+    "resume of a missing run": (lambda t: ["kd", "--resume", str(t / "nonexistent")], 2, "is not a run directory"),
+    # users' files
+    "binary text file": (_texts("bin.txt", b"\x00\x01\x02binary"), 2, "is a binary file, not text"),
+    "latin-1 text file": (_texts("latin.txt", "caf\xe9 cr\xe8me\n".encode("latin-1")), 2, "is not UTF-8 text (byte 3"),
+    "JSONL line not JSON": (_texts("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n'), 2, "line 2 is not JSON"),
+    "JSONL line not an object": (_texts("list.jsonl", b'{"text": "fine"}\n[1, 2]\n'), 2, "line 2 is not a JSON object"),
+    "JSONL line lacks the field": (_texts("field.jsonl", b'{"text": "fine"}\n{"body": "x"}\n'), 2, "line 2 has no field 'text'"),
+    "not a tensor file": (_tensors(b"this is not a pickle"), 2, "is not a tensor file"),
+    "a tensor file of a list": (_tensors([1, 2, 3]), 2, "holds a list, not a mapping of named tensors"),
+    "tensor file lacks splits": (_tensors({"train_images": torch.zeros(2, 4, 4)}), 2, "lacks ['train_labels'"),
+    "random GGUF": (lambda t: ["minitron", f"teacher.path={_write('r.gguf', os.urandom(256))(t)}"], 2, "cannot be read as a GGUF language model"),
+    "truncated GGUF": (lambda t: ["minitron", f"teacher.path={_write('t.gguf', b'GGUF' + bytes(24))(t)}"], 2, "cannot be read as a GGUF language model"),
+    # checked before training starts
+    "MLP on other images": (_tiny_kd("student.arch=mlp", "student.args={in_features: 784, hidden: [8]}"), 2, "student (mlp) does not take inputs of shape (1, 12, 12)"),
+    "batch larger than the data": (_tiny_kd("train.batch_size=512"), 2, "train: 256 samples make no full step of batch_size 512"),
+    "teacher batch larger than the data": (_tiny_kd("teachers.0.train.batch_size=512"), 2, "teachers.0.train: 256 samples"),
+    "output dir is a file": (lambda t: _taken(t, f"run.output_dir={t / 'taken'}"), 2, "cannot be a run directory: a part of its path is a file"),
+    "run name is a file": (lambda t: _taken(t, f"run.output_dir={t}", "run.run_name=taken"), 2, "is a file, not a run directory"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_matrix(case, tmp_path, capsys, monkeypatch):
+    build, code, word = CASES[case]
     monkeypatch.chdir(tmp_path)
-    _one_line(capsys, 2, word, [*args, f"run.output_dir={tmp_path / 'runs'}"] if args[0] not in ("ls", "cp") else args)
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "x.yaml").exists()
-
-
-def test_yaml_syntax_error_names_line_and_column(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  lr: 0.1\n  epochs: [1, 2\n")
-    _one_line(capsys, 2, "is not valid YAML at line 4, column 1", ["kd", "--config", str(bad)])
-
-
-def test_report_of_what_is_not_a_run_creates_nothing(tmp_path, capsys):
-    _one_line(capsys, 2, "is not a run directory", ["report", str(tmp_path / "nonexistent")])
-    assert not (tmp_path / "nonexistent").exists()
-    (tmp_path / "file").write_text("x")
-    _one_line(capsys, 2, "is not a run directory", ["report", str(tmp_path / "file")])
-
-
-def test_an_output_directory_that_is_a_file(tensor_file, tmp_path, capsys):
-    (tmp_path / "taken").write_text("x")
-    over = [*tiny_overrides(tensor_file, tmp_path), f"run.output_dir={tmp_path / 'taken'}"]
-    _one_line(capsys, 2, "cannot be a run directory: a part of its path is a file", ["kd", *over])
-    _one_line(capsys, 2, "is a file, not a run directory", ["kd", *over[:-1], "run.run_name=taken"])
-    assert (tmp_path / "taken").read_text() == "x"
+    args = build(tmp_path)
+    if args[0] not in ("ls", "cp", "report") and "--resume" not in args and not any("output_dir" in a for a in args):
+        args.append(f"run.output_dir={tmp_path / 'runs'}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    _one_line(capsys, code, word, args)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, f"files written or changed: {sorted(set(after) ^ set(before))}"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nonexistent").exists()
 
 
 def test_a_run_directory_has_one_writer(tensor_file, tmp_path, capsys):
@@ -86,59 +145,6 @@ def test_a_run_directory_has_one_writer(tensor_file, tmp_path, capsys):
         holder.wait()
     time.sleep(0.1)
     assert main(["kd", "--resume", str(run)]) == 0
-
-
-def _files_run(recipe: str, path, tmp_path) -> list[str]:
-    return [recipe, "data.source=files", f"data.paths=[{path}]", f"run.output_dir={tmp_path / 'runs'}",
-            "teacher={kind: server, model: m, url: 'http://127.0.0.1:9'}"]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "name, content, word",
-    [
-        ("bin.txt", b"\x00\x01\x02binary", "is a binary file, not text"),
-        ("latin.txt", "caf\xe9 cr\xe8me\n".encode("latin-1"), "is not UTF-8 text (byte 3"),
-        ("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n', "line 2 is not JSON"),
-        ("list.jsonl", b'{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON object"),
-        ("field.jsonl", b'{"text": "fine"}\n{"body": "x"}\n', "line 2 has no field 'text'"),
-    ],
-)
-def test_bad_text_files_are_named_with_the_line(name, content, word, tmp_path, capsys):
-    path = tmp_path / name
-    path.write_bytes(content)
-    _one_line(capsys, 2, word, _files_run("label", path, tmp_path))
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_file_that_is_not_a_tensor_file(tmp_path, capsys):
-    fake = tmp_path / "x.pt"
-    fake.write_bytes(b"this is not a pickle")
-    _one_line(capsys, 2, "is not a tensor file", ["kd", "data.source=tensors", f"data.path={fake}",
-                                                  f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
-    import torch
-
-    torch.save([1, 2, 3], fake)
-    _one_line(capsys, 2, "holds a list, not a mapping of named tensors", ["kd", "data.source=tensors",
-              f"data.path={fake}", f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_truncated_gguf_file(tmp_path, capsys):
-    bad = tmp_path / "model.gguf"
-    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
-    _one_line(capsys, 2, "cannot be read as a GGUF language model", ["minitron", f"teacher.path={bad}",
-              f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
-    assert not (tmp_path / "runs").exists()
-
-
-def test_checks_before_any_training(tensor_file, tmp_path, capsys):
-    """A net that cannot take the images, or a batch larger than the data, fails before a teacher trains."""
-    over = tiny_overrides(tensor_file, tmp_path)
-    _one_line(capsys, 2, "student (mlp) does not take inputs of shape (1, 12, 12)",
-              ["kd", *over, "student.arch=mlp", "student.args={in_features: 784, hidden: [8]}"])  # fmt: skip
-    big = ["kd", *over, "train.batch_size=512"]
-    _one_line(capsys, 2, "train: 256 samples make no full step of batch_size 512", big)
-    assert not (tmp_path / "tiny").exists()
 
 
 def test_label_resume_of_a_finished_run_needs_no_server(tmp_path, capsys):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT, kill_after_checkpoints, kill_when, tiny_overrides
 from distill.cli import main
@@ -150,6 +151,32 @@ def test_killed_before_the_first_checkpoint_or_with_a_corrupt_one(tensor_file, t
     newest.write_bytes(newest.read_bytes()[:-100])
     done = _resumed_equals_straight(tmp_path, "corrupt")
     assert f"checkpoint {newest.name} is truncated or corrupt; resuming from step-" in done.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_equal_weights_that_match_one_process_at_the_same_global_batch(tmp_path):
+    """2 processes x batch 16 (gradients averaged by DDP) = 1 process x batch 32: the same samples per step."""
+    from safetensors.torch import load_file
+
+    job = str(ROOT / "tests" / "ddp_job.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(_free_port())]  # fmt: skip
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*launch, job, str(tmp_path), "16"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, job, str(tmp_path), "32"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r0, r1, single = (load_file(str(tmp_path / f)) for f in
+                      ("rank-0-of-2.safetensors", "rank-1-of-2.safetensors", "rank-0-of-1.safetensors"))  # fmt: skip
+    from ddp_job import initial
+
+    start = initial().state_dict()
+    saved = load_file(str(tmp_path / "run-2" / "s" / "model.safetensors"))  # the main process's product
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between the ranks"
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(r0[k], saved[k]) and not torch.equal(r0[k], start[k]), k
 
 
 def _free_port() -> int:

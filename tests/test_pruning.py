@@ -50,6 +50,68 @@ def test_neuron_importance_by_hand():
     torch.testing.assert_close(imp.neurons[0], expected)
 
 
+def test_channel_and_block_importance_by_hand():
+    """Channels: batch-L2 of each sequence's mean |output| of every RMSNorm that feeds a layer (both norms
+    of each layer count); block: mean over sequences and positions of 1 - cos(layer input, layer output)."""
+    model = tiny_llama(layers=2)
+    ids = batches(1)[0]
+    norms, ios = [], []
+    hooks = [m.register_forward_hook(lambda m, a, out: norms.append(out)) for layer in model.model.layers
+             for m in (layer.input_layernorm, layer.post_attention_layernorm)]  # fmt: skip
+
+    def io(m, a, kw, out):
+        ios.append((a[0] if a else kw["hidden_states"], out[0] if isinstance(out, tuple) else out))
+
+    hooks += [layer.register_forward_hook(io, with_kwargs=True) for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    channels = torch.stack([o.abs().mean(1) for o in norms]).pow(2).sum((0, 1)).sqrt()
+    block = torch.tensor([(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).mean().item() for x, y in ios])
+    imp = compute_importance(model, [ids], depth_batches=1, progress=False)
+    torch.testing.assert_close(imp.embedding, channels)
+    torch.testing.assert_close(imp.block, block)
+    # the LM-loss depth score: the loss with the layer passed through, minus the loss with it
+    with torch.no_grad():
+        base = model(input_ids=ids, labels=ids).loss
+        skip = model.model.layers[0].register_forward_hook(lambda m, a, kw, out: a[0] if a else kw["hidden_states"],
+                                                          with_kwargs=True)  # fmt: skip
+        without_first = model(input_ids=ids, labels=ids).loss
+        skip.remove()
+    assert imp.layer_drop_loss[0].item() == pytest.approx((without_first - base).item(), rel=1e-5)
+
+
+def test_hidden_pruning_keeps_the_top_channels_of_every_tensor(model_and_importance):
+    model, imp = model_and_importance
+    kept = torch.topk(imp.embedding, 42).indices.sort().values
+    pruned = prune(model, imp, LlmShape.of(model.config).with_(hidden=42))
+    torch.testing.assert_close(pruned.model.embed_tokens.weight, model.model.embed_tokens.weight[:, kept])
+    torch.testing.assert_close(pruned.model.norm.weight, model.model.norm.weight[kept])
+    for new, old in zip(pruned.model.layers, model.model.layers):
+        torch.testing.assert_close(new.self_attn.q_proj.weight, old.self_attn.q_proj.weight[:, kept])
+        torch.testing.assert_close(new.self_attn.o_proj.weight, old.self_attn.o_proj.weight[kept])
+        torch.testing.assert_close(new.mlp.up_proj.weight, old.mlp.up_proj.weight[:, kept])
+        torch.testing.assert_close(new.mlp.down_proj.weight, old.mlp.down_proj.weight[kept])
+        torch.testing.assert_close(new.input_layernorm.weight, old.input_layernorm.weight[kept])
+
+
+@pytest.mark.parametrize("metric", ["lm_loss", "block"])
+def test_depth_pruning_equals_passing_the_least_important_layer_through(model_and_importance, metric):
+    model, imp = model_and_importance
+    scores = imp.layer_drop_loss if metric == "lm_loss" else imp.block
+    dropped = int(scores.argmin())
+    pruned = prune(model, imp, LlmShape.of(model.config).with_(layers=2), depth_metric=metric)
+    ids = batches(1)[0]
+    with torch.no_grad():
+        skip = model.model.layers[dropped].register_forward_hook(
+            lambda m, a, kw, out: a[0] if a else kw["hidden_states"], with_kwargs=True
+        )
+        expected = model(input_ids=ids).logits
+        skip.remove()
+        torch.testing.assert_close(pruned(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_importance_round_trips(tmp_path, model_and_importance):
     _, imp = model_and_importance
     imp.save(tmp_path)
