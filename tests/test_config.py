@@ -107,3 +107,48 @@ def test_each_item_of_a_list_section_keeps_the_defaults_it_does_not_name():
     train = cfg.teachers[0].train
     assert (train.max_steps, train.batch_size, train.epochs, train.lr, train.weight_decay) == (7, 16, 2, 0.002, 5e-4)
     assert cfg.teachers[0].model.args == {"channels": [32, 64, 128]}
+
+
+def _partial_sections(cls, default, path=()):
+    """(path, partial mapping, expected dump) for every nested section of `cls`, recursively: the partial
+    mapping names one simple field (at its default value); everything else must come from the default."""
+    from pydantic import BaseModel
+
+    for name, field in cls.model_fields.items():
+        value = getattr(default, name)
+        item_cls = type(value[0]) if isinstance(value, list) and value and isinstance(value[0], BaseModel) else None
+        if item_cls is not None and not any(f.is_required() for f in item_cls.model_fields.values()):
+            # an item given in part gets its class's defaults, down to its own sections given in part
+            item = item_cls()
+            for sub_path, partial, expected in _partial_sections(item_cls, item):
+                for key in reversed(sub_path):
+                    partial = {key: partial}
+                yield (*path, name), [partial], [item.model_dump(mode="json")]
+        if isinstance(value, BaseModel):
+            simple = next((k for k, v in value.model_dump().items() if isinstance(v, (int, float, str))), None)
+            if simple is not None:
+                yield (*path, name), {simple: getattr(value, simple)}, value.model_dump(mode="json")
+            yield from _partial_sections(type(value), value, (*path, name))
+
+
+@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel"])
+def test_every_nested_section_given_in_part_keeps_its_defaults(recipe, tmp_path):
+    import yaml
+
+    from distill.recipe import recipes
+
+    config_cls = recipes()[recipe].Config
+    default = load_config(config_cls, None, [])
+    cases = list(_partial_sections(config_cls, default))
+    assert cases
+    for path, partial, expected in cases:
+        nested = partial
+        for key in reversed(path):
+            nested = {key: nested}
+        file = tmp_path / "partial.yaml"
+        file.write_text(yaml.safe_dump(nested))
+        got = load_config(config_cls, file)
+        for key in path:
+            got = getattr(got, key)
+        dumped = [g.model_dump(mode="json") for g in got] if isinstance(got, list) else got.model_dump(mode="json")
+        assert dumped == expected, ".".join(path)
