@@ -114,13 +114,13 @@ def _partial_sections(cls, default, path=()):
     mapping names one simple field (at its default value); everything else must come from the default."""
     from pydantic import BaseModel
 
-    for name, field in cls.model_fields.items():
+    for name in cls.model_fields:
         value = getattr(default, name)
         item_cls = type(value[0]) if isinstance(value, list) and value and isinstance(value[0], BaseModel) else None
         if item_cls is not None and not any(f.is_required() for f in item_cls.model_fields.values()):
             # an item given in part gets its class's defaults, down to its own sections given in part
             item = item_cls()
-            for sub_path, partial, expected in _partial_sections(item_cls, item):
+            for sub_path, partial, _ in _partial_sections(item_cls, item):
                 for key in reversed(sub_path):
                     partial = {key: partial}
                 yield (*path, name), [partial], [item.model_dump(mode="json")]
