@@ -131,7 +131,7 @@ def _partial_sections(cls, default, path=()):
             yield from _partial_sections(type(value), value, (*path, name))
 
 
-@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel"])
+@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel", "online"])
 def test_every_nested_section_given_in_part_keeps_its_defaults(recipe, tmp_path):
     import yaml
 

@@ -9,6 +9,7 @@ from distill.losses import (
     Projection,
     affinity,
     attention_kl,
+    attention_relation,
     attention_transfer,
     cross_entropy,
     hint,
@@ -195,3 +196,41 @@ def test_feature_losses_do_not_backprop_into_the_teacher():
     for fn in (hint, affinity, rkd_distance, rkd_angle):
         fn(s, t).backward()
     assert t.grad is None and s.grad is not None
+
+
+def test_attention_relation_golden():
+    """T=2, one relation head of width 2. Causal: query 0 sees only itself (KL 0); query 1 sees both.
+    Student x = [[1, 0], [0, 1]]: row 1 scores [0, 1] / sqrt(2). Teacher x = [[1, 1], [1, 0]]: [1, 1] / sqrt(2)."""
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)
+    teacher = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    e = math.exp(1 / math.sqrt(2))
+    q = [1 / (1 + e), e / (1 + e)]
+    kl_row1 = 0.5 * math.log(0.5 / q[0]) + 0.5 * math.log(0.5 / q[1])
+    loss = attention_relation(student, teacher, heads=1)
+    assert loss.item() == pytest.approx(kl_row1 / 2, rel=1e-6)  # mean over the two query positions
+    (grad,) = torch.autograd.grad(loss, student)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    # not causal: query 0 sees both keys too. Student row 0: [1, 0] / sqrt 2; teacher row 0: [2, 1] / sqrt 2
+    def kl(p_logits, q_logits):
+        p = torch.softmax(torch.tensor(p_logits) / math.sqrt(2), 0)
+        lq = torch.log_softmax(torch.tensor(q_logits) / math.sqrt(2), 0)
+        return float((p * (p.log() - lq)).sum())
+
+    both = (kl([2.0, 1.0], [1.0, 0.0]) + kl([1.0, 1.0], [0.0, 1.0])) / 2
+    assert attention_relation(student, teacher, heads=1, causal=False).item() == pytest.approx(both, rel=1e-5)
+
+
+def test_attention_relation_heads_widths_and_mask():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 12, generator=g)  # widths differ
+    assert attention_relation(t, t, heads=4).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_relation(s, t, heads=4).item() > 0
+    with pytest.raises(ValueError, match="3 relation heads do not divide a width of 8"):
+        attention_relation(s, t, heads=3)
+    # padding: a masked tail changes nothing of what the kept positions see (causal: they never see it)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    cut = attention_relation(s[1:, :3], t[1:, :3], heads=4)
+    both = attention_relation(s, t, heads=4, mask=mask)
+    full0 = attention_relation(s[:1], t[:1], heads=4)
+    assert both.item() == pytest.approx((full0.item() * 5 + cut.item() * 3) / 8, rel=1e-5)

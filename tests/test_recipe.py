@@ -64,12 +64,12 @@ def test_a_third_party_recipe_is_found_through_its_entry_point(tmp_path):
 
 def test_the_package_recipes_follow_the_contract():
     found = recipes()
-    assert set(found) == {"kd", "minitron", "mtt", "label", "weaklabel"}
+    assert set(found) == {"kd", "minitron", "mtt", "label", "weaklabel", "online"}
     for name, recipe in found.items():
         assert isinstance(recipe, Recipe) and recipe.name == name
 
 
-@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel"])
+@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel", "online"])
 def test_every_recipe_ships_named_configs_that_validate(recipe):
     names = named_configs(recipe)
     assert names, f"{recipe} ships no named config"

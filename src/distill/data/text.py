@@ -112,3 +112,19 @@ def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str,
         raise DistillError(f"{len(seqs)} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
     train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:][: cfg.max_val_sequences]
     return ({"input_ids": train[:, :-1], "labels": train[:, 1:]}, {"input_ids": val[:, :-1], "labels": val[:, 1:]})
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer of `vocab_size` tokens learned on `texts` (deterministic), for models
+    trained from scratch; `<|endoftext|>` ends documents and pads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=end, bos_token=end, pad_token=end)

@@ -30,10 +30,18 @@ class Member:
 
 
 class Cohort(nn.Module):
-    """`Cohort(batch) -> (sum of the members' losses, {member/term: value})`; members run in the order given."""
+    """`Cohort(batch) -> (sum of the members' losses, {member/term: value})`; members run in the order given.
 
-    def __init__(self, members: dict[str, Member]) -> None:
+    `every`: members that learn from others (those with sources) take part in one training step out of
+    `every` (ERNIE 3.0 Titan's distillation interval); the others, e.g. a teacher on its own objective,
+    in every step. A member left out of a step runs no forward, so its parameters get no gradient and
+    the optimizer leaves them be. `forwards` counts each member's training forwards (checkpointed).
+    """
+
+    def __init__(self, members: dict[str, Member], every: int = 1) -> None:
         super().__init__()
+        if every < 1:
+            raise ConfigError(f"a cohort's distillation interval must be >= 1, got {every}")
         seen: list[str] = []
         for name, m in members.items():
             late = [s for s in m.sources if s not in seen]
@@ -51,6 +59,13 @@ class Cohort(nn.Module):
         self.members = nn.ModuleDict(
             {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
         )
+        self.every = every
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("forwards", torch.zeros(len(members), dtype=torch.long))
+
+    def forward_counts(self) -> dict[str, int]:
+        """Training forwards run by each member so far."""
+        return dict(zip(self.members, self.forwards.tolist()))
 
     @property
     def products(self) -> dict[str, nn.Module]:
@@ -83,7 +98,12 @@ class Cohort(nn.Module):
         total: Tensor | float = 0.0
         terms: dict[str, Tensor] = {}
         out: dict[str, Signals] = {}
-        for name, d in self.members.items():
+        learning = int(self.steps) % self.every == 0  # a step in which the members with sources take part
+        self.steps += 1
+        for i, (name, d) in enumerate(self.members.items()):
+            if self.sources[name] and not learning:
+                continue
+            self.forwards[i] += 1
             signals = d.signals(batch, {s: out[s] for s in self.sources[name]})
             loss, own = d.objective(signals, batch)
             total = total + loss

@@ -24,6 +24,7 @@ class LiveTeacher:
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.taps = Taps(model, taps, owner=f"teacher {name!r}")
+        self.forwards = 0  # forward passes run for students (what a cached or online teacher saves)
 
     def to(self, device: torch.device | str) -> LiveTeacher:
         self.model.to(device)
@@ -33,5 +34,6 @@ class LiveTeacher:
     def signals(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         self.model.eval()  # stays pinned even if someone called .train() on a parent
         self.taps.clear()
+        self.forwards += 1
         logits = call_model(self.model, batch)
         return {"logits": logits, **self.taps.values}

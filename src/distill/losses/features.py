@@ -6,6 +6,8 @@ that the objective owns and applies to the student's features before calling `hi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,6 +90,39 @@ def attention_kl(student: Tensor, teacher: Tensor, mask: Tensor | None = None, e
     p, q = teacher.detach().float(), student.float()
     rows = (p * (torch.log(p + eps) - torch.log(q + eps))).sum(-1)  # (B, H, T)
     return _masked_mean(rows.transpose(1, 2), mask)  # mask is (B, T) over queries
+
+
+def attention_relation(
+    student: Tensor, teacher: Tensor, heads: int = 1, causal: bool = True, mask: Tensor | None = None
+) -> Tensor:
+    """MiniLMv2's self-attention relation transfer, for one relation (query-query, key-key or value-value)
+    of one layer: KL(teacher relation || student relation).
+
+    Inputs are that layer's query (or key, or value) vectors, (B, T, W_s) and (B, T, W_t). Each is split
+    into `heads` relation heads of width W / heads (so teacher and student may differ in width and in
+    attention heads); the relation of a head is softmax(x x^T / sqrt(W / heads)) over the positions a
+    query may see (earlier ones when `causal`; `mask` (B, T) drops padding as keys and as queries). The
+    KL is averaged over relation heads and kept query positions.
+    """
+    log_q, log_p = _relations(student, heads, causal, mask), _relations(teacher.detach(), heads, causal, mask)
+    rows = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, H, T)
+    return _masked_mean(rows.transpose(1, 2), mask)
+
+
+def _relations(x: Tensor, heads: int, causal: bool, mask: Tensor | None) -> Tensor:
+    b, t, w = x.shape
+    if w % heads:
+        raise ValueError(f"attention_relation: {heads} relation heads do not divide a width of {w}")
+    x = x.float().view(b, t, heads, w // heads).transpose(1, 2)  # (B, H, T, d)
+    scores = x @ x.transpose(-1, -2) / math.sqrt(w // heads)
+    hidden = torch.zeros(t, t, dtype=torch.bool, device=x.device)
+    if causal:
+        hidden = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+    hidden = hidden.expand(b, 1, t, t)
+    if mask is not None:
+        hidden = hidden | ~mask.bool()[:, None, None, :]
+    # a large finite number, not -inf: hidden entries then give exactly 0 * (finite) in the KL, never nan
+    return torch.log_softmax(scores.masked_fill(hidden, -1e9), dim=-1)
 
 
 def _flat(x: Tensor) -> Tensor:

@@ -89,3 +89,43 @@ def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(d)
     return model, tokenizer
+
+
+class LlamaShape(Section):
+    """A Llama-architecture causal LM built from scratch (random initialisation, seeded by its stage)."""
+
+    layers: int = Field(4, gt=0, description="decoder layers")
+    hidden: int = Field(256, gt=0, description="residual width")
+    heads: int = Field(4, gt=0, description="query heads (hidden must be a multiple)")
+    kv_heads: int | None = Field(None, gt=0, description="key/value heads (null: as many as query heads)")
+    ffn: int = Field(688, gt=0, description="MLP width")
+    max_positions: int = Field(2048, gt=0, description="longest sequence")
+    tied: bool = Field(True, description="tie the output head to the embeddings")
+
+
+def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
+    """A LlamaForCausalLM of `shape` for `tokenizer`'s vocabulary, freshly initialised (torch's global seed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kv = shape.kv_heads or shape.heads
+    if shape.hidden % shape.heads or shape.heads % kv:
+        raise DistillError(f"shape {shape.model_dump()}: hidden must be a multiple of heads, heads of kv_heads")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=kv,
+        max_position_embeddings=shape.max_positions, tie_word_embeddings=shape.tied,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of an HF directory, a .gguf file or a bundled model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir(path))
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers map every token to the same id (what distilling logits needs)."""
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()

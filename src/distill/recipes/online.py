@@ -1,0 +1,315 @@
+"""Online distillation as in ERNIE 3.0 Titan: students learn from the teacher while it trains.
+
+Stages, in order:
+    1. data       the corpus and its tokenizer (the teacher's, a given one, or a BPE learned on the corpus)
+    2. models     the teacher and the students (from scratch by shape, or an HF directory / GGUF), one
+                  vocabulary checked for all
+    3. train      online: one cohort, the teacher on its LM loss every step and, every `distill_every`
+                  steps, each student toward its source's signals of that step (the teacher's forward
+                  is reused, never repeated). offline: the teacher first, then each student from the
+                  finished teacher over the same batches (the baseline of equal budget)
+    4. alone      optionally, each student trained on the LM loss alone with the same number of steps
+    5. evaluate   held-out perplexity of every model, and the teacher forward passes each way spent
+    6. export     the teacher and every student as Hugging Face causal-LM directories (auxiliary layers
+                  dropped)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from distill.config import Section
+from distill.data.text import TextData, read_texts, token_splits, train_tokenizer
+from distill.engine import TrainConfig, check_fits
+from distill.errors import DistillError
+from distill.evaluate import lm_loss
+from distill.kd import Cohort, Distiller, Member, Term
+from distill.kd.auxiliary import OnlineStudent
+from distill.models import count_parameters
+from distill.models.llm import LlamaShape, LlmSpec, hf_dir, load_causal_lm, load_tokenizer, new_llama, same_vocabulary
+from distill.recipe import Context, Result, RuntimeConfig, start
+
+name = "online"
+LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}
+
+
+class ModelConfig(Section):
+    """A causal LM: loaded from `path`, or built from scratch with `shape`."""
+
+    path: str | None = Field(None, description="an HF directory, a .gguf file or a bundled name; null: from scratch")
+    shape: LlamaShape = Field(default_factory=LlamaShape, description="the from-scratch shape (when path is null)")
+
+
+class TeacherConfig(ModelConfig):
+    shape: LlamaShape = Field(default_factory=lambda: LlamaShape(layers=6), description="from-scratch shape")
+
+
+class StudentConfig(ModelConfig):
+    """A student: its shape, whom it learns from, its learning rate, and the auxiliary layer."""
+
+    name: str = Field(description="its name: the stage, the export folder, and what other students' source names")
+    source: str = Field("teacher", description="'teacher', or a student listed before it (a teacher assistant)")
+    lr: float | None = Field(None, gt=0, description="its learning rate (null: train.lr)")
+    auxiliary_layer: bool = Field(
+        False, description="distil attention relations at an extra layer on top, dropped on export"
+    )
+
+
+class KLConfig(Section):
+    weight: float = Field(1.0, ge=0, description="weight of the forward KL on the logits (0: off)")
+    temperature: float = Field(1.0, ge=0.01, description="softmax temperature of both sides")
+    chunk_size: int | None = Field(1024, gt=0, description="positions per chunk of the KL (memory)")
+
+
+class RelationConfig(Section):
+    """MiniLMv2's self-attention relations of one layer (the source's and the student's, or its auxiliary layer)."""
+
+    weight: float = Field(0.0, ge=0, description="weight of each relation's KL (0: off)")
+    relations: list[Literal["qq", "kk", "vv"]] = Field(default_factory=lambda: ["qq", "kk", "vv"])
+    heads: int = Field(4, gt=0, description="relation heads; must divide every width it splits")
+    source_layer: int = Field(-1, description="the source's layer (-1: its last)")
+    student_layer: int = Field(-1, description="the student's layer without an auxiliary layer (-1: its last)")
+
+
+class Config(Section):
+    """`distill online`: students learn from a teacher while it trains (ERNIE 3.0 Titan), or after it (offline)."""
+
+    run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
+    data: TextData = Field(default_factory=lambda: TextData(seq_len=128), description="the corpus")
+    tokenizer: str | None = Field(None, description="an HF directory / .gguf / bundled name (null: the teacher's, "
+                                  "or the bundled SmolLM2's for a teacher from scratch)")  # fmt: skip
+    tokenizer_vocab: int | None = Field(None, gt=255, description="learn a byte-level BPE of this size on the corpus")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="students learn while the teacher trains, or after"
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    students: list[StudentConfig] = Field(
+        default_factory=lambda: [
+            StudentConfig(name="small", shape=LlamaShape(layers=2)),
+            StudentConfig(name="medium", shape=LlamaShape(layers=4)),
+        ],
+    )
+    distill_every: int = Field(1, gt=0, description="students step once every this many teacher steps")
+    kl: KLConfig = Field(default_factory=KLConfig)
+    relation: RelationConfig = Field(default_factory=RelationConfig)
+    student_ce: float = Field(0.0, ge=0, description="weight of the students' own LM loss beside distillation")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            max_steps=400, batch_size=8, lr=1e-3, warmup_steps=20, log_every=20, eval_every=100, clip_grad_norm=1.0
+        ),  # fmt: skip
+        description="the teacher's training (and, online, the cohort's); students take max_steps / distill_every steps",
+    )
+    alone: bool = Field(False, description="also train each student alone on the LM loss for the same steps")
+    eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+
+    @field_validator("students")
+    @classmethod
+    def _sources(cls, students: list[StudentConfig]) -> list[StudentConfig]:
+        seen = ["teacher"]
+        for s in students:
+            if s.name in seen:
+                raise ValueError(f"student name {s.name!r} is used twice (or is 'teacher')")
+            if s.source not in seen:
+                raise ValueError(f"student {s.name!r} learns from {s.source!r}, which is neither 'teacher' nor a "
+                                 f"student listed before it ({seen})")  # fmt: skip
+            seen.append(s.name)
+        return students
+
+    @model_validator(mode="after")
+    def _budget(self) -> Config:
+        if self.train.max_steps is None:
+            raise ValueError("train.max_steps must be set: the teacher's steps, shared with the students")
+        if self.kl.weight == 0 and self.relation.weight == 0 and self.student_ce == 0:
+            raise ValueError("the students learn nothing: kl.weight, relation.weight and student_ce are all 0")
+        return self
+
+
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
+    # 1-2. data, tokenizer and models: everything a user can get wrong fails before the run directory exists
+    tokenizer = _tokenizer(cfg, resume)
+    train, val = token_splits(cfg.data, tokenizer)
+    student_steps = -(-cfg.train.max_steps // cfg.distill_every)  # steps 0, k, 2k, ... of the teacher's
+    check_fits(len(train["input_ids"]), cfg.train, "train")
+    shapes = {"teacher": _lm(cfg.teacher, tokenizer, check_only=True)}
+    shapes.update({s.name: _lm(s, tokenizer, check_only=True) for s in cfg.students})
+    _check_relations(cfg, shapes)
+    ctx = start(name, cfg, cfg.run, resume)
+    if ctx.run.is_main and cfg.tokenizer_vocab:
+        tokenizer.save_pretrained(ctx.run.path / "tokenizer")
+
+    def held_out(model: nn.Module) -> float:
+        return lm_loss(_lm_of(model), val, ctx.accelerator, cfg.eval_batch_size)
+
+    def evaluate(models: dict[str, nn.Module]) -> dict[str, float]:
+        return {f"{n}/val_loss": held_out(m) for n, m in models.items()}
+
+    # 3. the teacher and the students, each initialised from its own stage seed
+    models = {"teacher": _lm(cfg.teacher, tokenizer, ctx)}
+    models.update({s.name: OnlineStudent(_lm(s, tokenizer, ctx), s.auxiliary_layer) for s in cfg.students})
+    forwards = (online if cfg.mode == "online" else offline)(cfg, ctx, models, train, evaluate, student_steps)
+
+    # 4. each student alone, the same number of student steps, the same initialisation
+    alone: dict[str, nn.Module] = {}
+    for s in cfg.students if cfg.alone else []:
+        alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
+        tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "lr": s.lr or cfg.train.lr})
+        ctx.fit(Distiller(alone[s.name], [LM_CE]), train, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
+                eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
+
+    # 5-6. evaluate and export
+    t_steps = cfg.train.max_steps
+    rows = [_row("teacher", models["teacher"], "-", held_out(models["teacher"]), forwards["teacher"], t_steps)]
+    for s in cfg.students:
+        how = f"{cfg.mode} from {s.source}"
+        rows.append(_row(s.name, models[s.name], how, held_out(models[s.name]), forwards.get(s.name, 0), student_steps))
+        if s.name in alone:
+            rows.append(
+                _row(f"{s.name} alone", alone[s.name], "LM loss alone", held_out(alone[s.name]), 0, student_steps)
+            )
+    products = {}
+    if ctx.accelerator.is_main_process:
+        for n, m in [("teacher", models["teacher"])] + [(s.name, _lm_of(models[s.name])) for s in cfg.students]:
+            m.save_pretrained(ctx.run.path / "models" / n)
+            tokenizer.save_pretrained(ctx.run.path / "models" / n)
+            products[n] = f"models/{n}"
+    info = {"mode": cfg.mode, "teacher_steps": cfg.train.max_steps, "student_steps": student_steps,
+            "distill_every": cfg.distill_every, "tokens_per_sample": cfg.data.seq_len,
+            "teacher_forwards": sum(forwards.values())}  # fmt: skip
+    return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
+
+
+def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
+    """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
+    members = {"teacher": Member(models["teacher"], [LM_CE])}
+    members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr)
+                    for s in cfg.students})  # fmt: skip
+    cohort = Cohort(members, every=cfg.distill_every).to(ctx.accelerator.device)
+    cohort.build(_probe(train, ctx))
+    counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
+    metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products,
+                      eval_fn=lambda products: {**evaluate(products), **counts()})  # fmt: skip
+    return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
+
+
+def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
+    """The teacher first; then each student from its finished, frozen source over the same batches."""
+    ctx.fit(Distiller(models["teacher"], [LM_CE]), train, cfg.train, stage="teacher", product=models["teacher"],
+            eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
+    forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
+    warmup = min(cfg.train.warmup_steps, student_steps // 10)
+    for s in cfg.students:
+        distiller = Distiller(models[s.name], student_terms(cfg, s, models), {s.source: models[s.source]})
+        distiller.build(_probe(train, ctx))
+        source = distiller.teachers[0]  # counts the forward passes it runs for this student
+        source.forwards = 0  # the probe that sized the projections is not training
+        tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "warmup_steps": warmup,
+                                            "lr": s.lr or cfg.train.lr})  # fmt: skip
+        scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
+        metrics = ctx.fit(distiller, train, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored)
+        forwards[s.name] = int(metrics["forwards"])
+    return forwards
+
+
+def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -> list[Term]:
+    """KL to the source's logits, MiniLMv2 relations at one layer, optionally the student's own LM loss."""
+    ref = "teacher" if s.source == "teacher" else f"teacher[{s.source}]"
+    terms = []
+    if cfg.kl.weight:
+        terms.append(Term(name="kl", loss="kl", weight=cfg.kl.weight, inputs=["student.logits", f"{ref}.logits"],
+                          args={"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size}))  # fmt: skip
+    if cfg.relation.weight:
+        src = _layer_path(models[s.source], cfg.relation.source_layer)
+        own = "aux" if s.auxiliary_layer else _layer_path(models[s.name], cfg.relation.student_layer) + ".self_attn"
+        for rel in cfg.relation.relations:
+            proj = RELATIONS[rel]
+            terms.append(Term(name=f"rel_{rel}", loss="attention_relation", weight=cfg.relation.weight,
+                              inputs=[f"student.{own}.{proj}", f"{ref}.{src}.self_attn.{proj}"],
+                              args={"heads": cfg.relation.heads}))  # fmt: skip
+    if cfg.student_ce:
+        terms.append(LM_CE.model_copy(update={"weight": cfg.student_ce}))
+    return terms
+
+
+def _layer_path(model: nn.Module, index: int) -> str:
+    prefix = "lm." if isinstance(model, OnlineStudent) else ""
+    layers = _lm_of(model).config.num_hidden_layers
+    return f"{prefix}model.layers.{index % layers}"
+
+
+def _lm_of(model: nn.Module) -> nn.Module:
+    return model.lm if isinstance(model, OnlineStudent) else model
+
+
+def _tokenizer(cfg: Config, resume: str | Path | None):
+    if cfg.tokenizer_vocab:
+        saved = Path(resume) / "tokenizer" if resume else None
+        if saved is not None and saved.is_dir():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(saved)  # the one this run learned, not a new draw
+        return train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
+    return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
+
+
+def _lm(spec: ModelConfig, tokenizer, ctx: Context | None = None, check_only: bool = False):
+    """The model of `spec`, seeded by its own stage (its shape only, with `check_only`); a vocabulary other
+    than the run's is an error."""
+    what = getattr(spec, "name", "teacher")
+    if spec.path is None:
+        if check_only:
+            return spec.shape.model_dump()
+        ctx.seed_stage(f"init/{what}")
+        return new_llama(spec.shape, tokenizer)
+    if not same_vocabulary(load_tokenizer(spec.path), tokenizer):
+        raise DistillError(f"{what} ({spec.path}) has another tokenizer than the run's; teacher and students "
+                           "must share one vocabulary")  # fmt: skip
+    if check_only:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(hf_dir(spec.path))
+        return {"hidden": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+                "layers": c.num_hidden_layers}  # fmt: skip
+    return load_causal_lm(LlmSpec(path=spec.path))[0].train()
+
+
+def _check_relations(cfg: Config, shapes: dict[str, dict[str, Any]]) -> None:
+    """Relation heads must divide the width of every projection they split."""
+    if not cfg.relation.weight:
+        return
+    for n, shape in shapes.items():
+        head_dim = shape["hidden"] // shape["heads"]
+        widths = {"q_proj": shape["heads"] * head_dim, "k_proj": (shape["kv_heads"] or shape["heads"]) * head_dim}
+        widths["v_proj"] = widths["k_proj"]
+        for rel in cfg.relation.relations:
+            w = widths[RELATIONS[rel]]
+            if w % cfg.relation.heads:
+                raise DistillError(f"relation.heads={cfg.relation.heads} does not divide {n}'s {RELATIONS[rel]} width "
+                                   f"{w}; choose a divisor of every width")  # fmt: skip
+
+
+def _probe(train: dict, ctx: Context) -> dict:
+    return {k: v[:2].to(ctx.accelerator.device) for k, v in train.items()}
+
+
+def _row(model: str, lm: nn.Module, trained: str, loss: float, forwards: int | None, steps: int) -> dict[str, Any]:
+    return {"model": model, "layers": _lm_of(lm).config.num_hidden_layers, "params": count_parameters(_lm_of(lm)),
+            "trained": trained, "steps": steps, "val_loss": round(loss, 4), "ppl": round(math.exp(min(loss, 50)), 2),
+            "teacher_forwards": forwards}  # fmt: skip
+
+
+def table(result: Result) -> str:
+    head = "| model | layers | params | trained | steps | held-out loss | perplexity | teacher forwards |"
+    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in result.rows:
+        lines.append(f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['trained']} | {r['steps']} | "
+                     f"{r['val_loss']:.4f} | {r['ppl']:.2f} | {r['teacher_forwards']} |")  # fmt: skip
+    i = result.info
+    lines += ["", f"{i['mode']}: teacher {i['teacher_steps']} steps, students {i['student_steps']} (every "
+              f"{i['distill_every']}); teacher forward passes in all: {i['teacher_forwards']}"]  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""`distill online` (ERNIE 3.0 Titan's online distillation) on a tiny teacher built in the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, load_model
+from transformers import AutoModelForCausalLM
+
+from conftest import kill_after_checkpoints
+from distill.cli import main
+from distill.kd import Cohort, Member, Term
+from distill.kd.auxiliary import OnlineStudent
+from distill.models.llm import LlamaShape, new_llama
+from llm_fixtures import char_tokenizer, save_corpus, save_tiny_llama
+from test_cli import read_metrics, strip
+
+CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+KL = Term(name="kl", loss="kl", inputs=["student.logits", "teacher.logits"])
+STUDENT = "{layers: 1, hidden: 16, heads: 2, ffn: 32}"
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    teacher = save_tiny_llama(tmp_path / "teacher")
+    corpus = save_corpus(tmp_path / "corpus.txt")
+    return [
+        f"teacher.path={teacher}", "data.source=files", f"data.paths=[{corpus}]", "data.seq_len=24",
+        f"run.output_dir={tmp_path / 'runs'}", "run.run_name=r", "relation.weight=1.0", "relation.heads=2",
+        f"students=[{{name: small, shape: {STUDENT}}}, {{name: aux, shape: {STUDENT}, auxiliary_layer: true}}]",
+        "train.max_steps=6", "train.batch_size=4", "train.eval_every=3", "train.log_every=1", "train.progress=false",
+        "eval_batch_size=4",
+    ]  # fmt: skip
+
+
+def batch(n: int = 4) -> dict[str, torch.Tensor]:
+    ids = torch.randint(2, 60, (n, 9), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+
+
+def test_students_reuse_the_teachers_forward_every_k_steps():
+    """6 steps, distil every 2: 6 teacher forwards, 3 per student; a student left out of a step stays put."""
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    teacher = new_llama(LlamaShape(layers=2, hidden=32, heads=2, ffn=64), tok)
+    students = {n: new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok) for n in ("a", "b")}
+    members = {"teacher": Member(teacher, [CE]), **{n: Member(m, [KL], ["teacher"]) for n, m in students.items()}}
+    cohort = Cohort(members, every=2)
+    seen = []
+    cohort.members["a"].student.register_forward_hook(lambda *_: seen.append(int(cohort.steps)))
+    data = {k: v.repeat(4, 1) for k, v in batch().items()}
+    cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-2, schedule="constant", progress=False)
+    fit(cohort, data, cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0)
+    assert cohort.forward_counts() == {"teacher": 6, "a": 3, "b": 3}
+    assert seen == [1, 3, 5]  # steps 0, 2, 4 (the counter has moved on when the member runs)
+
+
+def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys):
+    assert main(["online", *tiny]) == 0
+    run = tmp_path / "runs" / "r"
+    result = json.loads((run / "results.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["teacher"]["teacher_forwards"] == 6 and rows["small"]["teacher_forwards"] == 0
+    assert result["info"]["teacher_forwards"] == 6  # the students added none
+    trained = load_file(str(run / "online" / "aux.safetensors"))
+    assert any(k.startswith("aux.") for k in trained), "the auxiliary layer trained with the student"
+    export = AutoModelForCausalLM.from_pretrained(run / "models" / "aux").eval()
+    assert export.config.num_hidden_layers == 1 and not any("aux" in k for k in export.state_dict())
+    in_memory = OnlineStudent(AutoModelForCausalLM.from_pretrained(run / "models" / "aux"), auxiliary=True)
+    load_model(in_memory, str(run / "online" / "aux.safetensors"))  # as it trained, auxiliary layer included
+    ids = batch()["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(export(input_ids=ids).logits, in_memory.eval()(ids).logits)
+    metrics = read_metrics(run)
+    terms = next(r for r in metrics if r["stage"] == "online" and "loss" in r)
+    assert {"teacher/ce", "small/kl", "small/rel_qq", "aux/rel_vv"} <= set(terms)
+    assert "| small | 1 |" in capsys.readouterr().out
+
+
+def test_offline_and_alone_baselines(tiny, tmp_path):
+    assert main(["online", *tiny, "mode=offline", "alone=true", "distill_every=2"]) == 0
+    result = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["small"]["steps"] == rows["small alone"]["steps"] == 3
+    assert rows["small"]["teacher_forwards"] == 3  # offline: each student step runs the finished teacher again
+    assert result["info"]["teacher_forwards"] == 6 + 3 + 3
+    stages = {r["stage"] for r in read_metrics(tmp_path / "runs" / "r")}
+    assert stages == {"teacher", "offline/small", "offline/aux", "alone/small", "alone/aux"}
+
+
+def test_a_teacher_assistant_chain(tiny, tmp_path):
+    chain = (f"students=[{{name: ta, shape: {{layers: 2, hidden: 32, heads: 2, ffn: 32}}}}, "
+             f"{{name: small, shape: {STUDENT}, source: ta}}]")  # fmt: skip
+    assert main(["online", *tiny, chain]) == 0
+    metrics = read_metrics(tmp_path / "runs" / "r")
+    assert any("small/kl" in r for r in metrics) and any("ta/kl" in r for r in metrics)
+    result = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    assert [r["trained"] for r in result["rows"][1:]] == ["online from teacher", "online from ta"]
+
+
+@pytest.mark.parametrize(
+    "extra, word",
+    [
+        (["students=[{name: s, source: nobody}]"], "learns from 'nobody', which is neither 'teacher' nor a student"),
+        (["relation.heads=3"], "relation.heads=3 does not divide teacher's k_proj width 16"),
+        (["kl.weight=0", "relation.weight=0"], "the students learn nothing"),
+    ],
+)
+def test_config_errors_before_training(tiny, tmp_path, capsys, extra, word):
+    assert main(["online", *tiny, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_student_with_another_tokenizer_is_refused(tiny, tmp_path, capsys):
+    other = tmp_path / "other"
+    model = save_tiny_llama(other)
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = AutoTokenizer.from_pretrained(model)
+    vocab = {t: (i + 1) % len(tok) for t, i in tok.get_vocab().items()}  # the same tokens, other ids
+    from tokenizers import Tokenizer, models
+
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                            unk_token="<unk>").save_pretrained(other)  # fmt: skip
+    assert main(["online", *tiny, f"students=[{{name: s, path: '{other}'}}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "student s" in err or "s (" in err
+    assert "has another tokenizer than the run's" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_killed_online_run_resumes_to_the_same_teacher_and_students(tiny, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cli = [sys.executable, "-m", "distill.cli", "online"]
+    over = [o for o in tiny if not o.startswith(("run.run_name", "train.max_steps", "train.eval_every"))]
+    over += ["train.max_steps=40", "train.save_every=5", "train.eval_every=20"]
+    subprocess.run([*cli, *over, "run.run_name=straight"], check=True, env=env, capture_output=True)
+    runs = tmp_path / "runs"
+    kill_after_checkpoints([*cli, *over, "run.run_name=killed"], env, runs / "killed" / "checkpoints" / "online")
+    done = subprocess.run([*cli[:-1], "online", "--resume", str(runs / "killed")], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for member in ("teacher", "small", "aux"):
+        a, b = (load_file(str(runs / n / "online" / f"{member}.safetensors")) for n in ("straight", "killed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), member
+    assert strip(read_metrics(runs / "killed")) == strip(read_metrics(runs / "straight"))
