@@ -73,7 +73,9 @@ class TrainConfig(Section):
     )
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global grad norm (null: off)")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the grad norm (null: off); per group when the model owns its optimizer groups"
+    )
     log_every: int = Field(50, gt=0, description="steps between metrics records")
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: end of each epoch)")
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: end of each epoch)")
@@ -265,8 +267,9 @@ def fit(
             window.add(loss, terms, len(idx) * world)
             if not last_micro:
                 continue
-            if cfg.clip_grad_norm:
-                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.clip_grad_norm)
+            if cfg.clip_grad_norm:  # per optimizer group when the model declares them (a cohort: per member)
+                for group in optimizer.param_groups if groups else [{"params": list(wrapped.parameters())}]:
+                    accelerator.clip_grad_norm_(group["params"], cfg.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,7 @@ from distill.recipe import Context, Result, RuntimeConfig, start
 name = "online"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}
+BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
 
 
 class ModelConfig(Section):
@@ -160,7 +161,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
         tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "lr": s.lr or cfg.train.lr})
         ctx.fit(Distiller(alone[s.name], [LM_CE]), train, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
-                eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
+                seed_from=BATCHES, eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
 
     # 5-6. evaluate and export
     t_steps = cfg.train.max_steps
@@ -192,7 +193,7 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
     cohort = Cohort(members, every=cfg.distill_every).to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
     counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
-    metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products,
+    metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products, seed_from=BATCHES,
                       eval_fn=lambda products: {**evaluate(products), **counts()})  # fmt: skip
     return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
 
@@ -200,7 +201,7 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
 def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """The teacher first; then each student from its finished, frozen source over the same batches."""
     ctx.fit(Distiller(models["teacher"], [LM_CE]), train, cfg.train, stage="teacher", product=models["teacher"],
-            eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
+            seed_from=BATCHES, eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
     forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
     warmup = min(cfg.train.warmup_steps, student_steps // 10)
     for s in cfg.students:
@@ -211,7 +212,9 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
         tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "warmup_steps": warmup,
                                             "lr": s.lr or cfg.train.lr})  # fmt: skip
         scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
-        metrics = ctx.fit(distiller, train, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored)
+        metrics = ctx.fit(
+            distiller, train, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored, seed_from=BATCHES
+        )
         forwards[s.name] = int(metrics["forwards"])
     return forwards
 
