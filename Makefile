@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: demo demo-kd demo-mtt test test-fast lint bench bench-llm data clean
+.PHONY: demo demo-kd demo-mtt test test-fast lint bench bench-llm bench-online data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench-llm: $(STAMP) data $(SERVER)
 	$(BIN)/python benchmarks/llm_kd_throughput.py
 	$(BIN)/python benchmarks/minitron_smollm2.py
 	$(BIN)/python benchmarks/weaklabel_rt.py
+
+bench-online: $(STAMP) data
+	$(BIN)/python benchmarks/online_austen.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--val", type=int, default=256, help="held-out sequences")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; online and offline always run")
+    p.add_argument("--name", default="online_austen", help="results file name")
     p.add_argument("--out", default="runs/bench-online")
     p.add_argument("--quick", action="store_true", help="a few steps, to check the script")
     args = p.parse_args()
@@ -88,7 +90,8 @@ def main() -> None:
         args.steps, args.seeds, args.val = 20, 1, 16
     root = Path(args.out)
     t0 = time.perf_counter()
-    runs = {(v, s): run_variant(args, root, v, s) for s in range(args.seeds) for v in VARIANTS}
+    variants = list(dict.fromkeys(["online", "offline", *args.variants.split(",")]))
+    runs = {(v, s): run_variant(args, root, v, s) for s in range(args.seeds) for v in variants}
     wall = time.perf_counter() - t0
 
     # held-out loss of every model of every variant, per seed
@@ -115,7 +118,7 @@ def main() -> None:
                       "held_out_sequences": args.val, "seeds": args.seeds, "quick": args.quick},
            "shapes": {"teacher": TEACHER, "medium": MEDIUM, "small": SMALL}, "losses": losses,
            "teacher_forwards": forwards, "speed": speed, "wall_s": wall, "machine": machine()}  # fmt: skip
-    write("online_austen", res, markdown(res))
+    write(args.name, res, markdown(res))
     print(markdown(res))
 
 

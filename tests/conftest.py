@@ -60,6 +60,17 @@ def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int =
     kill_when(cmd, env, lambda: len(list(folder.glob("step-*.pt"))) >= count, f"{count} checkpoints in {folder}")
 
 
+def straight_killed_resumed(cli: list[str], over: list[str], env: dict, runs: Path, checkpoints: str) -> Path:
+    """Run `cli + over` to the end as run `straight`; run it again as `killed`, SIGKILLed once two checkpoints
+    exist under `checkpoints` (relative to the run), and `--resume` that. `runs` is run.output_dir; `over` names
+    no run_name. Returns `runs`; tests compare what `straight` and `killed` hold."""
+    subprocess.run([*cli, *over, "run.run_name=straight"], check=True, env=env, capture_output=True)
+    kill_after_checkpoints([*cli, *over, "run.run_name=killed"], env, runs / "killed" / checkpoints)
+    done = subprocess.run([*cli, "--resume", str(runs / "killed")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return runs
+
+
 def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:
     """A complete `distill kd` run on the tiny task in a few seconds."""
     return [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, kill_after_checkpoints, kill_when, tiny_overrides
+from conftest import ROOT, kill_after_checkpoints, kill_when, straight_killed_resumed, tiny_overrides
 from distill.cli import main
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -112,20 +112,14 @@ def test_wrong_tap_name_lists_close_matches(tensor_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
     over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8"]
-    subprocess.run([*DISTILL, "kd", *over, "run.run_name=straight"], check=True, env=ENV, capture_output=True)
-
-    kill_after_checkpoints([*DISTILL, "kd", *over, "run.run_name=killed"], ENV, tmp_path / "killed/checkpoints/student")
-    assert not (tmp_path / "killed" / "student" / "done.json").exists()
-    _resumed_equals_straight(tmp_path, "killed")
+    straight_killed_resumed([*DISTILL, "kd"], over, ENV, tmp_path, "checkpoints/student")
+    _same_outcome(tmp_path, "killed")
 
 
-def _resumed_equals_straight(tmp_path: Path, name: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / name)], env=ENV, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def _same_outcome(tmp_path: Path, name: str) -> None:
     a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", name))
     assert a == b
     assert strip(read_metrics(tmp_path / name)) == strip(read_metrics(tmp_path / "straight"))
-    return done
 
 
 @pytest.mark.slow
@@ -149,7 +143,10 @@ def test_killed_before_the_first_checkpoint_or_with_a_corrupt_one(tensor_file, t
     )
     newest = sorted((tmp_path / "corrupt/checkpoints/student").glob("step-*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[:-100])
-    done = _resumed_equals_straight(tmp_path, "corrupt")
+    done = subprocess.run([*DISTILL, "kd", "--resume", str(tmp_path / "corrupt")], env=ENV, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _same_outcome(tmp_path, "corrupt")
     assert f"checkpoint {newest.name} is truncated or corrupt; resuming from step-" in done.stderr
 
 

@@ -90,24 +90,19 @@ def test_budget_search_and_importance_reuse(tiny, tmp_path):
 @pytest.mark.slow
 def test_killed_minitron_resumes_to_the_same_student(tiny, tmp_path):
     import os
-    import subprocess
     import sys
 
     from safetensors.torch import load_file
 
-    from conftest import kill_after_checkpoints
+    from conftest import straight_killed_resumed
     from test_cli import strip
 
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "distill.cli", "minitron", *tiny, "target.params=null", "target.ffn=32",
-           "target.layers=1", "train.max_steps=60", "train.save_every=10", "train.eval_every=20"]  # fmt: skip
-    subprocess.run([*cmd, "run.run_name=straight"], check=True, env=env, capture_output=True)
-    runs = tmp_path / "runs"
-    kill_after_checkpoints([*cmd, "run.run_name=killed"], env, runs / "killed" / "checkpoints" / "student")
-    assert not (runs / "killed" / "student" / "done.json").exists()
-    done = subprocess.run([*cmd[:3], "minitron", "--resume", str(runs / "killed")], env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    over = [o for o in tiny if not o.startswith("run.run_name")]
+    over += ["target.params=null", "target.ffn=32", "target.layers=1", "train.max_steps=60", "train.save_every=10",
+             "train.eval_every=20"]  # fmt: skip
+    runs = straight_killed_resumed([sys.executable, "-m", "distill.cli", "minitron"], over, env, tmp_path / "runs",
+                                   "checkpoints/student")  # fmt: skip
     a, b = (load_file(str(runs / n / "model" / "model.safetensors")) for n in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = [[json.loads(line) for line in (runs / n / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,6 @@ herding by hand, the recipe end to end through the CLI, resume after a kill, and
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import ROOT, kill_after_checkpoints, write_tensor_file
+from conftest import ROOT, straight_killed_resumed, write_tensor_file
 from distill.cli import main
 from distill.config import load_config
 from distill.data import ImageData, load_images
@@ -269,15 +268,10 @@ def test_mtt_user_errors_are_one_line(small_set, tmp_path, capsys, extra, messag
 
 @pytest.mark.slow
 def test_killed_while_training_experts_resumes_to_the_same_trajectories(small_set, tmp_path):
-    over = [*tiny_mtt(small_set, tmp_path, "straight")[1:], "buffer.train.epochs=8", "distill.train.max_steps=2",
-            "eval.cross_arch=[]", "eval.baselines=[]", "eval.nets=1"]  # fmt: skip
-    subprocess.run([*DISTILL, "mtt", *over], check=True, env=ENV, capture_output=True)
-    killed = [o.replace("run.run_name=straight", "run.run_name=killed") for o in over]
-    kill_after_checkpoints([*DISTILL, "mtt", *killed], ENV, tmp_path / "killed/checkpoints/buffer/expert-000", 2)
-    assert not (tmp_path / "killed" / "buffer" / "expert-000" / "done.json").exists()
-    done = subprocess.run([*DISTILL, "mtt", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    over = [o for o in tiny_mtt(small_set, tmp_path)[1:] if not o.startswith("run.run_name")]
+    over += ["buffer.train.epochs=8", "distill.train.max_steps=2", "eval.cross_arch=[]", "eval.baselines=[]",
+             "eval.nets=1"]  # fmt: skip
+    straight_killed_resumed([*DISTILL, "mtt"], over, ENV, tmp_path, "checkpoints/buffer/expert-000")
     for k in range(2):
         a, b = (sorted((tmp_path / n / "buffer" / f"expert-{k:03d}").glob("epoch-*")) for n in ("straight", "killed"))
         assert [f.name for f in a] == [f.name for f in b] and len(a) == 9
@@ -289,15 +283,10 @@ def test_killed_while_training_experts_resumes_to_the_same_trajectories(small_se
 
 @pytest.mark.slow
 def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_set, tmp_path):
-    over = [*tiny_mtt(small_set, tmp_path, "straight")[1:], "distill.train.max_steps=40", "distill.syn_steps=10",
-            "distill.train.save_every=5", "distill.train.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
-    subprocess.run([*DISTILL, "mtt", *over], check=True, env=ENV, capture_output=True)
-    killed = [o.replace("run.run_name=straight", "run.run_name=killed") for o in over]
-    kill_after_checkpoints([*DISTILL, "mtt", *killed], ENV, tmp_path / "killed" / "checkpoints" / "distill")
-    assert not (tmp_path / "killed" / "distill" / "done.json").exists()
-    done = subprocess.run([*DISTILL, "mtt", "--resume", str(tmp_path / "killed")], env=ENV, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    over = [o for o in tiny_mtt(small_set, tmp_path)[1:] if not o.startswith("run.run_name")]
+    over += ["distill.train.max_steps=40", "distill.syn_steps=10", "distill.train.save_every=5",
+             "distill.train.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
+    straight_killed_resumed([*DISTILL, "mtt"], over, ENV, tmp_path, "checkpoints/distill")
     a, b = (load_file(str(tmp_path / n / "synthetic.safetensors")) for n in ("straight", "killed"))
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["lr"], b["lr"])
     rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed")]

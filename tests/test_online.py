@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from safetensors.torch import load_file, load_model
 from transformers import AutoModelForCausalLM
 
-from conftest import kill_after_checkpoints
+from conftest import straight_killed_resumed
 from distill.cli import main
 from distill.kd import Cohort, Member, Term
 from distill.kd.auxiliary import OnlineStudent
@@ -143,15 +142,10 @@ def test_a_student_with_another_tokenizer_is_refused(tiny, tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_online_run_resumes_to_the_same_teacher_and_students(tiny, tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    cli = [sys.executable, "-m", "distill.cli", "online"]
     over = [o for o in tiny if not o.startswith(("run.run_name", "train.max_steps", "train.eval_every"))]
     over += ["train.max_steps=40", "train.save_every=5", "train.eval_every=20"]
-    subprocess.run([*cli, *over, "run.run_name=straight"], check=True, env=env, capture_output=True)
-    runs = tmp_path / "runs"
-    kill_after_checkpoints([*cli, *over, "run.run_name=killed"], env, runs / "killed" / "checkpoints" / "online")
-    done = subprocess.run([*cli[:-1], "online", "--resume", str(runs / "killed")], env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    runs = straight_killed_resumed([sys.executable, "-m", "distill.cli", "online"], over, env, tmp_path / "runs",
+                                   "checkpoints/online")  # fmt: skip
     for member in ("teacher", "small", "aux"):
         a, b = (load_file(str(runs / n / "online" / f"{member}.safetensors")) for n in ("straight", "killed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), member

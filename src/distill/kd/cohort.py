@@ -27,6 +27,7 @@ class Member:
     objective: list[Term]
     sources: list[str] = field(default_factory=list)
     lr: float | None = None  # None: the stage's TrainConfig.lr
+    weight_decay: float | None = None  # None: the stage's TrainConfig.weight_decay
 
 
 class Cohort(nn.Module):
@@ -55,7 +56,8 @@ class Cohort(nn.Module):
             for src, taps in teacher_taps.items():
                 wanted[src] += taps
         self.sources = {n: list(m.sources) for n, m in members.items()}
-        self.lrs = {n: m.lr for n, m in members.items()}
+        self.options = {n: {k: v for k, v in (("lr", m.lr), ("weight_decay", m.weight_decay)) if v is not None}
+                        for n, m in members.items()}  # fmt: skip
         self.members = nn.ModuleDict(
             {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
         )
@@ -75,10 +77,7 @@ class Cohort(nn.Module):
     def param_groups(self) -> list[dict]:
         groups = []
         for name, d in self.members.items():
-            group: dict = {"params": [p for p in d.parameters() if p.requires_grad]}
-            if self.lrs[name] is not None:
-                group["lr"] = self.lrs[name]
-            groups.append(group)
+            groups.append({"params": [p for p in d.parameters() if p.requires_grad], **self.options[name]})
         return groups
 
     def build(self, batch: dict[str, Tensor]) -> Cohort:

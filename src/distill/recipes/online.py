@@ -57,6 +57,7 @@ class StudentConfig(ModelConfig):
     name: str = Field(description="its name: the stage, the export folder, and what other students' source names")
     source: str = Field("teacher", description="'teacher', or a student listed before it (a teacher assistant)")
     lr: float | None = Field(None, gt=0, description="its learning rate (null: train.lr)")
+    weight_decay: float | None = Field(None, ge=0, description="its weight decay (null: train.weight_decay)")
     auxiliary_layer: bool = Field(
         False, description="distil attention relations at an extra layer on top, dropped on export"
     )
@@ -159,7 +160,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     alone: dict[str, nn.Module] = {}
     for s in cfg.students if cfg.alone else []:
         alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
-        tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "lr": s.lr or cfg.train.lr})
+        tcfg = student_train(cfg, s, student_steps)
         ctx.fit(Distiller(alone[s.name], [LM_CE]), train, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
                 seed_from=BATCHES, eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
 
@@ -188,7 +189,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
     members = {"teacher": Member(models["teacher"], [LM_CE])}
-    members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr)
+    members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
                     for s in cfg.students})  # fmt: skip
     cohort = Cohort(members, every=cfg.distill_every).to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
@@ -203,20 +204,26 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
     ctx.fit(Distiller(models["teacher"], [LM_CE]), train, cfg.train, stage="teacher", product=models["teacher"],
             seed_from=BATCHES, eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
     forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
-    warmup = min(cfg.train.warmup_steps, student_steps // 10)
     for s in cfg.students:
         distiller = Distiller(models[s.name], student_terms(cfg, s, models), {s.source: models[s.source]})
         distiller.build(_probe(train, ctx))
         source = distiller.teachers[0]  # counts the forward passes it runs for this student
         source.forwards = 0  # the probe that sized the projections is not training
-        tcfg = cfg.train.model_copy(update={"max_steps": student_steps, "warmup_steps": warmup,
-                                            "lr": s.lr or cfg.train.lr})  # fmt: skip
+        tcfg = student_train(cfg, s, student_steps)
         scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
         metrics = ctx.fit(
             distiller, train, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored, seed_from=BATCHES
         )
         forwards[s.name] = int(metrics["forwards"])
     return forwards
+
+
+def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
+    """A student's own stage (offline, alone): its steps, its lr, and the schedule it follows online."""
+    warmup = -(-cfg.train.warmup_steps // cfg.distill_every)
+    own = {"lr": s.lr, "weight_decay": s.weight_decay}
+    return cfg.train.model_copy(update={"max_steps": steps, "warmup_steps": warmup,
+                                        **{k: v for k, v in own.items() if v is not None}})  # fmt: skip
 
 
 def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -> list[Term]:
