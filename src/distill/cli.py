@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from distill.config import config_path, describe, load_config, named_configs
+from distill.config import CONFIGS, describe, load_config, named_configs
 from distill.errors import DistillError
 from distill.recipe import Recipe, recipes
 from distill.run import RunDir
@@ -94,7 +94,7 @@ def _cp(rest: list[str], known: dict[str, Recipe]) -> int:
         raise DistillError(f"unknown recipe {recipe!r}; choose one of {sorted(known)}")
     if name not in named_configs(recipe):
         raise DistillError(f"{recipe} has no named config {name!r}; it has {named_configs(recipe)}")
-    source = config_path(name, recipe)
+    source = CONFIGS / recipe / f"{name}.yaml"  # the shipped one, whatever lies in the working directory
     if dest.is_dir():
         dest = dest / source.name
     if dest.exists():

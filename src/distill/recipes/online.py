@@ -138,8 +138,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     train, val = token_splits(cfg.data, tokenizer)
     student_steps = -(-cfg.train.max_steps // cfg.distill_every)  # steps 0, k, 2k, ... of the teacher's
     check_fits(len(train["input_ids"]), cfg.train, "train")
-    shapes = {"teacher": _lm(cfg.teacher, tokenizer, check_only=True)}
-    shapes.update({s.name: _lm(s, tokenizer, check_only=True) for s in cfg.students})
+    shapes = {"teacher": _shape(cfg.teacher, tokenizer)}
+    shapes.update({s.name: _shape(s, tokenizer) for s in cfg.students})
     _check_relations(cfg, shapes)
     ctx = start(name, cfg, cfg.run, resume)
     if ctx.run.is_main and cfg.tokenizer_vocab:
@@ -267,24 +267,25 @@ def _tokenizer(cfg: Config, resume: str | Path | None):
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
 
-def _lm(spec: ModelConfig, tokenizer, ctx: Context | None = None, check_only: bool = False):
-    """The model of `spec`, seeded by its own stage (its shape only, with `check_only`); a vocabulary other
-    than the run's is an error."""
-    what = getattr(spec, "name", "teacher")
+def _shape(spec: ModelConfig, tokenizer) -> dict[str, Any]:
+    """The widths of `spec`'s model, read before any weight; a vocabulary other than the run's is an error."""
     if spec.path is None:
-        if check_only:
-            return spec.shape.model_dump()
-        ctx.seed_stage(f"init/{what}")
-        return new_llama(spec.shape, tokenizer)
+        return spec.shape.model_dump()
     if not same_vocabulary(load_tokenizer(spec.path), tokenizer):
-        raise DistillError(f"{what} ({spec.path}) has another tokenizer than the run's; teacher and students "
-                           "must share one vocabulary")  # fmt: skip
-    if check_only:
-        from transformers import AutoConfig
+        raise DistillError(f"{getattr(spec, 'name', 'teacher')} ({spec.path}) has another tokenizer than the run's; "
+                           "teacher and students must share one vocabulary")  # fmt: skip
+    from transformers import AutoConfig
 
-        c = AutoConfig.from_pretrained(hf_dir(spec.path))
-        return {"hidden": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-                "layers": c.num_hidden_layers}  # fmt: skip
+    c = AutoConfig.from_pretrained(hf_dir(spec.path))
+    return {"hidden": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+            "layers": c.num_hidden_layers}  # fmt: skip
+
+
+def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
+    """The model of `spec` (checked by `_shape` before the run): loaded, or new from its own stage seed."""
+    if spec.path is None:
+        ctx.seed_stage(f"init/{getattr(spec, 'name', 'teacher')}")
+        return new_llama(spec.shape, tokenizer)
     return load_causal_lm(LlmSpec(path=spec.path))[0].train()
 
 
