@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -41,43 +43,60 @@ def quality(args: argparse.Namespace, root: Path) -> dict:
         "distill.train.log_every=10",
         "distill.train.save_every=50",
     ]
-    runs = {}
+    runs: dict = {}
     buffer_run = None
-    for ipc, iters in ((1, args.iters1), (10, args.iters10)):
-        over = [*common, f"run.run_name=ipc{ipc}", f"distill.train.max_steps={iters}"]
-        # our experts are shorter than the paper's 50 epochs: start epochs must leave room for M=2
-        over.append(f"distill.max_start_epoch={min(2 if ipc == 1 else 20, args.expert_epochs - 2)}")
-        if buffer_run:
-            over.append(f"buffer.from_run={buffer_run}")
-        cfg = load_config(mtt.Config, f"fmnist_ipc{ipc}", over, recipe="mtt")
-        run_dir = root / f"ipc{ipc}"
-        t0 = time.perf_counter()
-        # an interrupted benchmark continues its runs (experts, distillation, finished evaluations)
-        result = mtt.run(cfg, resume=run_dir if (run_dir / "config.yaml").exists() else None)
-        wall = time.perf_counter() - t0
-        buffer_run = buffer_run or result.run_dir
-        metrics = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
-        distill = [r for r in metrics if r.get("stage") == "distill" and "loss" in r]
-        runs[ipc] = {
-            "rows": result.rows,
-            "learned_lr": result.info["learned_lr"],
-            "wall_s": round(wall, 1),
-            "distill_wall_s": round(distill[-1]["time"] - distill[0]["time"], 1) if len(distill) > 1 else None,
-            "match_loss_first_last": [round(distill[0]["loss"], 4), round(distill[-1]["loss"], 4)],
-            "config": cfg.distill.model_dump(),
-        }
-        print(mtt.table(result), flush=True)
+    # unrolled first (the full table); then constant memory on the same seed and expert buffer, the
+    # synthetic set only: the two differ only by floating-point rounding in the meta-gradient
+    for memory in ("unrolled", "constant"):
+        for ipc, iters in ((1, args.iters1), (10, args.iters10)):
+            name = f"ipc{ipc}" if memory == "unrolled" else f"ipc{ipc}-constant"
+            over = [*common, f"run.run_name={name}", f"distill.train.max_steps={iters}", f"distill.memory={memory}"]
+            # our experts are shorter than the paper's 50 epochs: start epochs must leave room for M=2
+            over.append(f"distill.max_start_epoch={min(2 if ipc == 1 else 20, args.expert_epochs - 2)}")
+            if buffer_run:
+                over.append(f"buffer.from_run={buffer_run}")
+            if memory == "constant":
+                over += ["eval.baselines=[]", "eval.cross_arch=[]"]
+            cfg = load_config(mtt.Config, f"fmnist_ipc{ipc}", over, recipe="mtt")
+            run_dir = root / name
+            t0 = time.perf_counter()
+            # an interrupted benchmark continues its runs (experts, distillation, finished evaluations)
+            result = mtt.run(cfg, resume=run_dir if (run_dir / "config.yaml").exists() else None)
+            wall = time.perf_counter() - t0
+            buffer_run = buffer_run or result.run_dir
+            metrics = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
+            distill = [r for r in metrics if r.get("stage") == "distill" and "loss" in r]
+            run = {
+                "rows": result.rows,
+                "learned_lr": result.info["learned_lr"],
+                "wall_s": round(wall, 1),
+                "distill_wall_s": round(distill[-1]["time"] - distill[0]["time"], 1) if len(distill) > 1 else None,
+                "match_loss_first_last": [round(distill[0]["loss"], 4), round(distill[-1]["loss"], 4)],
+                "config": cfg.distill.model_dump(),
+            }
+            if memory == "unrolled":
+                runs[ipc] = run
+            else:
+                runs[ipc]["constant"] = run
+            print(mtt.table(result), flush=True)
     return runs
 
 
-def cost(ipc: int, syn_steps: int, iters: int) -> dict:
-    """Seconds and peak memory of one distillation iteration (width 128, depth 3, 28x28); run in a fresh process."""
-    from accelerate import Accelerator
+# (label, memory mode, keep freed memory, compile): "unrolled (baseline)" is the implementation before
+# issue 15 (glibc's default allocator), the baseline every ratio is taken against
+VARIANTS = [("unrolled (baseline)", "unrolled", 0, 0), ("unrolled", "unrolled", 1, 0), ("constant", "constant", 1, 0),
+            ("constant, glibc default", "constant", 0, 0), ("constant, compiled", "constant", 1, 1)]  # fmt: skip
 
+
+def _iteration(ipc: int, syn_steps: int, memory: str, keep: int, compile: int):
+    """One distillation iteration (width 128, depth 3, 28x28) as a function, set up as a run would be."""
     from distill.dd import SyntheticSet, TrajectoryMatcher
     from distill.dd.augment import DSAConfig
     from distill.models import ModelSpec, build_model
+    from distill.system import keep_freed_memory
 
+    if keep:
+        keep_freed_memory()  # what every run does on the CPU (run.keep_freed_memory)
     torch.manual_seed(0)
     spec = ModelSpec(arch="dc_convnet", args={"width": 128, "depth": 3})
     shape = {"in_channels": 1, "num_classes": 10, "image_size": 28}
@@ -85,9 +104,9 @@ def cost(ipc: int, syn_steps: int, iters: int) -> dict:
     trajectory = [{n: p.detach() for n, p in net.named_parameters()} for net in nets]
     syn = SyntheticSet(torch.randn(10 * ipc, 1, 28, 28), torch.arange(10).repeat_interleave(ipc), 0.01)
     matcher = TrajectoryMatcher(syn, build_model(spec, **shape), [trajectory], syn_steps=syn_steps, expert_epochs=2,
-                                batch_syn=10 * ipc, lr_img=1000, lr_lr=1e-5, dsa_cfg=DSAConfig())  # fmt: skip
+                                batch_syn=10 * ipc, lr_img=1000, lr_lr=1e-5, dsa_cfg=DSAConfig(), memory=memory,
+                                compile=bool(compile))  # fmt: skip
     opt = torch.optim.SGD(matcher.param_groups(), lr=1000, momentum=0.5)
-    Accelerator(cpu=True)  # same set-up as a run
     batch = {"expert": torch.tensor([0]), "start": torch.tensor([0])}
 
     def step() -> None:
@@ -96,17 +115,51 @@ def cost(ipc: int, syn_steps: int, iters: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def cost(ipc: int, syn_steps: int, iters: int, memory: str, keep: int, compile: int) -> dict:
+    """Seconds and peak memory of one distillation iteration, in a fresh process."""
+    step = _iteration(ipc, syn_steps, memory, keep, compile)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak of the iterations alone
     rss0 = _status_mb("VmRSS")
-    step()  # warm-up
+    step()  # warm-up (and compilation)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
     peak = _status_mb("VmHWM")
-    return {"ipc": ipc, "syn_steps": syn_steps, "iters_timed": iters, "s_per_iter": round(min(times), 3),
-            "s_per_iter_mean": round(sum(times) / len(times), 3), "peak_rss_mb": round(peak),
-            "peak_rss_above_setup_mb": round(peak - rss0)}  # fmt: skip
+    return {"times": [round(t, 3) for t in times], "peak_above_setup_mb": round(peak - rss0)}
+
+
+def profile(ipc: int, syn_steps: int, memory: str, keep: int) -> dict:
+    """Where one iteration's time goes: user vs kernel CPU time, and the ops with the most CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = _iteration(ipc, syn_steps, memory, keep, 0)
+    step()
+    t0 = os.times()
+    step()
+    t1 = os.times()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    user, system = t1.user - t0.user, t1.system - t0.system
+    return {"user_s": round(user, 2), "kernel_s": round(system, 2), "kernel_share": round(system / (user + system), 3),
+            "top_ops": [[e.key, round(e.self_cpu_time_total / total, 3)] for e in ops[:8]]}  # fmt: skip
+
+
+def profiles() -> list[dict]:
+    out = []
+    for label, memory, keep, _ in VARIANTS[:4]:
+        cmd = [sys.executable, __file__, "--profile", "10", "10", memory, str(keep)]
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        out.append({"variant": label, "ipc": 10, "syn_steps": 10, **row})
+        print(out[-1], flush=True)
+    return out
 
 
 def _status_mb(field: str) -> float:
@@ -118,13 +171,36 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def costs() -> list[dict]:
-    out = []
-    for ipc, steps, iters in ((1, 50, 3), (10, 30, 2)):
-        cmd = [sys.executable, __file__, "--cost", str(ipc), str(steps), str(iters)]
-        out.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
-        print(out[-1], flush=True)
-    return out
+def costs(processes: int, iters: int) -> list[dict]:
+    """Every variant at IPC 10 / 30 steps and IPC 1 / 50 steps, fresh processes interleaved; then the
+    settings where only `constant` fits (one process each)."""
+    plan = [
+        (ipc, steps, iters, v, rep) for rep in range(processes) for ipc, steps in ((10, 30), (1, 50)) for v in VARIANTS
+    ]
+    plan += [(ipc, steps, 1, v, 0) for ipc, steps in ((10, 80), (50, 30)) for v in VARIANTS if v[0] == "constant"]
+    runs: dict[tuple, dict] = {}
+    for ipc, steps, n, (label, memory, keep, compile), _ in plan:
+        cmd = [sys.executable, __file__, "--cost", str(ipc), str(steps), str(n), memory, str(keep), str(compile)]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        row = runs.setdefault((ipc, steps, label), {"ipc": ipc, "syn_steps": steps, "variant": label, "times": [],
+                                                    "peak_above_setup_mb": [], "processes": 0})  # fmt: skip
+        row["times"] += out["times"]
+        row["peak_above_setup_mb"].append(out["peak_above_setup_mb"])
+        row["processes"] += 1
+        print(ipc, steps, label, out, flush=True)
+    return ratios(list(runs.values()))
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Each row's median time and its time and memory against the baseline of the same setting."""
+    base = {(r["ipc"], r["syn_steps"]): r for r in rows if r["variant"] == VARIANTS[0][0]}
+    for r in rows:
+        r["s_median"] = round(statistics.median(r["times"]), 2)
+        b = base.get((r["ipc"], r["syn_steps"]))
+        if b:
+            r["time_ratio"] = round(statistics.median(r["times"]) / statistics.median(b["times"]), 3)
+            r["memory_ratio"] = round(max(r["peak_above_setup_mb"]) / max(b["peak_above_setup_mb"]), 3)
+    return rows
 
 
 def markdown(data: dict) -> str:
@@ -133,7 +209,8 @@ def markdown(data: dict) -> str:
         "# MTT on Fashion-MNIST",
         "",
         f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, torch {data['machine']['torch']}. "
-        f"Total wall time {data['wall_s'] / 60:.1f} min.",
+        f"Wall time: quality {data.get('quality_wall_s', data.get('wall_s', 0)) / 60:.1f} min, cost "
+        f"{data.get('cost_wall_s', 0) / 60:.1f} min.",
         "",
         f"Budget (CPU): ConvNet width {b['width']} (paper: 128), depth 3, instance norm; {b['experts']} experts x "
         f"{b['expert_epochs']} epochs (paper: 100 x 50); IPC 1: {b['iters1']} iterations, IPC 10: {b['iters10']} "
@@ -157,6 +234,21 @@ def markdown(data: dict) -> str:
             for r in run["rows"]
         ]
         lines.append("")
+        if "constant" in run:
+            u = next(r for r in run["rows"] if r["set"] == "mtt" and r["model"].startswith("dc_convnet"))
+            c = run["constant"]["rows"][0]
+            diff = 100 * (c["test_accuracy"] - u["test_accuracy"])
+            spread = 100 * max(u["std"], c["std"])
+            lines += [
+                f"`distill.memory=constant`, same seed and expert buffer: {100 * c['test_accuracy']:.2f} +- "
+                f"{100 * c['std']:.2f}% against unrolled {100 * u['test_accuracy']:.2f} +- {100 * u['std']:.2f}% "
+                f"({diff:+.2f} pts; {'within' if abs(diff) <= spread else 'outside'} the larger std over "
+                f"{c['nets']} evaluation nets, {spread:.2f}); learned alpha {run['constant']['learned_lr']:.4g} vs "
+                f"{run['learned_lr']:.4g}; matching loss {run['constant']['match_loss_first_last'][1]} vs "
+                f"{run['match_loss_first_last'][1]} at the end; distillation wall "
+                f"{(run['constant']['distill_wall_s'] or 0) / 60:.1f} vs {(run['distill_wall_s'] or 0) / 60:.1f} min.",
+                "",
+            ]
     verdicts = []
     for ipc, run in data.get("quality", {}).items():
         mtt_acc = 100 * next(r["test_accuracy"] for r in run["rows"] if r["set"] == "mtt")
@@ -174,15 +266,61 @@ def markdown(data: dict) -> str:
         lines += [
             "## Cost of one distillation iteration (ConvNet width 128, depth 3, 28x28, all synthetic images per step)",
             "",
-            "| IPC | syn_steps | s / iteration (best) | mean | peak RSS (MB) | above set-up (MB) |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "Fresh processes, interleaved; after set-up and one warm-up iteration each process times "
+            f"{data['budget']['cost_iters']} iterations. Peak memory: VmHWM reset after set-up. Ratios against "
+            "`unrolled (baseline)`, the implementation before issue 15 (glibc's default allocator).",
+            "",
+            "| IPC | syn_steps | variant | s / iteration (median) | range | processes x iterations | peak above set-up (MB) "
+            "| time ratio | memory ratio |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
+        for c in data["cost"]:
+            lines.append(
+                f"| {c['ipc']} | {c['syn_steps']} | {c['variant']} | {c['s_median']} | {min(c['times'])}-{max(c['times'])} "
+                f"| {c['processes']} x {len(c['times']) // c['processes']} | {max(c['peak_above_setup_mb'])} "
+                f"| {c.get('time_ratio', '-')} | {c.get('memory_ratio', '-')} |"
+            )
+        lines += ["", *_cost_verdicts(data["cost"]), ""]
+    if data.get("profile"):
         lines += [
-            f"| {c['ipc']} | {c['syn_steps']} | {c['s_per_iter']} | {c['s_per_iter_mean']} | {c['peak_rss_mb']} | {c['peak_rss_above_setup_mb']} |"
-            for c in data["cost"]
+            "### Where the time goes (IPC 10, 10 steps, one iteration after a warm-up, one process per variant)",
+            "",
+            "Kernel time is CPU time spent in the operating system (`os.times`): page faults when freed activations "
+            "are handed back and faulted in again. Ops: share of the profiler's self CPU time (torch.profiler).",
+            "",
+            "| variant | user s | kernel s | kernel share | top ops (share of op time) |",
+            "|---|---:|---:|---:|---|",
         ]
+        for r in data["profile"]:
+            ops = ", ".join(f"{name.replace('aten::', '')} {share:.0%}" for name, share in r["top_ops"][:6])
+            lines.append(f"| {r['variant']} | {r['user_s']} | {r['kernel_s']} | {r['kernel_share']:.0%} | {ops} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cost_verdicts(rows: list[dict]) -> list[str]:
+    """Issue 15's targets: the faster mode at <= 0.75x the baseline's time, constant at <= 0.3x its memory."""
+    out = []
+    for ipc, steps in ((10, 30), (1, 50)):
+        mine = [r for r in rows if (r["ipc"], r["syn_steps"]) == (ipc, steps) and "time_ratio" in r]
+        if not mine:
+            continue
+        fast = min(mine[1:], key=lambda r: r["time_ratio"])
+        const = next(r for r in mine if r["variant"] == "constant")
+        out.append(
+            f"- IPC {ipc}, {steps} steps: fastest is `{fast['variant']}` at {fast['time_ratio']}x the baseline's median "
+            f"time ({'meets' if fast['time_ratio'] <= 0.75 else 'misses'} the 0.75x target); `constant` peaks at "
+            f"{const['memory_ratio']}x its memory ({'meets' if const['memory_ratio'] <= 0.3 else 'misses'} 0.3x)."
+        )
+    base = next((r for r in rows if (r["ipc"], r["syn_steps"], r["variant"]) == (10, 30, VARIANTS[0][0])), None)
+    if base:
+        per = max(base["peak_above_setup_mb"]) / (100 * 30) / 1024  # GB per image-step, unrolled
+        out.append(
+            f"- Unrolled memory grows with images x steps ({per * 1024:.1f} MB per image-step at IPC 10): IPC 10 with "
+            f"80 steps would need about {per * 100 * 80:.0f} GB and IPC 50 with 30 steps about {per * 500 * 30:.0f} GB, "
+            "beyond this machine's 24 GB, so only `constant` ran there."
+        )
+    return out
 
 
 def main() -> None:
@@ -194,24 +332,45 @@ def main() -> None:
     p.add_argument("--iters10", type=int, default=150)
     p.add_argument("--nets", type=int, default=3)
     p.add_argument("--eval-epochs", type=int, default=300)
-    p.add_argument("--cost-only", action="store_true")
+    p.add_argument("--cost-only", action="store_true", help="rerun the cost section, keep the committed quality")
+    p.add_argument("--quality-only", action="store_true", help="rerun the quality section, keep the committed cost")
     p.add_argument("--out", default="runs/bench-mtt_fmnist", help="run directories (kept, resumed if interrupted)")
-    p.add_argument("--cost", nargs=3, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--cost-processes", type=int, default=2, help="fresh processes per variant")
+    p.add_argument("--cost-iters", type=int, default=3, help="timed iterations per process")
+    p.add_argument("--profile-only", action="store_true", help="add where an iteration's time goes; keep the rest")
+    p.add_argument("--cost", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--profile", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cost:
-        print(json.dumps(cost(*args.cost)))
+        ipc, steps, n, memory, keep, compile = args.cost
+        print(json.dumps(cost(int(ipc), int(steps), int(n), memory, int(keep), int(compile))))
+        return
+    if args.profile:
+        ipc, steps, memory, keep = args.profile
+        print(json.dumps(profile(int(ipc), int(steps), memory, int(keep))))
+        return
+    if args.profile_only:
+        data = json.loads((RESULTS / "mtt_fmnist.json").read_text())
+        ratios(data.get("cost", []))
+        data["profile"] = profiles()
+        write("mtt_fmnist", data, markdown(data))
+        print(markdown(data))
         return
     t0 = time.perf_counter()
-    skip = ("cost", "cost_only", "out")
+    skip = ("cost", "cost_only", "quality_only", "out")
     data = {"machine": machine(), "budget": {k: v for k, v in vars(args).items() if k not in skip}}
+    old = RESULTS / "mtt_fmnist.json"
+    if (args.cost_only or args.quality_only) and old.exists():  # keep the other section, and its budget
+        data = {**json.loads(old.read_text()), "machine": data["machine"]}
     if not args.cost_only:
         data["quality"] = quality(args, Path(args.out))
-    else:
-        old = RESULTS / "mtt_fmnist.json"
-        if old.exists():
-            data = {**json.loads(old.read_text()), **{k: data[k] for k in ("machine",)}}
-    data["cost"] = costs()
-    data["wall_s"] = data.get("wall_s", 0) if args.cost_only else round(time.perf_counter() - t0, 1)
+        data["budget"].update({k: v for k, v in vars(args).items() if k not in skip and not k.startswith("cost")})
+        data["quality_wall_s"] = round(time.perf_counter() - t0, 1)
+    if not args.quality_only:
+        t1 = time.perf_counter()
+        data["cost"] = costs(args.cost_processes, args.cost_iters)
+        data["budget"].update(cost_processes=args.cost_processes, cost_iters=args.cost_iters)
+        data["cost_wall_s"] = round(time.perf_counter() - t1, 1)
     write("mtt_fmnist", data, markdown(data))
     print(markdown(data))
 

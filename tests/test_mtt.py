@@ -4,6 +4,7 @@ herding by hand, the recipe end to end through the CLI, resume after a kill, and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from conftest import ROOT, straight_killed_resumed, write_tensor_file
 from distill.cli import main
 from distill.config import load_config
 from distill.data import ImageData, load_images
-from distill.dd import SyntheticSet, TrajectoryMatcher, herding, schedule
+from distill.dd import StudentNet, StudentSteps, SyntheticSet, TrajectoryMatcher, herding, schedule, unroll
 from distill.dd.augment import OPS, DSAConfig, dsa
 from distill.dd.buffer import check_span
+from distill.dd.protocol import Classifier
 from distill.dd.zca import ZCA
 from distill.errors import DistillError
 from distill.losses import trajectory_matching
@@ -146,6 +148,64 @@ def test_named_configs_fill_in_and_explicit_values_win():
     assert (demo.distill.syn_steps, demo.distill.train.max_steps, demo.buffer.experts) == (50, 100, 2)
 
 
+def _meta_gradients(memory: str, dsa_cfg: DSAConfig, soft: bool, compile: bool = False, depth: int = 2):
+    """A float64 toy (6 images of 8x8, 3 classes, 7 student steps on batches of 4) and the gradients of a
+    squared distance of its end point with respect to the images, the step size (and soft labels)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same net, images and target for every call
+        net = build_model(ModelSpec(arch="dc_convnet", args={"width": 6, "depth": depth}), in_channels=1,
+                          num_classes=3, image_size=8).double().requires_grad_(False)  # fmt: skip
+        names, start = zip(*((n, p.detach()) for n, p in net.named_parameters()))
+        images = torch.randn(6, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+        targets = logits if soft else torch.tensor([0, 0, 1, 1, 2, 2])
+        goal = [torch.randn_like(p) for p in start]
+        torch.manual_seed(1)  # the same mini-batches and augmentations in every mode
+        steps = StudentSteps.draw(StudentNet(net, list(names), compile), 6, 7, 4, dsa_cfg, images.device)
+        end = unroll(steps, list(start), images, targets, lr, memory)
+        loss = sum(((e - g) ** 2).sum() for e, g in zip(end, goal))
+        return loss.detach(), torch.autograd.grad(loss, [images, lr, *([logits] if soft else [])])
+
+
+def _assert_same(a: tuple, b: tuple) -> None:
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-12)
+    for x, y in zip(grads_a, grads_b, strict=True):
+        assert x.abs().max() > 0 and torch.allclose(x, y, rtol=1e-9, atol=1e-12 * float(x.abs().max()))
+
+
+@pytest.mark.parametrize("strategy", ["none", "color_crop_cutout_flip_scale_rotate_noise"])
+@pytest.mark.parametrize("soft", [False, True], ids=["hard labels", "soft labels"])
+def test_constant_memory_gives_the_unrolled_meta_gradient(strategy, soft):
+    """TESLA's reverse accumulation against the full unrolled graph, in float64: the same end point and
+    the same gradients for the images, the step size and soft labels, every DSA op per image included."""
+    cfg = DSAConfig(strategy=strategy, mode="M", same_for_batch=False)
+    constant = _meta_gradients("constant", cfg, soft)
+    _assert_same(_meta_gradients("unrolled", cfg, soft), constant)
+    if strategy != "none":  # the augmentation mattered: without it the gradient differs
+        plain = _meta_gradients("constant", DSAConfig(strategy="none"), soft)
+        assert not torch.allclose(plain[1][0], constant[1][0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="compiling on a CPU needs a C++ compiler")
+def test_compiled_constant_memory_gives_the_same_meta_gradient():
+    """distill.compile=true: the per-step derivatives through torch.compile (soft labels, DSA per image)."""
+    cfg = DSAConfig(same_for_batch=False)
+    _assert_same(_meta_gradients("unrolled", cfg, True, depth=1),
+                 _meta_gradients("constant", cfg, True, compile=True, depth=1))  # fmt: skip
+
+
+def test_soft_labels_train_on_the_softmax_of_their_logits():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    batch = {"inputs": torch.randn(5, 1, 2, 2), "labels": torch.randn(5, 3)}
+    loss, _ = Classifier(net, DSAConfig(strategy="none"))(batch)
+    logp = net(batch["inputs"]).log_softmax(-1)
+    expected = -(batch["labels"].softmax(-1) * logp).sum(-1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
 def test_a_start_epoch_beyond_the_trajectory_is_a_clear_error():
     with pytest.raises(DistillError, match="runs past the 4 saved expert epochs"):
         load_config(mtt.Config, None, ["buffer.train.epochs=4", "distill.max_start_epoch=4"])
@@ -254,6 +314,10 @@ def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
     [
         (["distill.ipc=200"], "ipc 200 is more than class 0 has images (75); lower distill.ipc"),
         (["distill.max_start_epoch=3"], "runs past the 3 saved expert epochs"),
+        (["distill.memory=constant", "distill.expert_epochs=3"], "runs past the 3 saved expert epochs"),
+        (["distill.syn_steps=0"], "distill.syn_steps = 0: Input should be greater than 0"),
+        (["distill.memory=unrolled", "distill.compile=true"], "distill.compile needs distill.memory=constant"),
+        (["distill.memory=tesla"], "distill.memory = 'tesla': Input should be 'unrolled' or 'constant'"),
         (["--config", "cifar11_ipc1"], "config file cifar11_ipc1 does not exist; the named configs of mtt: ["),
         (["dsa.strategy=color_blur"], "unknown DSA ops ['blur']"),
         (["data.source=cifar10"], "lacks ['data_batch_1.bin', 'data_batch_2.bin',"),
@@ -282,13 +346,27 @@ def test_killed_while_training_experts_resumes_to_the_same_trajectories(small_se
 
 
 @pytest.mark.slow
-def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_set, tmp_path):
+@pytest.mark.parametrize("memory", ["unrolled", "constant"])
+def test_killed_in_the_middle_of_distillation_resumes_to_the_same_result(small_set, tmp_path, memory):
     over = [o for o in tiny_mtt(small_set, tmp_path)[1:] if not o.startswith("run.run_name")]
     over += ["distill.train.max_steps=40", "distill.syn_steps=10", "distill.train.save_every=5",
-             "distill.train.eval_every=0", "eval.cross_arch=[]"]  # fmt: skip
+             "distill.train.eval_every=0", "eval.cross_arch=[]", f"distill.memory={memory}"]  # fmt: skip
+    if memory == "constant":
+        over.append("distill.soft_labels=true")
     straight_killed_resumed([*DISTILL, "mtt"], over, ENV, tmp_path, "checkpoints/distill")
     a, b = (load_file(str(tmp_path / n / "synthetic.safetensors")) for n in ("straight", "killed"))
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["lr"], b["lr"])
+    if memory == "constant":  # the soft labels were learned from the last expert's logits, saved and resumed
+        assert torch.equal(a["soft_labels"], b["soft_labels"])
+        expert = build_model(ModelSpec(arch="dc_convnet", args={"width": 8}), in_channels=1, num_classes=4,
+                             image_size=12)  # fmt: skip
+        last = tmp_path / "straight" / "buffer" / "expert-000" / "epoch-0003.safetensors"
+        expert.load_state_dict(load_file(str(last)))
+        real = load_images(ImageData(source="tensors", path=str(small_set))).train["inputs"][a["init_index"]]
+        with torch.no_grad():
+            init = expert.eval()(real)
+        assert a["soft_labels"].shape == init.shape == (8, 4)
+        assert 1e-4 < (a["soft_labels"] - init).abs().max() < 10
     rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed")]
     assert rows[0] == rows[1]
     assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))

@@ -29,6 +29,7 @@ from distill.config import Section, dump
 from distill.engine import Callbacks, Data, EvalFn, Product, TrainConfig, fit
 from distill.errors import DistillError
 from distill.run import RunDir, new_run_name
+from distill.system import keep_freed_memory
 
 GROUP = "distill.recipes"
 
@@ -103,6 +104,11 @@ class RuntimeConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision (bf16/fp16 need a GPU)")
     cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
+    keep_freed_memory: bool = Field(
+        True,
+        description="on the CPU, keep freed memory in the process instead of returning it to the kernel "
+        "(glibc mallopt): no page faults for every step's activations, up to ~1 GiB more resident memory",
+    )
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -162,6 +168,8 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
             f"run.precision={runtime.precision} needs a GPU, and this run is on the CPU; use run.precision=no"
         )
     accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
+    if cpu and runtime.keep_freed_memory:
+        keep_freed_memory()
     main = accelerator.is_main_process
     if resume is not None:
         run = RunDir.open(resume, main).lock()

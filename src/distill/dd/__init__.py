@@ -4,7 +4,7 @@ baselines and the evaluation protocol (Matching Training Trajectories)."""
 from distill.dd.augment import DSAConfig, dsa
 from distill.dd.buffer import Trajectory, check_span, load_buffer, save_epoch
 from distill.dd.coreset import class_indices, herding, herding_select, random_real
-from distill.dd.matching import TrajectoryMatcher, schedule, unroll
+from distill.dd.matching import StudentNet, StudentSteps, TrajectoryMatcher, schedule, unroll
 from distill.dd.protocol import Classifier, evaluate_set, train_and_test
 from distill.dd.synthetic import SyntheticSet
 from distill.dd.zca import ZCA
@@ -13,6 +13,8 @@ __all__ = [
     "ZCA",
     "Classifier",
     "DSAConfig",
+    "StudentNet",
+    "StudentSteps",
     "SyntheticSet",
     "Trajectory",
     "TrajectoryMatcher",

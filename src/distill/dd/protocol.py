@@ -17,7 +17,8 @@ from distill.models import ModelSpec, build_model
 
 
 class Classifier(nn.Module):
-    """Cross-entropy on DSA-augmented images: the module the engine trains for experts and evaluations."""
+    """Cross-entropy on DSA-augmented images: the module the engine trains for experts and evaluations.
+    Float labels of shape (N, classes) are soft-label logits: the target is their softmax."""
 
     def __init__(self, net: nn.Module, dsa_cfg: DSAConfig) -> None:
         super().__init__()
@@ -25,7 +26,9 @@ class Classifier(nn.Module):
         self.dsa_cfg = dsa_cfg
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return F.cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), batch["labels"]), {}
+        labels = batch["labels"]
+        target = labels.softmax(-1) if labels.is_floating_point() else labels
+        return F.cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), target), {}
 
 
 def train_and_test(

@@ -83,6 +83,26 @@ class DistillConfig(Section):
     lr_lr: float = Field(1e-5, gt=0, description="learning rate of the step size alpha (the pixels' is train.lr)")
     lr_init: float = Field(0.01, gt=0, description="initial alpha (the experts' learning rate)")
     init: Literal["real", "noise"] = Field("real", description="start from random real images or Gaussian noise")
+    # default from benchmarks/results/mtt_fmnist.md: as fast as unrolled at a tenth of its memory
+    memory: Literal["unrolled", "constant"] = Field(
+        "constant",
+        description="how the meta-gradient is taken: 'unrolled' keeps all syn_steps student steps' graphs (the "
+        "paper's code; memory grows with syn_steps x images per step); 'constant' (TESLA) rebuilds one step's graph "
+        "at a time: the same gradient, activation memory independent of syn_steps, a second pass over each step",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the per-step derivatives of memory=constant (needs a C++ compiler on the CPU, "
+        "Triton on a GPU; the first iteration compiles)",
+    )
+    soft_labels: bool = Field(
+        False,
+        description="soft labels for the synthetic images, initialised to the last expert's logits on the initial "
+        "images (TESLA's soft label assignment); students and evaluations train on their softmax",
+    )
+    lr_label: float = Field(
+        2.0, ge=0, description="learning rate of the soft labels' logits; 0 keeps TESLA's assigned labels fixed"
+    )
     eval_nets: int = Field(1, gt=0, description="networks trained per evaluation during distillation")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(**MATCHING),
@@ -94,6 +114,11 @@ class DistillConfig(Section):
     def _iterations(self) -> DistillConfig:
         if self.train.max_steps is None:
             raise ValueError("distill.train.max_steps (the number of iterations) must be set")
+        if self.compile and self.memory != "constant":
+            raise ValueError(
+                "distill.compile needs distill.memory=constant (the unrolled graph's double backward "
+                "cannot be compiled)"
+            )
         return self
 
 
@@ -161,7 +186,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     seed = ctx.seed_stage("distill")
     init = random_real(data.train["labels"], data.num_classes, d.ipc, torch.Generator().manual_seed(seed))
     images = data.train["inputs"][init] if d.init == "real" else torch.randn_like(data.train["inputs"][init])
-    synthetic = SyntheticSet(images, data.train["labels"][init], d.lr_init)
+    soft = _expert_logits(cfg, shape, trajectories, images) if d.soft_labels else None
+    synthetic = SyntheticSet(images, data.train["labels"][init], d.lr_init, soft)
     matcher = TrajectoryMatcher(
         synthetic,
         net,
@@ -172,10 +198,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         lr_img=d.train.lr,
         lr_lr=d.lr_lr,
         dsa_cfg=cfg.dsa,
+        memory=d.memory,
+        lr_label=d.lr_label,
+        compile=d.compile,
     )
 
     def evaluate_during(syn: SyntheticSet) -> dict[str, float]:
-        accs = _evaluate(ctx, cfg, "during", cfg.model, shape, syn.images, syn.labels, float(syn.lr), data,
+        accs = _evaluate(ctx, cfg, "during", cfg.model, shape, syn.images, syn.targets.detach(), float(syn.lr), data,
                          d.eval_nets)  # fmt: skip
         return {"accuracy": sum(accs) / len(accs)}
 
@@ -185,14 +214,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     alpha = float(synthetic.lr.detach())
 
     # 4. evaluation: the synthetic set, the baselines at the same size, other architectures
-    sets = {"mtt": (synthetic.images.detach(), synthetic.labels, alpha)}
+    sets = {"mtt": (synthetic.images.detach(), synthetic.targets.detach(), alpha)}
     labels = data.train["labels"]
     if "random" in cfg.eval.baselines:
         idx = random_real(labels, data.num_classes, d.ipc, torch.Generator().manual_seed(stage_seed(seed, "random")))
         sets["random real"] = (data.train["inputs"][idx], labels[idx], cfg.eval.train.lr)
     if "herding" in cfg.eval.baselines:
-        expert = build_model(cfg.model, **shape)
-        expert.load_state_dict(trajectories[0][-1], strict=False)
+        expert = _last_expert(cfg, shape, trajectories)
         idx = herding_select(expert, data.train["inputs"], labels, data.num_classes, d.ipc)
         sets["herding"] = (data.train["inputs"][idx], labels[idx], cfg.eval.train.lr)
     jobs = [(n, cfg.model) for n in sets] + [("mtt", spec) for spec in cfg.eval.cross_arch]
@@ -207,8 +235,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         "pixels": pixels,
         "labels": synthetic.labels,
         "lr": synthetic.lr,
-        "init_index": init,
-    }  # which training images the set started from (its provenance)
+        "init_index": init,  # which training images the set started from (its provenance)
+        **({"soft_labels": synthetic.soft} if synthetic.soft is not None else {}),  # logits; train on softmax
+    }
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     if ctx.run.is_main:
         atomic_write(ctx.run.path / "synthetic.safetensors", save(tensors))
@@ -267,6 +296,19 @@ def _evaluation_row(ctx, cfg, set_name, spec, shape, the_set, data) -> dict[str,
     if ctx.run.is_main:
         atomic_write(path, json.dumps(row))
     return row
+
+
+def _last_expert(cfg: Config, shape: dict[str, int], trajectories: list) -> torch.nn.Module:
+    """The first expert at its last saved epoch: herding's feature extractor, soft labels' initialiser."""
+    expert = build_model(cfg.model, **shape)
+    expert.load_state_dict({k: v.cpu() for k, v in trajectories[0][-1].items()}, strict=False)
+    return expert.eval()
+
+
+def _expert_logits(cfg: Config, shape: dict[str, int], trajectories: list, images: torch.Tensor) -> torch.Tensor:
+    """TESLA's soft-label initialisation: a trained expert's logits on the initial images."""
+    with torch.no_grad():
+        return _last_expert(cfg, shape, trajectories)(images)
 
 
 def _whiten(data: ImageSplits, cfg: Config) -> ZCA:
