@@ -155,11 +155,21 @@ def profile(ipc: int, syn_steps: int, memory: str, keep: int) -> dict:
 def profiles() -> list[dict]:
     out = []
     for label, memory, keep, _ in VARIANTS[:4]:
-        cmd = [sys.executable, __file__, "--profile", "10", "10", memory, str(keep)]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        row = _fresh("--profile", 10, 10, memory, keep)
         out.append({"variant": label, "ipc": 10, "syn_steps": 10, **row})
         print(out[-1], flush=True)
     return out
+
+
+def _fresh(*args) -> dict:
+    """Run this script with `args` in a fresh process; the JSON line it prints last."""
+    cmd = [sys.executable, __file__, *map(str, args)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+
+def _baseline(rows: list[dict], ipc: int, steps: int) -> dict | None:
+    """The `unrolled (baseline)` cost row of one setting."""
+    return next((r for r in rows if (r["ipc"], r["syn_steps"], r["variant"]) == (ipc, steps, VARIANTS[0][0])), None)
 
 
 def _status_mb(field: str) -> float:
@@ -174,14 +184,11 @@ def _status_mb(field: str) -> float:
 def costs(processes: int, iters: int) -> list[dict]:
     """Every variant at IPC 10 / 30 steps and IPC 1 / 50 steps, fresh processes interleaved; then the
     settings where only `constant` fits (one process each)."""
-    plan = [
-        (ipc, steps, iters, v, rep) for rep in range(processes) for ipc, steps in ((10, 30), (1, 50)) for v in VARIANTS
-    ]
-    plan += [(ipc, steps, 1, v, 0) for ipc, steps in ((10, 80), (50, 30)) for v in VARIANTS if v[0] == "constant"]
+    plan = [(ipc, steps, iters, v) for _ in range(processes) for ipc, steps in ((10, 30), (1, 50)) for v in VARIANTS]
+    plan += [(ipc, steps, 1, v) for ipc, steps in ((10, 80), (50, 30)) for v in VARIANTS if v[0] == "constant"]
     runs: dict[tuple, dict] = {}
-    for ipc, steps, n, (label, memory, keep, compile), _ in plan:
-        cmd = [sys.executable, __file__, "--cost", str(ipc), str(steps), str(n), memory, str(keep), str(compile)]
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    for ipc, steps, n, (label, memory, keep, compile) in plan:
+        out = _fresh("--cost", ipc, steps, n, memory, keep, compile)
         row = runs.setdefault((ipc, steps, label), {"ipc": ipc, "syn_steps": steps, "variant": label, "times": [],
                                                     "peak_above_setup_mb": [], "processes": 0})  # fmt: skip
         row["times"] += out["times"]
@@ -193,10 +200,9 @@ def costs(processes: int, iters: int) -> list[dict]:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """Each row's median time and its time and memory against the baseline of the same setting."""
-    base = {(r["ipc"], r["syn_steps"]): r for r in rows if r["variant"] == VARIANTS[0][0]}
     for r in rows:
         r["s_median"] = round(statistics.median(r["times"]), 2)
-        b = base.get((r["ipc"], r["syn_steps"]))
+        b = _baseline(rows, r["ipc"], r["syn_steps"])
         if b:
             r["time_ratio"] = round(statistics.median(r["times"]) / statistics.median(b["times"]), 3)
             r["memory_ratio"] = round(max(r["peak_above_setup_mb"]) / max(b["peak_above_setup_mb"]), 3)
@@ -257,10 +263,7 @@ def markdown(data: dict) -> str:
         verdicts.append(f"- IPC {ipc}: MTT {mtt_acc:.2f}% vs DC's {ANCHORS[int(ipc)]['DC']}%: {gap:+.2f} pts "
                         f"({'target met' if gap >= 0 else 'short of the target'}).")  # fmt: skip
     if verdicts:
-        base = next(
-            (c for c in data.get("cost", []) if (c["ipc"], c["syn_steps"], c["variant"]) == (10, 30, VARIANTS[0][0])),
-            None,
-        )
+        base = _baseline(data.get("cost", []), 10, 30)
         fast = min(
             (c for c in data.get("cost", []) if (c["ipc"], c["syn_steps"]) == (10, 30)),
             key=lambda c: c["s_median"],
@@ -327,7 +330,7 @@ def _cost_verdicts(rows: list[dict]) -> list[str]:
             f"time ({'meets' if fast['time_ratio'] <= 0.75 else 'misses'} the 0.75x target); `constant` peaks at "
             f"{const['memory_ratio']}x its memory ({'meets' if const['memory_ratio'] <= 0.3 else 'misses'} 0.3x)."
         )
-    base = next((r for r in rows if (r["ipc"], r["syn_steps"], r["variant"]) == (10, 30, VARIANTS[0][0])), None)
+    base = _baseline(rows, 10, 30)
     if base:
         per = max(base["peak_above_setup_mb"]) / (100 * 30) / 1024  # GB per image-step, unrolled
         out.append(

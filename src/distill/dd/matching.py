@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from distill.dd.augment import DSAConfig, dsa
 from distill.dd.buffer import Trajectory
-from distill.dd.synthetic import SyntheticSet
+from distill.dd.synthetic import SyntheticSet, cross_entropy
 from distill.losses import trajectory_matching
 
 Memory = Literal["unrolled", "constant"]
@@ -42,8 +41,7 @@ class StudentNet:
         self.net, self.names, self.compiled = net, names, compile
 
         def ce(params: list[Tensor], x: Tensor, t: Tensor) -> Tensor:
-            logits = functional_call(net, dict(zip(names, params)), (x,))
-            return F.cross_entropy(logits, t if not t.is_floating_point() else t.softmax(-1))
+            return cross_entropy(functional_call(net, dict(zip(names, params)), (x,)), t)
 
         def dot(params: list[Tensor], x: Tensor, t: Tensor, lam: list[Tensor]) -> Tensor:
             grads = torch.func.grad(ce)(params, x, t)
@@ -142,8 +140,7 @@ class _ConstantMemory(torch.autograd.Function):
             # theta_{i+1} = theta_i - lr * g(theta_i, x, t): the vector-Jacobian product with lam
             back, dot = ctx.steps.student.vjp(ctx.trajectory[i], x.detach(), t, lam, soft)
             d_lr = d_lr - dot
-            if x.requires_grad:
-                d_images -= alpha * torch.autograd.grad(x, leaf, back[1])[0]
+            d_images -= alpha * torch.autograd.grad(x, leaf, back[1])[0]
             if soft:
                 d_targets.index_add_(0, ctx.steps.plan[i][0], -alpha * back[2])
             lam = [a - alpha * b for a, b in zip(lam, back[0])]
@@ -172,7 +169,7 @@ class TrajectoryMatcher(nn.Module):
     ) -> None:
         super().__init__()
         self.synthetic = synthetic
-        names = list(trajectories[0][0]) if trajectories else [n for n, _ in net.named_parameters()]
+        names = list(trajectories[0][0])  # the parameters the experts saved, in their order
         # a template for functional_call: not trained, not saved (a list hides it from the module tree)
         self._student = [StudentNet(net.requires_grad_(False), names, compile)]
         self.trajectories = trajectories

@@ -5,11 +5,11 @@ module trains the experts of the buffer."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import Tensor, nn
 
 from distill.dd.augment import DSAConfig, dsa
+from distill.dd.synthetic import cross_entropy
 from distill.engine import TrainConfig, fit
 from distill.errors import DistillError
 from distill.evaluate import accuracy
@@ -26,9 +26,7 @@ class Classifier(nn.Module):
         self.dsa_cfg = dsa_cfg
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        labels = batch["labels"]
-        target = labels.softmax(-1) if labels.is_floating_point() else labels
-        return F.cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), target), {}
+        return cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), batch["labels"]), {}
 
 
 def train_and_test(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy against class indices, or against the softmax of soft-label logits (float targets)."""
+    return F.cross_entropy(logits, targets.softmax(-1) if targets.is_floating_point() else targets)
 
 
 class SyntheticSet(nn.Module):
