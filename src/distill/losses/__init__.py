@@ -11,6 +11,7 @@ from distill.losses.features import (
     rkd_distance,
 )
 from distill.losses.logits import cross_entropy, jsd, kl_div, reverse_kl
+from distill.losses.sequence import attention_maps, char_affinity
 from distill.losses.trajectory import trajectory_matching
 
 LOSSES = {
@@ -25,6 +26,8 @@ LOSSES = {
     "affinity": affinity,
     "rkd_distance": rkd_distance,
     "rkd_angle": rkd_angle,
+    "attention_maps": attention_maps,
+    "char_affinity": char_affinity,
 }
 # losses whose student input may pass through a learned projection to the teacher's width
 PROJECTED = {"hint"}
@@ -35,6 +38,8 @@ __all__ = [
     "Projection",
     "affinity",
     "attention_kl",
+    "attention_maps",
+    "char_affinity",
     "attention_relation",
     "attention_transfer",
     "cross_entropy",

@@ -13,9 +13,11 @@ from torch import Tensor, nn
 
 from distill.config import Section
 from distill.errors import DistillError
+from distill.models.recognizer import Recognizer
 from distill.models.vision import MLP, ConvNet, DCConvNet, ResNet
 
-ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP, "dc_convnet": DCConvNet, "resnet": ResNet}
+ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP, "dc_convnet": DCConvNet, "resnet": ResNet,
+                                   "recognizer": Recognizer}  # fmt: skip
 
 
 class ModelSpec(Section):
@@ -90,7 +92,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         )
 
 
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values")
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
 
 
 def call_model(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

@@ -13,14 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from distill.config import Section
 from distill.data import ImageData, ImageSplits, load_images
 from distill.engine import TrainConfig, check_fits
 from distill.evaluate import accuracy
-from distill.kd import Distiller, Term, check_refs, check_terms
+from distill.kd import Distiller, Term, Terms, check_refs
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
 
@@ -54,7 +54,7 @@ class Config(Section):
         default_factory=lambda: ModelSpec(arch="convnet", args={"channels": [8, 16, 32]}),
         description="the student network",
     )
-    objective: list[Term] = Field(
+    objective: Terms = Field(
         default_factory=lambda: [
             Term(
                 name="kd", loss="kl", weight=0.9, inputs=["student.logits", "teacher.logits"], args={"temperature": 4.0}
@@ -68,11 +68,6 @@ class Config(Section):
     )
     baseline: bool = Field(False, description="also train the student alone (cross-entropy, same budget)")
     eval_batch_size: int = Field(1000, gt=0, description="batch size of test-set evaluation")
-
-    @field_validator("objective")
-    @classmethod
-    def _terms(cls, terms: list[Term]) -> list[Term]:
-        return check_terms(terms)
 
     @model_validator(mode="after")
     def _names(self) -> Config:

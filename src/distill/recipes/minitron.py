@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from distill.config import Section
@@ -28,7 +28,7 @@ from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
-from distill.kd import Distiller, Term, check_terms
+from distill.kd import Distiller, Term, Terms
 from distill.models.llm import LlmSpec, load_causal_lm
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
@@ -81,7 +81,7 @@ class Config(Section):
     target: Target = Field(default_factory=lambda: Target(params=0.5), description="the pruned shape")
     search: Search = Field(default_factory=Search, description="architecture search (params budget only)")
     correction: TrainConfig | None = Field(None, description="teacher correction: fine-tune it on the corpus first")
-    objective: list[Term] = Field(
+    objective: Terms = Field(
         default_factory=lambda: [
             Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 1024}),
         ],
@@ -106,11 +106,6 @@ class Config(Section):
         description="prompts for greedy samples in the report",
     )
     sample_tokens: int = Field(24, ge=0, description="new tokens per greedy sample")
-
-    @field_validator("objective")
-    @classmethod
-    def _terms(cls, terms: list[Term]) -> list[Term]:
-        return check_terms(terms)
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:

@@ -1,0 +1,313 @@
+"""`distill unify`: the sequence losses by hand, the recogniser's decoding, per-sample routing to each domain's
+teacher, the text metrics, the data's errors, and the recipe end to end through the CLI (with a kill and resume)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import straight_killed_resumed
+from distill.cli import main
+from distill.engine import TrainConfig, fit
+from distill.kd import Distiller, precompute_signals, read_cached
+from distill.losses import attention_maps, char_affinity
+from distill.models.recognizer import Recognizer
+from distill.recipes.unify import CE, paper_objective
+from distill.textrec.data import DomainData, TextImageData, load_text_images
+from distill.textrec.evaluate import read
+from distill.textrec.text import Charset, character_error_rate, edit_distance, word_accuracy
+from test_cli import DISTILL, ENV, read_metrics, strip
+
+WORDS = " ".join(a + b + c for a in "bcdmt" for b in "aeiou" for c in "nst")  # 75 distinct words
+
+
+# --- losses against hand computations ----------------------------------------------------------
+def test_attention_maps_distance_by_hand_with_masking_and_resizing():
+    student = torch.tensor([[[[0.5, 0.5]], [[1.0, 0.0]]]])  # (B=1, T=2, 1, 2)
+    teacher = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    # step 0: 0.5^2 + 0.5^2 = 0.5; step 1: 1 + 1 = 2
+    assert attention_maps(student, teacher).item() == pytest.approx((0.5 + 2.0) / 2)
+    assert attention_maps(student, teacher, mask=torch.tensor([[True, False]])).item() == pytest.approx(0.5)
+    # a 1x2 student map against a 1x4 teacher map: bilinear resize gives 4 x 0.5, renormalised to 4 x 0.25
+    wide = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    assert attention_maps(student[:, :1], wide).item() == pytest.approx(0.75**2 + 3 * 0.25**2)
+
+
+def test_char_affinity_by_hand_with_masking_and_different_widths():
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (B=1, T=3, D=2); step 2 is padding
+    teacher = torch.tensor([[[2.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # D=3
+    # kept steps 0, 1: student similarities [[1, 0], [0, 1]], teacher [[1, 1], [1, 1]] -> squared diffs sum 2 over 4
+    assert char_affinity(student, teacher, mask=torch.tensor([[True, True, False]])).item() == pytest.approx(0.5)
+    # unmasked: student row 2 is [.71, .71] against teacher [0, 0, 1]: sims s=[[1,0,.71],[0,1,.71],[.71,.71,1]],
+    # t=[[1,1,0],[1,1,0],[0,0,1]]
+    r = 2**-0.5
+    by_hand = (2 * 1.0 + 4 * r**2) / 9
+    assert char_affinity(student, teacher).item() == pytest.approx(by_hand)
+
+
+def test_loss_gradients_reach_the_student_only():
+    s = torch.rand(2, 3, 2, 4, requires_grad=True)
+    t = torch.rand(2, 3, 2, 4, requires_grad=True)
+    (attention_maps(s.softmax(-1), t.softmax(-1)) + char_affinity(s.flatten(2), t.flatten(2))).backward()
+    assert s.grad.abs().sum() > 0 and t.grad is None
+
+
+# --- text and metrics --------------------------------------------------------------------------
+def test_charset_round_trip_and_teacher_forcing_tensors():
+    cs = Charset("ab1")
+    enc = cs.encode(["ab", "1"], max_length=3)
+    assert enc["labels"].tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
+    assert enc["decoder_input_ids"].tolist() == [[4, 1, 2, 0], [4, 3, 0, 0]]
+    assert enc["mask"].tolist() == [[True, True, True, False], [True, True, False, False]]
+    assert cs.decode(torch.tensor([[1, 2, 0, 3], [3, 4, 1, 1]])) == ["ab", "1"]  # cut at the end and the start token
+
+
+def test_edit_distance_word_accuracy_and_cer_by_hand():
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "ab") == 2 and edit_distance("ab", "ab") == 0
+    assert word_accuracy(["ab", "cd"], ["ab", "ce"]) == 0.5
+    # one substitution over 4 true characters, plus 2 insertions over... corpus-level: (1 + 2) / (2 + 2)
+    assert character_error_rate(["ab", "cdxy"], ["ab", "ce"]) == pytest.approx(3 / 4)
+
+
+# --- the recogniser ----------------------------------------------------------------------------
+def _pixels(texts: list[str]) -> torch.Tensor:
+    """Fixed tiny images: a block per character, at a height that encodes it (no fonts needed)."""
+    out = torch.zeros(len(texts), 1, 16, 32, dtype=torch.uint8)
+    for i, t in enumerate(texts):
+        for j, c in enumerate(t):
+            row = "ab1".index(c) * 5
+            out[i, 0, row : row + 5, 2 + 8 * j : 8 + 8 * j] = 255
+    return out
+
+
+def test_recogniser_learns_and_greedily_decodes_a_fixed_tiny_example():
+    cs, texts = Charset("ab1"), ["ab", "1", "ba", "a1b", "b", "11"]
+    data = {"pixel_values": _pixels(texts), **cs.encode(texts, max_length=3)}
+    torch.manual_seed(0)
+    model = Recognizer(num_chars=3, max_length=3, image_size=(16, 32), channels=[8, 16], hidden=32, embed=8)
+    cfg = TrainConfig(max_steps=150, batch_size=6, lr=1e-2, schedule="constant", progress=False)
+    fit(Distiller(model, [CE]), data, cfg, stage="tiny", run=None, accelerator=_cpu(), seed=0)
+    first = read(model, data["pixel_values"], cs, torch.device("cpu"))
+    assert first == texts  # greedy decoding, no teacher forcing, stops at the end token
+    assert read(model, data["pixel_values"], cs, torch.device("cpu"), batch_size=4) == first  # batching changes nothing
+    logits = model(data["pixel_values"], data["decoder_input_ids"])
+    assert logits.shape == (6, 4, 4)
+    assert model.glimpses(torch.zeros(1)).shape == (1,)  # the taps are identities
+
+
+def _cpu():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def test_greedy_decoding_stops_at_the_step_limit():
+    model = Recognizer(num_chars=3, max_length=4, image_size=(16, 32), channels=[4, 8], hidden=8, embed=4)
+    with torch.no_grad():
+        model.out.bias.zero_()
+        model.out.bias[1] = 100.0  # always 'a', never the end token
+    out = model.eval()(_pixels(["ab"]))
+    assert out.shape[1] == 5 and Charset("ab1").decode(out.argmax(-1)) == ["aaaaa"]
+
+
+# --- per-sample routing ------------------------------------------------------------------------
+def _two_teachers_and_a_batch():
+    torch.manual_seed(1)
+    make = lambda: Recognizer(num_chars=3, max_length=3, image_size=(16, 32), channels=[4, 8], hidden=8, embed=4)  # noqa: E731
+    teachers = {"printed": make().eval(), "handwritten": make().eval()}
+    texts = ["ab", "1", "ba", "a1b", "b"]
+    batch = {"pixel_values": _pixels(texts), **Charset("ab1").encode(texts, 3), "domain": torch.tensor([0, 1, 1, 0, 1])}
+    return teachers, batch
+
+
+def test_precomputed_signals_come_from_each_samples_own_teacher():
+    teachers, batch = _two_teachers_and_a_batch()
+    cached = precompute_signals(teachers, ["glimpses", "attention"], batch, "cpu", batch_size=2)
+    assert set(cached) == {"teacher_logits", "teacher_glimpses", "teacher_attention"}
+    with torch.no_grad():
+        for i, d in enumerate(batch["domain"].tolist()):
+            own = teachers[["printed", "handwritten"][d]]
+            one = {k: v[i : i + 1] for k, v in batch.items()}
+            assert torch.allclose(
+                cached["teacher_logits"][i], own(one["pixel_values"], one["decoder_input_ids"])[0], atol=1e-5
+            )
+            other = teachers[["handwritten", "printed"][d]]
+            assert not torch.allclose(
+                cached["teacher_logits"][i], other(one["pixel_values"], one["decoder_input_ids"])[0]
+            )
+
+
+def test_cached_signals_give_the_live_routed_objective():
+    teachers, batch = _two_teachers_and_a_batch()
+    torch.manual_seed(2)
+    student = Recognizer(num_chars=3, max_length=3, image_size=(16, 32), channels=[4, 8], hidden=6, embed=4).eval()
+    live = Distiller(student, paper_objective(), teachers)
+    live.build(batch)
+    loss_live, terms_live = live(batch)
+    taps = ["attention", "glimpses"]
+    cached_batch = {**batch, **precompute_signals(teachers, taps, batch, "cpu")}
+    cached = Distiller(student, read_cached(paper_objective()))
+    cached.build(cached_batch)
+    cached.objective.projections.load_state_dict(live.objective.projections.state_dict())  # the same hint projection
+    loss_cached, terms_cached = cached(cached_batch)
+    assert set(terms_live) == {"ce", "logits", "hint", "attention", "affinity"}
+    for name in terms_live:
+        assert terms_cached[name].item() == pytest.approx(terms_live[name].item(), rel=1e-5), name
+    assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-5)
+
+
+# --- data -------------------------------------------------------------------------------------
+@pytest.fixture
+def words(tmp_path: Path) -> Path:
+    path = tmp_path / "words.txt"
+    path.write_text(WORDS)
+    return path
+
+
+def _tiny_data(words: Path, **over) -> TextImageData:
+    dom = {"train": 12, "val": 4, "test": 6}
+    return TextImageData(
+        domains=[
+            DomainData(name="printed", **dom),
+            DomainData(name="handwritten", kind="handwritten", digit_fraction=0.0, **dom),
+        ],
+        words=str(words),
+        height=16,
+        width=48,
+        max_length=5,
+        **over,
+    )
+
+
+def test_generated_domains_are_reproducible_and_test_words_are_held_out(words):
+    a, b = load_text_images(_tiny_data(words)), load_text_images(_tiny_data(words))
+    for split in ("train", "test"):
+        for x, y in zip(a.splits[split], b.splits[split]):
+            assert all(torch.equal(x[k], y[k]) for k in x)
+    assert a.splits["train"][0]["pixel_values"].shape == (12, 1, 16, 48)
+    assert a.union("train")["domain"].tolist() == [0] * 12 + [1] * 12
+    train_words = {t for texts in a.texts["train"] for t in texts if not t.isdigit()}
+    test_words = {t for texts in a.texts["test"] for t in texts if not t.isdigit()}
+    assert test_words and not train_words & test_words
+    c = load_text_images(_tiny_data(words, seed=1))
+    assert not torch.equal(a.splits["train"][0]["pixel_values"], c.splits["train"][0]["pixel_values"])
+
+
+def test_a_users_csv_of_images_is_read_and_split(tmp_path):
+    rows = ["image,text"]
+    for i in range(10):
+        Image.fromarray(np.full((20, 60), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,w{i}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    cfg = TextImageData(
+        domains=[
+            DomainData(name="mine", source=str(tmp_path)),
+            DomainData(name="also", source=str(tmp_path / "labels.csv")),
+        ],
+        height=16,
+        width=48,
+    )
+    data = load_text_images(cfg)
+    sizes = [len(data.texts[s][0]) for s in ("train", "val", "test")]
+    assert sizes == [7, 1, 2] and sorted(sum((data.texts[s][0] for s in ("train", "val", "test")), [])) == sorted(
+        f"w{i}" for i in range(10)
+    )
+
+
+# --- the recipe through the CLI ---------------------------------------------------------------
+def _tiny_run(words: Path, out: Path) -> list[str]:
+    return [
+        "data.domains=[{name: printed, train: 48, val: 8, test: 8}, {name: handwritten, kind: handwritten, "
+        "train: 48, val: 8, test: 8, digit_fraction: 0.0}]",
+        f"data.words={words}",
+        "data.height=16",
+        "data.width=48",
+        "data.max_length=6",
+        "teacher.args={channels: [8, 16], hidden: 16, embed: 8}",
+        "student.args={channels: [4, 8], hidden: 8, embed: 8}",
+        "teacher_train={epochs: 2, batch_size: 16, progress: false, log_every: 2}",
+        "train={epochs: 2, batch_size: 16, progress: false, log_every: 2, save_every: 2}",
+        "examples=2",
+        "eval_batch_size=16",
+        f"run.output_dir={out}",
+    ]
+
+
+def test_end_to_end_through_the_cli_with_ablations(words, tmp_path, capsys):
+    assert main(["unify", *_tiny_run(words, tmp_path), "run.run_name=tiny", "ablations=true"]) == 0
+    out = capsys.readouterr().out
+    assert "| student KD |" in out and "| KD without affinity |" in out
+    run = tmp_path / "tiny"
+    result = json.loads((run / "results.json").read_text())
+    models = [r["model"] for r in result["rows"]]
+    assert models == [
+        "printed specialist",
+        "handwritten specialist",
+        "union, cross-entropy",
+        "student KD",
+        "KD without logits",
+        "KD without hint",
+        "KD without attention",
+        "KD without affinity",
+    ]
+    assert all(0 <= r["printed_word_accuracy"] <= 1 and r["handwritten_cer"] >= 0 for r in result["rows"])
+    assert result["rows"][0]["params"] > result["rows"][3]["params"]  # the teachers are larger
+    assert (run / "readings.png").is_file() and "readings.png" in (run / "report.md").read_text()
+    logged = {
+        k
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r.get("stage") == "student"
+        for k in r
+    }
+    assert {"logits", "hint", "attention", "affinity", "ce"} <= logged  # each term logged on its own
+    assert (run / "student-no-hint" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_killed_while_the_student_trains_resumes_to_the_same_result(words, tmp_path):
+    over = _tiny_run(words, tmp_path)
+    straight_killed_resumed([*DISTILL, "unify"], over, ENV, tmp_path, "checkpoints/student")
+    a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", "killed"))
+    assert a == b
+    assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))
+
+
+# --- bad input: one line, a non-zero exit, no run directory -----------------------------------
+@pytest.mark.parametrize(
+    "make, word",
+    [
+        (lambda t, w: ["data.domains.0.fonts=[nosuch/Font.ttf]"], "nosuch/Font.ttf"),
+        (lambda t, w: [f"data.domains.0.source={(t / 'imgs').mkdir() or t / 'imgs'}"], "labels.csv"),
+        (lambda t, w: [f"data.domains.0.source={_bad_label(t)}"], "outside the character set"),
+    ],
+    ids=["missing font", "folder without labels", "label outside the charset"],
+)
+def test_bad_input_gives_one_line_and_leaves_nothing(make, word, words, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["unify", *_tiny_run(words, out), *make(tmp_path, words)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def _bad_label(tmp: Path) -> Path:
+    Image.fromarray(np.zeros((16, 48), np.uint8)).save(tmp / "x.png")
+    (tmp / "labels.csv").write_text("image,text\nx.png,Hello!\n")
+    return tmp / "labels.csv"
+
+
+def test_cli_refuses_cached_signals_with_an_unrouted_teacher_reference(words, tmp_path, capsys):
+    terms = (
+        "objective=[{name: ce, loss: ce, inputs: [student.logits, labels]}, "
+        "{name: kd, loss: kl, inputs: [student.logits, 'teacher[printed].logits']}]"
+    )
+    assert main(["unify", *_tiny_run(words, tmp_path / "runs"), terms]) == 2
+    err = capsys.readouterr().err
+    assert "teacher[routed]" in err and not (tmp_path / "runs").exists()
+    assert subprocess.run([*DISTILL, "unify", "--help"], env=ENV, capture_output=True).returncode == 0
