@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: demo demo-kd demo-mtt test test-fast lint bench bench-llm bench-online data clean
+.PHONY: demo demo-kd demo-mtt demo-unify test test-fast lint bench bench-llm bench-online bench-unify data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo-kd: $(STAMP) data
 
 demo-mtt: $(STAMP) data
 	$(BIN)/distill mtt --config configs/mtt/demo.yaml
+
+demo-unify: $(STAMP) data
+	$(BIN)/distill unify --config configs/unify/demo.yaml
 
 # a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~10 min on 2 cores).
 # Built for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF), not the build machine's own: a -march=native build
@@ -65,6 +68,9 @@ bench-llm: $(STAMP) data $(SERVER)
 
 bench-online: $(STAMP) data
 	$(BIN)/python benchmarks/online_austen.py
+
+bench-unify: $(STAMP) data
+	$(BIN)/python benchmarks/unify_text.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

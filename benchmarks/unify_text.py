@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, mean_std, write  # noqa: E402
+from common import RESULTS, machine, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.recipes import unify  # noqa: E402
 
@@ -78,6 +79,12 @@ def stage_speed(run_dir: Path) -> dict[str, float]:
     return {stage: statistics.median(v[1:] or v) for stage, v in rates.items()}
 
 
+def logged_minutes(run_dir: Path) -> float:
+    """Minutes from a run's first metrics record to its last (its stages' training and evaluation)."""
+    times = [r["time"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    return (max(times) - min(times)) / 60
+
+
 def verdict(diff: float, spread: float) -> str:
     if abs(diff) <= 2 * spread:
         return "tie (inside 2x the spread)"
@@ -91,11 +98,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-unify")
     p.add_argument("--name", default="unify_text")
     p.add_argument("--quick", action="store_true", help="tiny data and 1 epoch, to check the script")
+    p.add_argument("--note", default="", help="a remark kept with the results (e.g. how a run was resumed)")
     args = p.parse_args()
     root = Path(args.out)
-    t0 = time.perf_counter()
     runs = [run_seed(args, root, s, s < args.ablation_seeds) for s in range(args.seeds)]
-    wall = time.perf_counter() - t0
+    minutes = {f"seed{s}": logged_minutes(root / f"seed{s}") for s in range(args.seeds)}
 
     domains = runs[0]["info"]["domains"]
     metrics = [f"{d}_{m}" for d in domains for m in ("word_accuracy", "cer")] + ["mean_word_accuracy"]
@@ -140,7 +147,9 @@ def main() -> None:
             if f"KD without {t}" in per_model
         },
     }
-    speed = stage_speed(root / "seed0")
+    # seed 1's union and KD students trained alone on the machine (seed 0's first stages shared it, see the note)
+    speed_run = "seed1" if args.seeds > 1 else "seed0"
+    speed = {k: v for k, v in stage_speed(root / speed_run).items() if k in ("union", "student")}
     res = {
         "budget": {
             "train_images_per_domain": runs[0]["info"]["train_images"],
@@ -154,10 +163,13 @@ def main() -> None:
         "params": params,
         "models": summary,
         "claims": claims,
-        "images_per_s_seed0": speed,
-        "wall_s": wall,
+        "images_per_s": {"run": speed_run, "stages": speed},
+        "logged_minutes": minutes,
+        "note": args.note,
         "machine": machine(),
     }
+    shutil.copyfile(root / "seed0" / "readings.png", RESULTS / f"{args.name}_readings.png")
+    res["figure"] = f"{args.name}_readings.png"
     write(args.name, res, markdown(res, domains))
     print(markdown(res, domains))
 
@@ -171,7 +183,9 @@ def markdown(res: dict, domains: list[str]) -> str:
     lines = [
         "# Text is Text: one recogniser for printed and handwritten text (`distill unify`)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Wall time {res['wall_s'] / 60:.0f} min.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Logged time per run (min): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in res["logged_minutes"].items())
+        + (f". {res['note']}" if res["note"] else "."),
         f"Budget: {b['train_images_per_domain']} training and {b['test_images_per_domain']} test images per domain; "
         f"specialists {b['teacher_epochs']} epochs on their domain (trained once, seed 0); students "
         f"{b['student_epochs']} epochs on the union; {b['seeds']} seeds (ablations on {b['ablation_seeds']}). "
@@ -207,11 +221,12 @@ def markdown(res: dict, domains: list[str]) -> str:
             f"- {term}: {100 * v['mean']:+.1f} ± {100 * v['std']:.1f} pts "
             f"(per seed {', '.join(f'{100 * x:+.1f}' for x in v['diffs'])}): {v['verdict']}"
         )
-    speed = res["images_per_s_seed0"]
+    lines += ["", f"Test images read by each model (seed 0; green: right, red: wrong): ![readings]({res['figure']})"]
+    speed = res["images_per_s"]
     lines += [
         "",
-        "Training speed of seed 0's stages (images/s, median of logged windows): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in speed.items()),
+        f"Training speed of {speed['run']}'s stages (images/s, median of logged windows): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in speed["stages"].items()),
         "",
     ]
     return "\n".join(lines)

@@ -41,23 +41,23 @@ def readings_figure(path: str | Path, images: Tensor, truth: list[str], readings
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from distill.plots import save_figure
 
     models = list(readings)
+    n = len(models)
     fig, axes = plt.subplots(
-        len(images),
-        2,
-        figsize=(3.2 + 1.5 * len(models), 0.62 * len(images) + 0.5),
-        gridspec_kw={"width_ratios": [1.6, 0.75 * len(models) + 0.8]},
-        squeeze=False,
-    )
+        len(images), 2, figsize=(2.6 + 1.3 * n, 0.62 * len(images) + 0.6),
+        gridspec_kw={"width_ratios": [2.4, 1.3 * n]}, squeeze=False,
+    )  # fmt: skip
     for r, (img, text) in enumerate(zip(images, truth)):
         left, right = axes[r]
         left.imshow(img[0].float().numpy(), cmap="gray", vmin=0, vmax=255)
         left.set_title(text, fontsize=7, loc="left", pad=1)
-        right.set_xlim(0, len(models) + 1)
+        right.set_xlim(0, n)
         for j, m in enumerate(models):
             said = readings[m][r]
             right.text(
@@ -70,7 +70,7 @@ def readings_figure(path: str | Path, images: Tensor, truth: list[str], readings
                 family="monospace",
             )
             if r == 0:
-                right.text(j + 0.05, 1.25, m, fontsize=7, va="bottom", weight="bold")
+                right.text(j + 0.05, 1.2, textwrap.fill(m, 16), fontsize=7, va="bottom", weight="bold")
         for ax in (left, right):
             ax.set_xticks([])
             ax.set_yticks([])
