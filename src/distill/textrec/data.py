@@ -134,7 +134,7 @@ def _vocabulary(cfg: TextImageData, charset: Charset) -> dict[str, list[str]]:
 def _generate(cfg: TextImageData, dom: DomainData, index: int, vocab: dict[str, list[str]], charset: Charset):
     digits = "".join(c for c in DIGITS if c in charset.index)
     fonts = [
-        render.find_font(f, "".join(sorted(set("".join(vocab["train"])) | set(digits))))
+        render.find_font(f, charset.chars)
         for f in dom.fonts or (render.PRINTED_FONTS if dom.kind == "printed" else render.HANDWRITTEN_FONTS)
     ]
     pools = _mnist_pools(dom) if dom.kind == "handwritten" and dom.digit_fraction > 0 else None
