@@ -56,8 +56,18 @@ def _run_recipe(name: str, recipe: Recipe, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"distill {name}", add_help=False)
     parser.add_argument("--config")
     parser.add_argument("--resume")
+    parser.add_argument("--ask", help="a question for the trained models of --run (recipes that answer them)")
+    parser.add_argument("--run")
+    parser.add_argument("--variant")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.ask is not None:
+        if not hasattr(recipe, "ask"):
+            raise DistillError(f"distill {name} takes no --ask: its models do not answer questions")
+        if not args.run:
+            raise DistillError(f"distill {name} --ask needs --run RUN_DIR, a finished run whose models answer")
+        print(recipe.ask(args.run, args.ask, *([args.variant] if args.variant else [])))
+        return 0
     if args.resume:
         if args.config or args.overrides:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")

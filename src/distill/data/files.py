@@ -20,8 +20,10 @@ def read_text(path: Path) -> str:
         raise DistillError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
 
 
-def read_jsonl(path: Path, field: str) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file, each holding `field`; a bad line is named by its number."""
+def read_jsonl(path: Path, field: str | tuple[str, ...], hint: str = "set data.text_field") -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, each holding `field` (or every one of several); a bad line is named
+    by its number, which each record keeps as `_line`."""
+    fields = (field,) if isinstance(field, str) else field
     records = []
     for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -32,7 +34,8 @@ def read_jsonl(path: Path, field: str) -> list[dict[str, Any]]:
             raise DistillError(f"{path} line {n} is not JSON: {e.msg}") from None
         if not isinstance(record, dict):
             raise DistillError(f"{path} line {n} is not a JSON object")
-        if field not in record:
-            raise DistillError(f"{path} line {n} has no field {field!r} (it has {sorted(record)}); set data.text_field")
-        records.append(record)
+        for f in fields:
+            if f not in record:
+                raise DistillError(f"{path} line {n} has no field {f!r} (it has {sorted(record)}); {hint}")
+        records.append({**record, "_line": n})
     return records

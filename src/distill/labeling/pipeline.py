@@ -4,9 +4,9 @@ holds, send the rest, and save every answer the moment it arrives."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
@@ -15,7 +15,7 @@ from distill.config import Section
 from distill.data.labeled_text import Item
 from distill.labeling.clients import Request
 from distill.labeling.store import LabelStore, Response
-from distill.labeling.task import Task, prompt_hash
+from distill.labeling.task import Messages, Task, prompt_hash
 
 
 class Sampling(Section):
@@ -45,9 +45,13 @@ class Labelled:
 
 
 def requests(task: Task, items: Sequence[Item], sampling: Sampling) -> list[tuple[Item, Request]]:
+    return prompt_requests([(item, task.messages(item.text, sampling.mode)) for item in items], sampling)
+
+
+def prompt_requests(prompts: Sequence[tuple[Any, Messages]], sampling: Sampling) -> list[tuple[Any, Request]]:
+    """K requests (samples) of each (item, chat)."""
     out = []
-    for item in items:
-        messages = task.messages(item.text, sampling.mode)
+    for item, messages in prompts:
         key = prompt_hash(messages, sampling.params())
         for k in range(sampling.samples):
             seed = request_seed(key, k, sampling.seed)
@@ -64,7 +68,20 @@ def label(
     store: LabelStore, client, teacher: str, task: Task, items: Sequence[Item], sampling: Sampling, desc: str = "label"
 ) -> Labelled:
     """Every item's K parsed labels; only the answers the store lacks are requested."""
-    todo = requests(task, items, sampling)
+    return ask(store, client, teacher, requests(task, items, sampling), task.parse, sampling.mode, desc)
+
+
+def ask(
+    store: LabelStore,
+    client,
+    teacher: str,
+    todo: Sequence[tuple[Item, Request]],
+    parse: Callable[[str], str | None],
+    mode: str,
+    desc: str = "ask",
+) -> Labelled:
+    """Send the requests the store lacks, save each answer (raw and `parse`d) the moment it arrives, and
+    return every item's parsed answers in request order. Any prompt and any parser: labels, decompositions."""
     have = store.done(teacher, [(r.key, r.sample) for _, r in todo])
     pending = [(item, r) for item, r in todo if (r.key, r.sample) not in have]
     by_request = {id(r): item for item, r in pending}
@@ -72,12 +89,12 @@ def label(
     with tqdm(total=len(todo), initial=len(todo) - len(pending), desc=desc, unit="answer", dynamic_ncols=True) as bar:
         for r, gen in client.generate([r for _, r in pending]):
             item = by_request[id(r)]
-            store.put(Response(teacher, r.key, r.sample, item.id, sampling.mode, gen.text, task.parse(gen.text),
+            store.put(Response(teacher, r.key, r.sample, item.id, mode, gen.text, parse(gen.text),
                                gen.latency_s, gen.prompt_tokens, gen.completion_tokens, gen.logprobs))  # fmt: skip
             bar.update(1)
     seconds = time.perf_counter() - t0
     stored = store.labels(teacher, [(r.key, r.sample) for _, r in todo])  # just this call's answers
-    labels: dict[str, list[str | None]] = {item.id: [] for item in items}
+    labels: dict[str, list[str | None]] = {item.id: [] for item, _ in todo}
     for item, r in todo:
         labels[item.id].append(stored[(r.key, r.sample)])
     return Labelled(labels, len(pending), seconds)

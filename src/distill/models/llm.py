@@ -129,3 +129,22 @@ def load_tokenizer(path: str):
 def same_vocabulary(a, b) -> bool:
     """Whether two tokenizers map every token to the same id (what distilling logits needs)."""
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+class TargetLM(torch.nn.Module):
+    """A causal LM trained on its target tokens only, for the engine: a batch {"input_ids", "attention_mask",
+    "labels"} (labels -100 off target) -> (loss, {"ce": loss}). Each batch is cut to its longest row, and the
+    output head runs only where a label is (a 49k-word head over every prompt token would be most of a step)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n = int(batch["attention_mask"].sum(1).max())
+        ids, mask, labels = (batch[k][:, :n] for k in ("input_ids", "attention_mask", "labels"))
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        keep = labels != -100
+        logits = self.model.get_output_embeddings()(hidden[keep])
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+        return loss, {"ce": loss.detach()}

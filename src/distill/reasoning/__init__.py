@@ -1,0 +1,2 @@
+"""Math word problems and step-by-step reasoning: problems, teacher decompositions, training targets, the
+question-generator / answerer loop (Socratic CoT)."""

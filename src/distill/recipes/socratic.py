@@ -1,0 +1,207 @@
+"""Socratic CoT ("Distilling Reasoning Capabilities into Smaller Language Models", Shridhar et al. 2023).
+
+Stages, in order:
+    1. problems   train / validation / test splits (a JSONL file, or gsm_symbolic generated from a seed)
+    2. annotate   the teacher writes one sub-question per solution step (or a whole decomposition when a
+                  problem has no solution); strict parsing, rejections counted; every answer stored at once
+    3. teacher    the teacher's own accuracy on the test split (optional)
+    4. students   from the same pretrained weights, on the same problems, batches and budget: answer-only,
+                  chain-of-thought, the Socratic question generator and answerer, and the unified model
+    5. evaluate   each student solves the test split (the QG -> QA loop for the Socratic pair), same
+                  calculator and step limit; accuracy, by number of steps, tokens per problem, traces
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from distill.config import Section
+from distill.engine import TrainConfig, check_fits
+from distill.errors import DistillError
+from distill.labeling.clients import LlmTeacher, client
+from distill.labeling.pipeline import Sampling, prompt_requests
+from distill.labeling.pipeline import ask as ask_teacher
+from distill.labeling.stages import OnDemand
+from distill.labeling.store import LabelStore
+from distill.models.llm import LlmSpec, TargetLM, hf_dir, load_causal_lm
+from distill.reasoning.annotate import REASONS, annotate, parse_final, solve_messages
+from distill.reasoning.formats import encode, header
+from distill.reasoning.problems import Problem, ProblemData, load_problems, parse_number, same
+from distill.reasoning.solve import Lm, Trace, solve
+from distill.recipe import Result, RuntimeConfig, start
+from distill.report import markdown_table
+
+name = "socratic"
+Variant = Literal["answer", "cot", "socratic", "unified"]
+LABELS = {"answer": "answer-only", "cot": "chain of thought", "socratic": "Socratic QG + QA", "unified": "unified"}
+ROLES = {"answer": ["answer"], "cot": ["cot"], "socratic": ["qg", "qa"], "unified": ["unified"]}
+
+
+class Inference(Section):
+    """How students solve a problem."""
+
+    max_steps: int = Field(8, gt=0, description="most lines (CoT) or sub-question/answer pairs (Socratic)")
+    max_tokens: int = Field(96, gt=0, description="longest line")
+    calculator: bool = Field(True, description="recompute every 'a op b = c' and '<<a op b=c>>' in each line")
+    batch_size: int = Field(16, gt=0, description="problems per generate() call")
+
+
+class Students(Section):
+    """The small models and how they train (each variant from the same weights, same budget)."""
+
+    model: LlmSpec = Field(default_factory=LlmSpec, description="any causal LM: an HF directory, .gguf, bundled")
+    variants: list[Variant] = Field(default_factory=lambda: ["answer", "cot", "socratic", "unified"])
+    max_length: int = Field(384, gt=8, description="longest training sequence in tokens (longer ones are cut)")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            epochs=3, batch_size=8, lr=5e-5, weight_decay=0.0, schedule="linear", warmup_steps=5, log_every=10
+        )  # fmt: skip
+    )
+
+
+class Config(Section):
+    """`distill socratic`: a teacher's sub-questions -> a small question generator and answerer (Socratic CoT)."""
+
+    run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed")
+    data: ProblemData = Field(default_factory=ProblemData, description="the problems")
+    teacher: LlmTeacher | None = Field(None, description="teacher.kind: server | local; null: gold sub-questions")
+    annotation: Sampling = Field(
+        default_factory=lambda: Sampling(mode="cot", samples=1, temperature=0.0, max_tokens=256),
+        description="how the teacher is asked for decompositions (samples > 1: the first sample that passes)",
+    )
+    teacher_accuracy: bool = Field(True, description="also let the teacher solve the test split")
+    store: str | None = Field(None, description="SQLite store of the teacher's answers (default: <run>/teacher.sqlite)")
+    students: Students = Field(default_factory=Students)
+    inference: Inference = Field(default_factory=Inference)
+    traces: int = Field(3, ge=0, description="example solutions per variant in the report")
+
+
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
+    # 1. problems, and everything a user can get wrong, before the run directory exists
+    splits = load_problems(cfg.data)
+    train, test = splits["train"], splits["test"]
+    if cfg.teacher is None and not all(p.subquestions for p in train):
+        raise DistillError("teacher is null, so every training problem needs gold subquestions; set teacher")
+    check_fits(len(train), cfg.students.train, "students.train")
+    hf_dir(cfg.students.model.path)  # a missing student model fails now, not after the teacher's work
+    teacher = None
+    if cfg.teacher is not None:
+        teacher = client(cfg.teacher) if resume is None else OnDemand(cfg.teacher)
+        if resume is None:
+            teacher.check()
+    ctx = start(name, cfg, cfg.run, resume)
+    store = LabelStore(cfg.store or ctx.run.path / "teacher.sqlite")
+
+    # 2. the teacher's decompositions
+    t0 = time.perf_counter()
+    decomps, reasons = annotate(store, teacher, cfg.teacher.name if cfg.teacher else "gold", train, cfg.annotation)
+    yield_row = {"problems": len(train), "kept": len(decomps), "yield": round(len(decomps) / len(train), 4),
+                 **{r: reasons.get(r, 0) for r in REASONS},
+                 "minutes": round((time.perf_counter() - t0) / 60, 1)}  # fmt: skip
+    check_fits(len(decomps), cfg.students.train, "students.train (the problems kept after annotation)")
+
+    # 3. the teacher's own accuracy
+    rows: list[dict[str, Any]] = []
+    if cfg.teacher is not None and cfg.teacher_accuracy:
+        done = ask_teacher(store, teacher, cfg.teacher.name, prompt_requests([(p, solve_messages(p)) for p in test],
+                   Sampling(mode="cot", samples=1, temperature=0.0, max_tokens=320)), parse_final, "solve",
+                   "teacher solves")  # fmt: skip
+        answers = [parse_number(done.labels[p.id][0] or "") for p in test]
+        rows.append(_row(f"teacher ({cfg.teacher.name})", "-", [same(a, p.answer) for a, p in zip(answers, test)]))
+    store.close()
+
+    # 4-5. students, each then scored on the test split
+    by_steps: dict[str, dict[str, Any]] = defaultdict(dict)
+    examples = []
+    for variant in cfg.students.variants:
+        lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
+        t0 = time.perf_counter()
+        traces = solve(test, "socratic" if variant in ("socratic", "unified") else variant, *lms,
+                       **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")  # fmt: skip
+        correct = [same(t.answer, t.problem.answer) for t in traces]
+        rows.append(_row(LABELS[variant], len(decomps), correct, traces, time.perf_counter() - t0))
+        for n, ok in _by_steps(traces, correct).items():
+            by_steps[n][LABELS[variant]] = ok
+        examples += [_example(LABELS[variant], t) for t in traces[: cfg.traces]]
+        del lms
+    steps_table = [{"solution steps": n, **v} for n, v in sorted(by_steps.items())]
+    products = {LABELS[v]: [f"students/{r}" for r in ROLES[v]] for v in cfg.students.variants}
+    return ctx.finish(Result(name, ctx.run.path, rows, products=products,
+                             tables={"annotation": [yield_row], "accuracy by solution steps": steps_table,
+                                     "example solutions": examples},
+                             info={"teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
+                                   "train_problems": len(train), "test_problems": len(test)}))  # fmt: skip
+
+
+def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
+    """Fine-tune a fresh copy of the student on `role`'s targets (engine; resumable); saved as an HF directory."""
+    s = cfg.students
+    ctx.seed_stage(f"{role}/init")
+    model, tok = load_causal_lm(s.model)
+    data = encode(tok, decomps, role, s.max_length)
+    # every student sees the problems in the same order: they differ in targets only
+    ctx.fit(TargetLM(model), data, s.train, stage=role, product=model, seed_from="students")
+    out = ctx.run.path / "students" / role
+    if ctx.accelerator.is_main_process and not (out / "config.json").exists():
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    return Lm(model.eval(), tok)
+
+
+def _row(model: str, trained_on: Any, correct: list[bool], traces: list[Trace] | None = None,
+         seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+    n, k = len(correct), sum(correct)
+    lo, hi = wilson(k, n)
+    row = {"model": model, "trained_on": trained_on, "accuracy": round(k / n, 4), "ci95": f"{lo:.3f}-{hi:.3f}"}
+    if traces is not None:
+        row["tokens_per_problem"] = round(sum(t.tokens for t in traces) / n, 1)
+        row["no_final_answer"] = sum(t.answer is None for t in traces)
+        row["problems_per_s"] = round(n / seconds, 3) if seconds else None
+    return row
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _by_steps(traces: list[Trace], correct: list[bool]) -> dict[int, str]:
+    groups: dict[int, list[bool]] = defaultdict(list)
+    for t, ok in zip(traces, correct):
+        groups[len(t.problem.steps)].append(ok)
+    return {n: f"{sum(v)}/{len(v)}" for n, v in groups.items()}
+
+
+def _example(variant: str, t: Trace) -> dict[str, Any]:
+    text = (header(t.problem) + t.text).strip().replace("\n", " ⏎ ")
+    return {"variant": variant, "gold": t.problem.answer, "answer": t.answer, "solution": text}
+
+
+def table(result: Result) -> str:
+    return markdown_table(result.rows)
+
+
+def ask(run_dir: str, question: str, variant: str = "socratic") -> str:
+    """`distill socratic --ask QUESTION --run RUN_DIR`: the trained students of a run solve one problem."""
+    cfg_roles = ROLES.get(variant)
+    if cfg_roles is None:
+        raise DistillError(f"variant {variant!r}: choose one of {sorted(ROLES)}")
+    lms = []
+    for role in cfg_roles:
+        d = Path(run_dir) / "students" / role
+        if not (d / "config.json").is_file():
+            raise DistillError(f"{run_dir} has no trained {role} student ({d}); run distill socratic first")
+        lms.append(Lm(*load_causal_lm(LlmSpec(path=str(d)))))
+    p = Problem("ask", " ".join(question.split()), math.nan)
+    (t,) = solve([p], "socratic" if variant in ("socratic", "unified") else variant, *lms)
+    return header(p) + t.text + f"\nfinal answer: {'none' if t.answer is None else f'{t.answer:g}'}"

@@ -1,0 +1,301 @@
+"""`distill socratic`: problems and numbers, the teacher's decompositions (strict parsing on tricky
+replies), training targets, the QG -> QA loop, end to end through the CLI, a killed run, user errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+from distill.errors import DistillError
+from distill.labeling.store import LabelStore
+from distill.reasoning import solve as solve_module
+from distill.reasoning.annotate import Decomposition, check, parse
+from distill.reasoning.formats import STOP, encode
+from distill.reasoning.problems import (
+    Problem,
+    ProblemData,
+    calculate,
+    final_answer,
+    load_problems,
+    parse_number,
+    solution_steps,
+)
+from distill.reasoning.solve import Lm, lines, solve
+from fake_openai import FakeServer
+from llm_fixtures import char_tokenizer, save_tiny_llama
+
+DISTILL = [sys.executable, "-m", "distill.cli"]
+
+
+# --- numbers, steps, the calculator ----------------------------------------------------------
+def test_numbers_are_parsed_strictly():
+    assert parse_number("1,234") == 1234 and parse_number(" -3.5 ") == -3.5 and parse_number("$40") == 40
+    assert parse_number("12.") == 12 and parse_number(".5") == 0.5
+    for bad in ["12 apples", "about 12", "1,23", "", "twelve", "3/4"]:
+        assert parse_number(bad) is None, bad
+    assert final_answer("So 3 + 4 = 7\n#### 7\n") == 7
+    assert final_answer("#### 7 apples") is None and final_answer("the answer is 7") is None
+
+
+def test_calculator_recomputes_every_result():
+    assert calculate("Natalia sold 48/2 = 25 clips in May.") == "Natalia sold 48/2 = 24 clips in May."
+    assert calculate("paid $700000 x 3/100 = $20000 in fees") == "paid $700000 x 3/100 = $21000 in fees"
+    assert calculate("so <<48+24=70>>70 clips") == "so <<48+24=72>>70 clips"
+    assert calculate("1,000 * 1.5 = 1") == "1,000 * 1.5 = 1500" and calculate("7 / 2 = 3") == "7 / 2 = 3.5"
+    assert calculate("He has 48 = 48 clips, 5 / 0 = 1") == "He has 48 = 48 clips, 5 / 0 = 1"  # nothing to compute
+
+
+def test_solution_steps_join_headings_to_the_step_they_introduce():
+    sol = (
+        "Let's solve this step by step:\n\n1. Initial amounts:\n   • 35 × 3 = 105 kiwi\n"
+        "2. Total: 105 + 35 = 140\n#### 140"
+    )
+    assert solution_steps(sol) == ["Let's solve this step by step: 1. Initial amounts: 35 × 3 = 105 kiwi",
+                                   "2. Total: 105 + 35 = 140"]  # fmt: skip
+
+
+# --- the teacher's decompositions --------------------------------------------------------------
+P = Problem("p", "Ann has 3 bags of 4 apples and eats 2. How many are left?", 10.0,
+            "Ann has 3 * 4 = 12 apples.\nShe has 12 - 2 = 10 left.\n#### 10")  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    ("Q1: How many apples does Ann have?\nQ2: How many are left?", None),
+    ("  Q1. How many apples does Ann have?\n\nQ2) How many are left?  ", None),
+    ("Sure! Here are the questions:\nQ1: How many apples does Ann have?\nQ2: How many are left?", "unparsed"),
+    ("Q1: How many apples does Ann have?\nQ3: How many are left?", "unparsed"),
+    ("Q1: How many apples does Ann have?", "step count"),
+    ("Q1: How many apples does Ann have?\nQ2: How many are left?\nQ3: Why?", "step count"),
+    ("Q1: How many apples does Ann have?\nQ2: The apples left", "not a question"),
+    ("Q1: How many are left?\nQ2: how many are left?", "repeated"),
+    ("", "unparsed"),
+])  # fmt: skip
+def test_annotations_are_parsed_strictly(reply, reason):
+    d, why = check(P, parse(reply))
+    assert why == reason
+    if reason is None:
+        assert d.pairs == (("How many apples does Ann have?", "Ann has 3 * 4 = 12 apples."),
+                           ("How many are left?", "She has 12 - 2 = 10 left."))  # fmt: skip
+
+
+def test_self_written_decompositions_must_end_in_the_gold_answer():
+    bare = Problem("b", P.question, 10.0)
+    good = "Q1: How many apples?\nA1: 3 * 4 = 12\nQ2: How many are left?\nA2: 12 - 2 = 10\n#### 10"
+    d, why = check(bare, parse(good))
+    assert why is None and d.pairs[1] == ("How many are left?", "12 - 2 = 10")
+    assert check(bare, parse(good.replace("#### 10", "#### 11")))[1] == "wrong answer"
+    assert check(bare, parse(good.replace("\n#### 10", "")))[1] == "wrong answer"  # no final answer
+    assert check(bare, parse("Q1: How many apples?\nA1: 12\nQ2: How many are left?"))[1] == "unparsed"
+
+
+# --- what each student learns ------------------------------------------------------------------
+def test_each_variant_learns_its_own_lines():
+    tok = char_tokenizer()
+    d = Decomposition(Problem("t", "2 and 3?", 5.0), (("Sum?", "2+3=5"),))
+
+    def targets(variant: str) -> str:
+        data = encode(tok, [d], variant, 512)
+        keep = data["labels"][0] != -100
+        return tok.decode(data["labels"][0][keep].tolist())
+
+    assert targets("answer") == "#### 5\n"
+    assert targets("cot") == "2+3=5\n#### 5\n"
+    assert targets("qg") == f" Sum?\n {STOP}\n"
+    assert targets("qa") == " 2+3=5\n #### 5\n"
+    assert targets("unified") == f" Sum?\n 2+3=5\n {STOP}\n #### 5\n"
+    data = encode(tok, [d], "unified", 512)
+    full = tok.decode(data["input_ids"][0].tolist())
+    assert full == f"Problem: 2 and 3?\nQ: Sum?\nA: 2+3=5\nQ: {STOP}\nA: #### 5"  # inputs: all but the last token
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def scripted(monkeypatch, replies):
+    """Replace generation by a rule on the prompt; record every prompt."""
+    prompts = []
+
+    def fake_lines(lm, batch, max_tokens, batch_size):
+        prompts.extend(batch)
+        return [(replies(p), 3) for p in batch]
+
+    monkeypatch.setattr(solve_module, "lines", fake_lines)
+    return prompts
+
+
+def test_socratic_loop_stops_at_the_stop_question(monkeypatch):
+    def replies(prompt: str) -> str:
+        if prompt.endswith("Q:"):
+            return f" {STOP}" if prompt.count("\nQ:") > 2 else " How many?"
+        return " #### 10" if prompt.rstrip("A:").endswith(STOP + "\n") else " 3 * 4 = 13"
+
+    prompts = scripted(monkeypatch, replies)
+    (t,) = solve([P], "socratic", Lm.__new__(Lm), Lm.__new__(Lm), max_steps=8)
+    assert t.answer == 10 and t.calls == 6 and t.tokens == 18
+    assert "A: 3 * 4 = 12\n" in t.text, "the calculator fixes every generated line"
+    assert prompts[-1].endswith(f"Q: {STOP}\nA:")
+
+
+def test_loops_stop_at_the_step_limit(monkeypatch):
+    scripted(monkeypatch, lambda p: " How many?" if p.endswith("Q:") else " 1 + 1 = 2")
+    (t,) = solve([P], "socratic", Lm.__new__(Lm), max_steps=3)
+    assert t.calls == 6 and t.answer is None and t.text.count("Q:") == 3
+    scripted(monkeypatch, lambda p: "1 + 1 = 2")
+    (t,) = solve([P], "cot", Lm.__new__(Lm), max_steps=3)
+    assert t.calls == 4 and t.answer is None  # 3 steps and the final line's place
+    scripted(monkeypatch, lambda p: "#### 10")
+    (t,) = solve([P], "answer", Lm.__new__(Lm))
+    assert t.calls == 1 and t.answer == 10
+
+
+def test_batched_lines_stop_at_each_rows_newline(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path = save_tiny_llama(tmp_path / "m")
+    lm = Lm(AutoModelForCausalLM.from_pretrained(path), char_tokenizer())
+    prompts = ["Problem: a\nQ:", "Problem: a much longer problem text\nQ:", "x"]
+    got = lines(lm, prompts, max_tokens=12, batch_size=2)
+    assert lm.tok.padding_side == "left" and len(got) == 3
+    for (line, n), prompt in zip(got, prompts):
+        assert "\n" not in line and 1 <= n <= 12
+        # the same line as an unbatched, unpadded greedy run of that prompt alone
+        assert lines(lm, [prompt], max_tokens=12, batch_size=1)[0] == (line, n)
+
+
+# --- end to end ---------------------------------------------------------------------------------
+class Teacher(FakeServer):
+    """Decomposes by the rule 'one sub-question per step'; some problems get tricky replies."""
+
+    def answer(self, body: dict) -> str:
+        system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+        if system.startswith("Solve"):
+            return "I add them.\n#### 7" if "seven" in user else "#### 0"
+        n = int(re.search(r"Solution \((\d+) steps\)", user).group(1))
+        if "prose" in user:
+            return "Here you go:\n" + "\n".join(f"Q{i}: What is step {i}?" for i in range(1, n + 1))
+        if "short" in user:
+            n -= 1
+        return "\n".join(f"Q{i}: What is step {i}?" for i in range(1, n + 1))
+
+
+def problems_file(path: Path, n: int = 30) -> Path:
+    rows = []
+    for i in range(n):
+        a, b = i % 7 + 1, i % 5 + 2
+        tag = ["", "", "", "prose", "short", "seven"][i % 6]
+        rows.append(
+            {
+                "question": f"Tom has {a} pens and gets {b} more {tag}. How many pens?",
+                "answer": a + b,
+                "solution": f"Tom has {a} * 1 = {a} pens.\nHe gets {a} + {b} = {a + b} pens.\n#### {a + b}",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_args(tmp_path: Path, url: str) -> list[str]:
+    model = save_tiny_llama(tmp_path / "student")
+    return ["data.source=jsonl", f"data.path={problems_file(tmp_path / 'p.jsonl')}", "data.val=2", "data.test=6",
+            f"teacher={{kind: server, model: fake-teacher, url: '{url}', concurrency: 2}}",
+            f"students.model.path={model}", "students.train.epochs=1", "students.train.batch_size=4",
+            "students.train.progress=false", "inference.max_steps=3", "inference.max_tokens=6",
+            f"run.output_dir={tmp_path / 'runs'}", "run.run_name=r"]  # fmt: skip
+
+
+def test_end_to_end_through_the_cli(tmp_path, capsys):
+    with Teacher() as server:
+        assert main(["socratic", *tiny_args(tmp_path, server.url)]) == 0
+        asked = len(server.requests)
+    run = tmp_path / "runs" / "r"
+    result = json.loads((run / "results.json").read_text())
+    models = [r["model"] for r in result["rows"]]
+    assert models == ["teacher (server:fake-teacher)", "answer-only", "chain of thought", "Socratic QG + QA", "unified"]
+    (ann,) = result["tables"]["annotation"]
+    # 22 training problems: a sixth get prose around the questions, a sixth one question too few
+    problems = [q for q, _ in _split(tmp_path, "train")]
+    assert ann["problems"] == 22 and ann["kept"] == 22 - ann["unparsed"] - ann["step count"]
+    assert ann["unparsed"] == sum("prose" in q for q in problems) > 0
+    assert ann["step count"] == sum("short" in q for q in problems) > 0
+    teacher = result["rows"][0]
+    assert teacher["accuracy"] == pytest.approx(sum("seven" in q and a == 7 for q, a in _split(tmp_path, "test")) / 6)
+    for row in result["rows"][1:]:
+        assert row["trained_on"] == ann["kept"] and 0 <= row["accuracy"] <= 1 and row["tokens_per_problem"] > 0
+    for role in ["answer", "cot", "qg", "qa", "unified"]:
+        assert (run / "students" / role / "config.json").is_file()
+    assert "## annotation" in (run / "report.md").read_text().lower()
+    # a rerun of the finished run asks the teacher nothing new and trains nothing again
+    with Teacher() as server:
+        assert main(["socratic", "--resume", str(run)]) == 0
+        assert len(server.requests) == 0 and asked > 0
+    capsys.readouterr()
+    assert main(["socratic", "--ask", "Tom has 2 pens and gets 3 more. How many pens?", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Problem: Tom has 2 pens") and "final answer:" in out
+
+
+def _split(tmp_path, name):
+    split = load_problems(ProblemData(source="jsonl", path=str(tmp_path / "p.jsonl"), val=2, test=6))
+    return [(p.question, p.answer) for p in split[name]]
+
+
+@pytest.mark.slow
+def test_a_killed_annotation_loses_nothing_and_repeats_nothing(tmp_path):
+    store = tmp_path / "teacher.sqlite"
+    with Teacher(delay_s=0.05) as server:
+        args = [*tiny_args(tmp_path, server.url), f"store={store}", "data.val=0", "data.test=2"]
+        proc = subprocess.Popen([*DISTILL, "socratic", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists() and LabelStore(store).count() >= 8:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        before = {r["prompt_hash"] for r in LabelStore(store).responses()}
+        assert 8 <= len(before) < 28
+        asked_before = len(server.requests)
+        done = subprocess.run([*DISTILL, "socratic", "--resume", str(tmp_path / "runs" / "r")], capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        again = [b for b in server.requests[asked_before:] if b["messages"][0]["content"].startswith("You turn")]
+    after = list(LabelStore(store).responses())
+    assert len(after) == 28 + 2  # 28 decompositions, 2 test problems solved by the teacher
+    assert len(again) == 28 - len(before), "an annotation saved before the kill was asked for again"
+    split = load_problems(ProblemData(source="jsonl", path=str(tmp_path / "p.jsonl"), val=0, test=2))
+    question = {p.id: p.question for p in split["train"]}
+    done_before = {question[r["item"]] for r in after if r["prompt_hash"] in before and r["item"] in question}
+    reasked = {b["messages"][-1]["content"].split("\n")[0].removeprefix("Problem: ") for b in again}
+    assert len(done_before) == len(before) and not done_before & reasked
+
+
+# --- user errors: one line, non-zero exit, nothing half-written ----------------------------------
+def test_user_errors(tmp_path, capsys):
+    base = tiny_args(tmp_path, "http://127.0.0.1:9")  # nothing listens on port 9
+    capsys.readouterr()
+    assert main(["socratic", *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unreachable" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists(), "an unreachable teacher leaves no run directory"
+    bad = tmp_path / "bad.jsonl"
+    for line, message in [('{"question": "How many?"}', "has no field 'answer'"),
+                          ('{"question": "How many?", "answer": "seven"}', "'seven' is not a number"),
+                          ('{"answer": 3}', "has no field 'question'"), ("not json", "is not JSON")]:  # fmt: skip
+        bad.write_text('{"question": "Two?", "answer": 2}\n' + line + "\n")
+        assert main(["socratic", *base, f"data.path={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "line 2" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DistillError, match="does not exist"):
+        load_problems(ProblemData(source="jsonl", path=str(tmp_path / "none.jsonl")))
+    assert main(["socratic", "--ask", "How many?"]) == 2
+    assert "needs --run" in capsys.readouterr().err
+    assert main(["kd", "--ask", "How many?", "--run", "x"]) == 2
+    assert "takes no --ask" in capsys.readouterr().err
