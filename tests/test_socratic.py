@@ -167,6 +167,9 @@ def test_batched_lines_stop_at_each_rows_newline(tmp_path):
         assert "\n" not in line and 1 <= n <= 12
         # the same line as an unbatched, unpadded greedy run of that prompt alone
         assert lines(lm, [prompt], max_tokens=12, batch_size=1)[0] == (line, n)
+    # an untrained model never asks the stop question: the loop ends at the step limit, for every row
+    traces = solve([P, Problem("q", "How many?", 1.0)], "socratic", lm, lm, max_steps=2, max_tokens=5)
+    assert [(t.calls, t.done, t.text.count("Q:"), t.text.count("A:")) for t in traces] == [(4, True, 2, 2)] * 2
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -121,27 +122,43 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     by_steps: dict[str, dict[str, Any]] = defaultdict(dict)
     examples, per_problem = [], []
     for variant in cfg.students.variants:
-        lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
-        t0 = time.perf_counter()
-        traces = solve(test, "socratic" if variant in ("socratic", "unified") else variant, *lms,
-                       **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")  # fmt: skip
+        traces, seconds = evaluate(ctx, cfg, variant, decomps, test)
         correct = [same(t.answer, t.problem.answer) for t in traces]
-        rows.append(_row(LABELS[variant], len(decomps), correct, traces, time.perf_counter() - t0))
+        rows.append(_row(LABELS[variant], len(decomps), correct, traces, seconds))
         for n, ok in _by_steps(traces, correct).items():
             by_steps[n][LABELS[variant]] = ok
         examples += [_example(LABELS[variant], t) for t in traces[: cfg.traces]]
-        per_problem += [{"variant": variant, "id": t.problem.id, "steps": len(t.problem.steps),
-                         "gold": t.problem.answer, "answer": t.answer, "correct": ok, "tokens": t.tokens,
-                         "text": t.text} for t, ok in zip(traces, correct)]  # fmt: skip
-        del lms
+        per_problem += [{"variant": variant, **_record(t), "correct": ok} for t, ok in zip(traces, correct)]
     ctx.run.write_text("traces.jsonl", "".join(json.dumps(r) + "\n" for r in per_problem))
     steps_table = [{"solution steps": n, **v} for n, v in sorted(by_steps.items())]
-    products = {LABELS[v]: [f"students/{r}" for r in ROLES[v]] for v in cfg.students.variants}
+    products = {r: f"students/{r}" for v in cfg.students.variants for r in ROLES[v]}
     return ctx.finish(Result(name, ctx.run.path, rows, products=products,
                              tables={"annotation": [yield_row], "accuracy by solution steps": steps_table,
                                      "example solutions": examples},
                              info={"teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
                                    "train_problems": len(train), "test_problems": len(test)}))  # fmt: skip
+
+
+def evaluate(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tuple[list[Trace], float]:
+    """The variant's students (trained, or loaded when their stages are done) solve the test split; the
+    solutions and the time they took are kept in the run, so a resumed run does not solve again."""
+    saved = ctx.run.path / "solutions" / f"{variant}.json"
+    if saved.is_file():
+        by_id, rec = {p.id: p for p in test}, json.loads(saved.read_text())
+        traces = [Trace(by_id[r["id"]], r["text"], r["tokens"], r["calls"], True) for r in rec["traces"]]
+        return traces, rec["seconds"]
+    lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
+    mode = "socratic" if variant in ("socratic", "unified") else variant
+    t0 = time.perf_counter()
+    traces = solve(test, mode, *lms, **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")
+    seconds = time.perf_counter() - t0
+    ctx.run.write_json(f"solutions/{variant}.json", {"seconds": seconds, "traces": [_record(t) for t in traces]})
+    return traces, seconds
+
+
+def _record(t: Trace) -> dict[str, Any]:
+    return {"id": t.problem.id, "steps": len(t.problem.steps), "gold": t.problem.answer, "answer": t.answer,
+            "tokens": t.tokens, "calls": t.calls, "text": t.text}  # fmt: skip
 
 
 def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
@@ -153,9 +170,12 @@ def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
     # every student sees the problems in the same order: they differ in targets only
     ctx.fit(TargetLM(model), data, s.train, stage=role, product=model, seed_from="students")
     out = ctx.run.path / "students" / role
-    if ctx.accelerator.is_main_process and not (out / "config.json").exists():
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+    if ctx.accelerator.is_main_process and not out.is_dir():
+        tmp = out.with_name(f".{role}.tmp")  # the directory appears whole or not at all
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
     return Lm(model.eval(), tok)
 
 
