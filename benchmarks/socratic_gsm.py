@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.labeling.llama_server import llama_cpp_server  # noqa: E402
+from distill.labeling.store import LabelStore  # noqa: E402
 from distill.models.llm import CACHE  # noqa: E402
 from distill.recipes import socratic  # noqa: E402
 
@@ -73,16 +74,30 @@ def paired(correct: dict[str, list[bool]], a: str, b: str, draws: int = 10000) -
             "only_a": diff.count(1), "only_b": diff.count(-1)}  # fmt: skip
 
 
+def teacher_speed(path: Path) -> list[dict]:
+    """Per kind of request: how many, mean seconds each, completion tokens per second (from the store)."""
+    rows = []
+    for mode in ("decompose", "solve"):
+        rs = list(LabelStore(path).responses(mode=mode))
+        if rs:
+            secs, toks = sum(r["latency_s"] for r in rs), sum(r["completion_tokens"] or 0 for r in rs)
+            rows.append({"requests": mode, "n": len(rs), "s_each": round(secs / len(rs), 2),
+                         "completion_tokens_each": round(toks / len(rs), 1), "completion_tokens_s": round(toks / secs, 1)})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--note", default="", help="a remark kept with the results")
+    p.add_argument("--train", type=int, default=300, help="training problems offered to the teacher")
     args = p.parse_args()
     t0 = time.perf_counter()
     gguf = teacher_gguf()
     run_dir = ROOT / "run"
     with llama_cpp_server(gguf, ALIAS, ROOT / "server.log", n_ctx=2048, threads=2, port=8765) as url:
         over = [f"teacher={{kind: server, url: '{url}', model: {ALIAS}, concurrency: 1}}",
-                f"store={ROOT / 'teacher.sqlite'}", f"run.output_dir={ROOT}", "run.run_name=run"]  # fmt: skip
+                f"store={ROOT / 'teacher.sqlite'}", f"run.output_dir={ROOT}", "run.run_name=run",
+                f"data.max_train={args.train}"]  # fmt: skip
         resume = run_dir if (run_dir / "config.yaml").exists() else None
         cfg = load_config(socratic.Config, "gsm", over, recipe="socratic") if resume is None else None
         cfg = cfg or load_config(socratic.Config, run_dir / "config.yaml")
@@ -101,6 +116,7 @@ def main() -> None:
             "annotation": result["tables"]["annotation"], "by_steps": result["tables"]["accuracy by solution steps"],
             "paired": diffs, "examples": result["tables"]["example solutions"],
             "wall_min": round((time.perf_counter() - t0) / 60, 1), "note": args.note}  # fmt: skip
+    data["teacher_speed"] = teacher_speed(ROOT / "teacher.sqlite")
     write("socratic_gsm", data, markdown(data))
     print(markdown(data))
 
@@ -115,11 +131,14 @@ def markdown(d: dict) -> str:
         f"Teacher: {d['teacher']}. Students: {d['student']}, each fine-tuned from the same weights on the same "
         f"kept problems: {b['epochs']} epochs, batch {b['batch_size']}, lr {b['lr']}, linear decay; inference "
         f"greedy, line by line, calculator {'on' if b['calculator'] else 'off'}, at most {b['max_steps']} steps. "
-        f"{b['test_problems']} test problems, {b['seeds']} seed. Wall time {d['wall_min']} min "
-        "(the teacher's answers were made by an earlier start of this run and read from its store).", "",
+        f"{b['train_problems_offered']} training problems offered to the teacher, {b['test_problems']} test problems, "
+        f"{b['seeds']} seed; hyperparameters fixed before the run, none tuned. Wall time {d['wall_min']} min "
+        "(teacher answers already in the store are read, not asked again).", "",
         "## Accuracy on the test problems", "", markdown_table(d["rows"]), "",
         "## Paired differences (same test problems; 95% bootstrap interval)", "", markdown_table(d["paired"]), "",
         "## Teacher annotation", "", markdown_table(d["annotation"]), "",
+        "Teacher requests (latency includes prompt processing; llama.cpp reuses the shared prompt prefix):", "",
+        markdown_table(d["teacher_speed"]), "",
         "## Accuracy by number of solution steps", "", markdown_table(d["by_steps"]), "",
     ]  # fmt: skip
     if d["note"]:
