@@ -231,12 +231,13 @@ def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> li
         if sub is not None:
             rows.append((key, "section", "", field.description or ""))
             rows += describe(sub, key + ".", value)
-        elif field.discriminator is not None:  # each kind's fields, marked with the kind they belong to
+        elif (kinds := _kinds(field)) is not None:  # each kind's fields, marked with the kind they belong to
+            variants, disc = kinds
             rows.append((key, "section", "", field.description or ""))
-            for variant in typing.get_args(field.annotation):
-                kind = variant.model_fields[field.discriminator].default
+            for variant in variants:
+                kind = variant.model_fields[disc].default
                 shown = value if isinstance(value, variant) else None
-                rows += [(k, t, d, f"[{field.discriminator}={kind}] {x}".strip())
+                rows += [(k, t, d, f"[{disc}={kind}] {x}".strip())
                          for k, t, d, x in describe(variant, key + ".", shown)]  # fmt: skip
         elif item is not None:
             shown = "" if value is None else _short(value)
@@ -248,6 +249,19 @@ def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> li
                 shown = ""
             rows.append((key, _type_name(field.annotation), shown, field.description or ""))
     return rows
+
+
+def _kinds(field: Any) -> tuple[tuple[type, ...], str] | None:
+    """(the kinds, the discriminator) of a discriminated union field, also one that may be null."""
+    if field.discriminator is not None:
+        return typing.get_args(field.annotation), field.discriminator
+    for arg in typing.get_args(field.annotation):  # Annotated[A | B, Field(discriminator=...)] | None
+        if typing.get_origin(arg) is typing.Annotated:
+            inner, *meta = typing.get_args(arg)
+            disc = next((m.discriminator for m in meta if getattr(m, "discriminator", None)), None)
+            if disc is not None:
+                return typing.get_args(inner), disc
+    return None
 
 
 def _default(field: Any) -> Any:
