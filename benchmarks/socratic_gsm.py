@@ -89,7 +89,7 @@ def teacher_speed(path: Path) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--note", default="", help="a remark kept with the results")
-    p.add_argument("--train", type=int, default=300, help="training problems offered to the teacher")
+    p.add_argument("--train", type=int, default=240, help="training problems offered to the teacher")
     args = p.parse_args()
     t0 = time.perf_counter()
     gguf = teacher_gguf()
