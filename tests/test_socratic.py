@@ -87,6 +87,15 @@ def test_annotations_are_parsed_strictly(reply, reason):
                            ("How many are left?", "She has 12 - 2 = 10 left."))  # fmt: skip
 
 
+def test_the_teachers_final_answer_is_its_final_line_or_its_last_box():
+    from distill.reasoning.annotate import parse_final
+
+    assert parse_final("3 + 4 = 7\n#### 7") == "7"
+    assert parse_final("So \\(\\boxed{12}\\) cats, not \\boxed{1,300}.") == "1300"
+    assert parse_final("\\boxed{\\frac{1}{5}}") is None and parse_final("The answer is 7.") is None
+    assert parse_final("#### 7\nor \\boxed{8}") == "7"
+
+
 def test_self_written_decompositions_must_end_in_the_gold_answer():
     bare = Problem("b", P.question, 10.0)
     good = "Q1: How many apples?\nA1: 3 * 4 = 12\nQ2: How many are left?\nA2: 12 - 2 = 10\n#### 10"

@@ -93,8 +93,9 @@ def ask(
                                gen.latency_s, gen.prompt_tokens, gen.completion_tokens, gen.logprobs))  # fmt: skip
             bar.update(1)
     seconds = time.perf_counter() - t0
-    stored = store.labels(teacher, [(r.key, r.sample) for _, r in todo])  # just this call's answers
+    # this call's answers, parsed again from the stored replies: the parser may have learned a form since
+    stored = store.raw(teacher, [(r.key, r.sample) for _, r in todo])
     labels: dict[str, list[str | None]] = {item.id: [] for item, _ in todo}
     for item, r in todo:
-        labels[item.id].append(stored[(r.key, r.sample)])
+        labels[item.id].append(parse(stored[(r.key, r.sample)]))
     return Labelled(labels, len(pending), seconds)

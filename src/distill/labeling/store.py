@@ -77,13 +77,20 @@ class LabelStore:
 
     def labels(self, teacher: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
         """The stored parsed label of each (prompt_hash, sample) pair of `teacher` that is answered."""
+        return self._column(teacher, keys, "label")
+
+    def raw(self, teacher: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The stored reply of each (prompt_hash, sample) pair of `teacher` that is answered."""
+        return self._column(teacher, keys, "raw")
+
+    def _column(self, teacher: str, keys: Iterable[tuple[str, int]], column: str) -> dict[tuple[str, int], Any]:
         keys = set(keys)
         hashes = sorted({h for h, _ in keys})
-        out: dict[tuple[str, int], str | None] = {}
+        out: dict[tuple[str, int], Any] = {}
         for i in range(0, len(hashes), 500):
             chunk = hashes[i : i + 500]
-            q = f"SELECT prompt_hash, sample, label FROM responses WHERE teacher = ? AND prompt_hash IN ({','.join('?' * len(chunk))})"  # noqa: E501
-            out.update({(h, s): label for h, s, label in self.db.execute(q, [teacher, *chunk]) if (h, s) in keys})
+            q = f"SELECT prompt_hash, sample, {column} FROM responses WHERE teacher = ? AND prompt_hash IN ({','.join('?' * len(chunk))})"  # noqa: E501
+            out.update({(h, s): v for h, s, v in self.db.execute(q, [teacher, *chunk]) if (h, s) in keys})
         return out
 
     def done(self, teacher: str, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from distill.labeling.pipeline import Sampling, ask, prompt_requests
 from distill.labeling.store import LabelStore
 from distill.labeling.task import Messages
-from distill.reasoning.problems import FINAL, Problem, final_answer, fmt, same
+from distill.reasoning.problems import FINAL, Problem, final_answer, fmt, parse_number, same
 
 PAIRED = (
     "You turn the worked solution of a math word problem into sub-questions: for each step of the solution, "
@@ -160,6 +160,13 @@ def solve_messages(problem: Problem) -> Messages:
     return [{"role": "system", "content": SOLVE}, {"role": "user", "content": problem.question}]
 
 
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
 def parse_final(text: str) -> str | None:
+    """The teacher's final answer: its '#### N' line, else its last LaTeX \\boxed{N} (the form many chat
+    models are trained to write); the number parsed strictly either way."""
     value = final_answer(text)
+    if value is None and (boxed := BOXED.findall(text)):
+        value = parse_number(boxed[-1])
     return None if value is None else fmt(value)
