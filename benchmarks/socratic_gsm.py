@@ -70,7 +70,7 @@ def paired(correct: dict[str, list[bool]], a: str, b: str, draws: int = 10000) -
     rng, n = random.Random(0), len(diff)
     means = sorted(sum(rng.choice(diff) for _ in range(n)) / n for _ in range(draws))
     return {"pair": f"{a} - {b}", "diff_pts": round(100 * sum(diff) / n, 1),
-            "ci95_pts": [round(100 * means[int(0.025 * draws)], 1), round(100 * means[int(0.975 * draws)], 1)],
+            "ci95_pts": f"{100 * means[int(0.025 * draws)]:.1f} to {100 * means[int(0.975 * draws)]:.1f}",
             "only_a": diff.count(1), "only_b": diff.count(-1)}  # fmt: skip
 
 
@@ -121,6 +121,18 @@ def main() -> None:
     print(markdown(data))
 
 
+def verdict(paired: list[dict]) -> str:
+    """Whether the paper's ordering, Socratic > CoT > answer-only, held: each step's interval above 0."""
+    by = {p["pair"]: p for p in paired}
+    steps = [by[k] for k in ("socratic - cot", "cot - answer") if k in by]
+    held = [float(p["ci95_pts"].split(" to ")[0]) > 0 for p in steps]
+    said = "; ".join(f"{p['pair']}: {p['diff_pts']:+.1f} pts ({p['ci95_pts']})" for p in steps)
+    return (
+        f"The paper's ordering (Socratic > CoT > answer-only) {'held' if held and all(held) else 'did not hold'} "
+        f"here: {said}. A step holds only if its interval lies above 0."
+    )
+
+
 def markdown(d: dict) -> str:
     from distill.report import markdown_table
 
@@ -141,6 +153,7 @@ def markdown(d: dict) -> str:
         markdown_table(d["teacher_speed"]), "",
         "## Accuracy by number of solution steps", "", markdown_table(d["by_steps"]), "",
     ]  # fmt: skip
+    lines += [verdict(d["paired"]), ""]
     if d["note"]:
         lines += [d["note"], ""]
     return "\n".join(lines)
