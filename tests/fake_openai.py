@@ -8,6 +8,8 @@ answer (concurrency), and counts its requests.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,3 +90,19 @@ class FakeServer:
                 self._send(code, reply)
 
         return Handler
+
+
+def kill_once_stored(cmd: list[str], store, answers: int, env: dict | None = None) -> None:
+    """Run `cmd`, SIGKILL it as soon as the label store at `store` holds `answers` answers, and check that it
+    was killed (not finished) then."""
+    from distill.labeling.store import LabelStore
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists() and LabelStore(store).count() >= answers:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"

@@ -4,11 +4,9 @@ kill), the OpenAI-compatible client against a local HTTP server, and the labelli
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import sqlite3
 import subprocess
-import time
 
 import pytest
 
@@ -21,7 +19,7 @@ from distill.labeling.lexicon import polarity
 from distill.labeling.pipeline import Sampling, label, request_seed
 from distill.labeling.stages import resolve_task
 from distill.labeling.store import LabelStore, Response
-from fake_openai import FakeServer
+from fake_openai import FakeServer, kill_once_stored
 from test_cli import DISTILL, ENV
 
 TASK = resolve_task("movie_sentiment")
@@ -272,15 +270,7 @@ def test_a_killed_labelling_run_loses_nothing_and_repeats_nothing(tmp_path):
         args = ["label", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0", f"store={store}",
                 f"run.output_dir={tmp_path}", "run.run_name=k", "sampling.samples=4",
                 f"teacher={{kind: server, model: fake-teacher, url: '{server.url}', concurrency: 2}}"]  # fmt: skip
-        proc = subprocess.Popen([*DISTILL, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            if store.exists() and LabelStore(store).count() >= 40:
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        kill_once_stored([*DISTILL, *args], store, 40, env=ENV)
         before = {(r["prompt_hash"], r["sample"]) for r in LabelStore(store).responses()}
         assert 40 <= len(before) < 120
         asked_before = len(server.requests)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from distill.reasoning.problems import (
     solution_steps,
 )
 from distill.reasoning.solve import Lm, lines, solve
-from fake_openai import FakeServer
+from fake_openai import FakeServer, kill_once_stored
 from llm_fixtures import char_tokenizer, save_tiny_llama
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -263,15 +261,7 @@ def test_a_killed_annotation_loses_nothing_and_repeats_nothing(tmp_path):
     store = tmp_path / "teacher.sqlite"
     with Teacher(delay_s=0.05) as server:
         args = [*tiny_args(tmp_path, server.url), f"store={store}", "data.val=0", "data.test=2"]
-        proc = subprocess.Popen([*DISTILL, "socratic", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            if store.exists() and LabelStore(store).count() >= 8:
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        kill_once_stored([*DISTILL, "socratic", *args], store, 8)
         before = {r["prompt_hash"] for r in LabelStore(store).responses()}
         assert 8 <= len(before) < 28
         asked_before = len(server.requests)

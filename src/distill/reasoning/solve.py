@@ -25,10 +25,6 @@ class Trace:
     def answer(self) -> float | None:
         return final_answer(self.text.replace("A: ", ""))
 
-    @property
-    def steps(self) -> int:
-        return self.text.count("\nQ:") + self.text.startswith("Q:")
-
 
 @dataclass
 class Lm:
@@ -100,7 +96,7 @@ def solve(problems: list[Problem], variant: str, qg: Lm, qa: Lm | None = None, *
             t.done = True
             bar.update(1)
 
-    for step in range(max_steps + (variant != "answer")):
+    for step in range(max_steps + (variant == "cot")):  # CoT: max_steps lines, then the final line
         todo = [t for t in traces if not t.done]
         if not todo:
             break

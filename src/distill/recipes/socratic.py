@@ -218,11 +218,11 @@ def table(result: Result) -> str:
 
 def ask(run_dir: str, question: str, variant: str = "socratic") -> str:
     """`distill socratic --ask QUESTION --run RUN_DIR`: the trained students of a run solve one problem."""
-    cfg_roles = ROLES.get(variant)
-    if cfg_roles is None:
+    roles = ROLES.get(variant)
+    if roles is None:
         raise DistillError(f"variant {variant!r}: choose one of {sorted(ROLES)}")
     lms = []
-    for role in cfg_roles:
+    for role in roles:
         d = Path(run_dir) / "students" / role
         if not (d / "config.json").is_file():
             raise DistillError(f"{run_dir} has no trained {role} student ({d}); run distill socratic first")
