@@ -5,8 +5,10 @@ or a local `datasets` directory; tokenized and packed into fixed-length sequence
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +17,8 @@ from pydantic import Field
 from torch import Tensor
 
 from distill.config import Section
-from distill.data.files import read_jsonl, read_text
+from distill.data.files import iter_jsonl, read_text
+from distill.data.shards import TokenRows, TokenShards, tokenizer_fingerprint
 from distill.errors import DistillError
 
 AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
@@ -36,6 +39,11 @@ class TextData(Section):
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of sequences held out (the corpus's end)")
     max_sequences: int | None = Field(None, gt=0, description="use at most this many training sequences")
     max_val_sequences: int | None = Field(None, gt=0, description="evaluate on at most this many held-out sequences")
+    shards: str | None = Field(
+        None,
+        description="tokenize the corpus once into memory-mapped token shards in this directory and read rows from "
+        "them (memory does not grow with the corpus); null: hold the tokens in memory",
+    )
 
 
 def austen_novels() -> list[str]:
@@ -63,8 +71,14 @@ def austen_novels() -> list[str]:
 
 
 def read_texts(cfg: TextData) -> list[str]:
+    return list(iter_texts(cfg))
+
+
+def iter_texts(cfg: TextData) -> Iterator[str]:
+    """The corpus's documents one at a time (a JSONL file or a `datasets` directory is never read whole)."""
     if cfg.source == "austen":
-        return austen_novels()
+        yield from austen_novels()
+        return
     if not cfg.paths:
         raise DistillError(f"data.paths must name the {cfg.source} input(s)")
     if cfg.source == "datasets":
@@ -72,18 +86,20 @@ def read_texts(cfg: TextData) -> list[str]:
 
         ds = load_from_disk(cfg.paths[0])
         ds = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
-        return [str(t) for t in ds[cfg.text_field]]
-    texts = []
+        for start in range(0, len(ds), 1000):
+            yield from (str(t) for t in ds[start : start + 1000][cfg.text_field])
+        return
+    any_text = False
     for p in map(Path, cfg.paths):
         if not p.is_file():
             raise DistillError(f"text file {p} does not exist")
-        if p.suffix in (".jsonl", ".json"):
-            texts += [str(row[cfg.text_field]) for row in read_jsonl(p, cfg.text_field)]
-        else:
-            texts.append(read_text(p))
-    if not any(t.strip() for t in texts):
+        docs = (str(r[cfg.text_field]) for r in iter_jsonl(p, cfg.text_field)) if p.suffix in (".jsonl", ".json") \
+            else iter([read_text(p)])  # fmt: skip
+        for t in docs:
+            any_text = any_text or bool(t.strip())
+            yield t
+    if not any_text:
         raise DistillError(f"the files {cfg.paths} hold no text")
-    return texts
 
 
 def pack(token_lists: list[list[int]], seq_len: int, eos: int | None) -> Tensor:
@@ -104,14 +120,41 @@ def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str,
 
     The held-out split is the corpus's last sequences, so it never overlaps training text.
     """
+    if cfg.shards:
+        return _shard_splits(cfg, tokenizer)
     texts = read_texts(cfg)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     seqs = pack(ids, cfg.seq_len + 1, tokenizer.eos_token_id)
-    n_val = max(1, int(len(seqs) * cfg.val_fraction))
-    if len(seqs) - n_val < 1:
-        raise DistillError(f"{len(seqs)} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
+    n_val = _held_out(len(seqs), cfg)
     train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:][: cfg.max_val_sequences]
     return ({"input_ids": train[:, :-1], "labels": train[:, 1:]}, {"input_ids": val[:, :-1], "labels": val[:, 1:]})
+
+
+def _held_out(rows: int, cfg: TextData) -> int:
+    n_val = max(1, int(rows * cfg.val_fraction))
+    if rows - n_val < 1:
+        raise DistillError(f"{rows} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
+    return n_val
+
+
+def _shard_splits(cfg: TextData, tokenizer) -> tuple[TokenRows, TokenRows]:
+    """`token_splits` read from memory-mapped token shards (written on first use)."""
+    meta = {"source": cfg.source, "paths": cfg.paths, "text_field": cfg.text_field,
+            "tokenizer": tokenizer_fingerprint(tokenizer)}  # fmt: skip
+    texts = iter_texts(cfg)
+
+    def docs() -> Iterator[list[int]]:
+        while batch := list(itertools.islice(texts, 256)):
+            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+
+    shards = TokenShards.write(cfg.shards, docs(), tokenizer.eos_token_id, meta)
+    rows = shards.tokens // (cfg.seq_len + 1)
+    if rows == 0:
+        raise DistillError(f"the corpus has {shards.tokens} tokens: fewer than one sequence of {cfg.seq_len + 1}")
+    n_val = _held_out(rows, cfg)
+    train_n = min(rows - n_val, cfg.max_sequences or rows)
+    val_n = min(n_val, cfg.max_val_sequences or n_val)
+    return TokenRows(shards, cfg.seq_len, 0, train_n), TokenRows(shards, cfg.seq_len, rows - n_val, val_n)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

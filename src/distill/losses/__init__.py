@@ -10,12 +10,13 @@ from distill.losses.features import (
     rkd_angle,
     rkd_distance,
 )
-from distill.losses.logits import cross_entropy, jsd, kl_div, reverse_kl
+from distill.losses.logits import cross_entropy, jsd, kl_div, reverse_kl, sparse_kl
 from distill.losses.sequence import attention_maps, char_affinity
 from distill.losses.trajectory import trajectory_matching
 
 LOSSES = {
     "kl": kl_div,
+    "sparse_kl": sparse_kl,
     "reverse_kl": reverse_kl,
     "jsd": jsd,
     "ce": cross_entropy,
@@ -49,5 +50,6 @@ __all__ = [
     "reverse_kl",
     "rkd_angle",
     "rkd_distance",
+    "sparse_kl",
     "trajectory_matching",
 ]

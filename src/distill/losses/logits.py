@@ -53,11 +53,16 @@ def _jsd_rows(beta: float) -> RowLoss:
     return rows
 
 
+def _rows(t: Tensor | tuple[Tensor, ...], sl: slice) -> Tensor | tuple[Tensor, ...]:
+    """Rows `sl` of the teacher's side: one tensor, or a tuple of them (e.g. top-k ids and log-probabilities)."""
+    return tuple(x[sl] for x in t) if isinstance(t, tuple) else t[sl].float()
+
+
 class _ChunkedRowLoss(torch.autograd.Function):
     """Sum of `row_loss` over rows with weights; gradient computed a chunk at a time in forward."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, weights: Tensor, row_loss: RowLoss, scale: float, chunk: int) -> Tensor:
+    def forward(ctx, s: Tensor, t, weights: Tensor, row_loss: RowLoss, scale: float, chunk: int) -> Tensor:
         grad = torch.zeros_like(s) if s.requires_grad else None
         total = s.new_zeros((), dtype=torch.float32)
         for start in range(0, s.shape[0], chunk):
@@ -67,7 +72,8 @@ class _ChunkedRowLoss(torch.autograd.Function):
                 continue
             with torch.enable_grad():
                 sc = s[sl].detach().float().requires_grad_(grad is not None)
-                value = (row_loss(sc / scale, t[sl].float() / scale) * w).sum()
+                tc = _rows(t, sl)
+                value = (row_loss(sc / scale, tc if isinstance(tc, tuple) else tc / scale) * w).sum()
                 if grad is not None:
                     (g,) = torch.autograd.grad(value, sc)
                     grad[sl] = g.to(grad.dtype)
@@ -154,6 +160,50 @@ def jsd(
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     return _divergence(student, teacher, _jsd_rows(beta), temperature, mask, chunk_size, t2_scale)
+
+
+def _sparse_kl_rows(s: Tensor, t: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Forward KL per row from the teacher's top-k and its remaining mass (see `sparse_kl`)."""
+    ids, lp, rest = t
+    ids, lp, rest = ids.long(), lp.float(), rest.float()
+    norm = torch.logsumexp(s, -1, keepdim=True)
+    log_q = s.gather(-1, ids) - norm
+    # the student's mass outside the teacher's top-k, in log space without cancellation
+    log_q_rest = torch.logsumexp(s.scatter(-1, ids, float("-inf")), -1) - norm.squeeze(-1)
+    top = (lp.exp() * (lp - log_q)).sum(-1)
+    tail = torch.where(torch.isfinite(rest), rest.exp() * (rest - log_q_rest), torch.zeros_like(rest))
+    return top + tail
+
+
+def sparse_kl(
+    student: Tensor,
+    topk_ids: Tensor,
+    topk_logprobs: Tensor,
+    rest_logprob: Tensor,
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Forward KL(teacher || student) at T=1 from a cached teacher: per position its top-k token ids, their
+    log-probabilities (over the full vocabulary) and the log of the probability mass outside them.
+
+    The teacher becomes k+1 outcomes (its top-k tokens, and "any other token"), the student is grouped the
+    same way, and this is the KL between the two grouped distributions: exact when k is the vocabulary
+    (the rest is empty, log-mass -inf), otherwise a lower bound of the full KL that misses only how the
+    student spreads the rest over the other tokens (by the chain rule, rest * KL within the rest).
+    `student` is (..., V); the cache's tensors are (..., k) and (...).
+    """
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student.shape[:-1]:
+        raise ValueError(
+            f"cached top-k {tuple(topk_ids.shape)} / {tuple(topk_logprobs.shape)} do not match student logits "
+            f"{tuple(student.shape)}"
+        )
+    v, k = student.shape[-1], topk_ids.shape[-1]
+    s = student.reshape(-1, v)
+    t = (topk_ids.reshape(-1, k), topk_logprobs.reshape(-1, k), rest_logprob.reshape(-1))
+    w = _row_weights(student.shape[:-1], mask, s.device)
+    if chunk_size:
+        return _ChunkedRowLoss.apply(s, t, w, _sparse_kl_rows, 1.0, int(chunk_size))
+    return (_sparse_kl_rows(s.float(), t) * w).sum()
 
 
 def cross_entropy(

@@ -29,7 +29,8 @@ from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
 from distill.kd import Distiller, Term, Terms
-from distill.models.llm import LlmSpec, load_causal_lm
+from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
+from distill.models.llm import load_causal_lm
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
@@ -72,7 +73,7 @@ class Config(Section):
     """`distill minitron`: prune an LLM by activation importance, then distill it back."""
 
     run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
-    teacher: LlmSpec = Field(default_factory=LlmSpec, description="the model to prune")
+    teacher: CachedTeacher = Field(default_factory=CachedTeacher, description="the model to prune")
     data: TextData = Field(default_factory=TextData, description="distillation corpus")
     calibration: int = Field(1024, gt=0, description="calibration sequences for importance")
     calibration_batch_size: int = Field(8, gt=0, description="sequences per calibration forward pass")
@@ -109,6 +110,9 @@ class Config(Section):
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
+    if cfg.teacher.cache and cfg.hidden_loss:
+        raise DistillError("hidden_loss reads the teacher's hidden states, which a teacher cache does not hold")
+    objective = from_cache(cfg.objective) if cfg.teacher.cache else cfg.objective  # checked before any work
     teacher, tokenizer = load_causal_lm(cfg.teacher, check=check_supported)
     shape, target, shapes = LlmShape.of(teacher.config), None, []
     if cfg.target.params is None:  # check the target before any work (calibration takes minutes)
@@ -120,6 +124,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     for where, tcfg in [("train", cfg.train), ("search.train", cfg.search.train), ("correction", cfg.correction)]:
         if tcfg is not None and (where != "search.train" or shapes):
             check_fits(len(train["input_ids"]), tcfg, where)
+    if cfg.teacher.cache and cfg.correction is None:  # a corrected teacher is known only after its correction
+        check_cache(cfg.teacher.cache, teacher, tokenizer, train)
     ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev)
@@ -134,14 +140,17 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         teacher.eval().requires_grad_(False)
 
     imp = importance(cfg, ctx, teacher, train)
+    if cfg.teacher.cache:  # after the correction: the cache holds the teacher the students learn from
+        train = open_or_capture(cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator)
+    teachers = {} if cfg.teacher.cache else {"teacher": teacher}
     table: list[dict[str, Any]] = []
     if target is None:
-        target, table = search(cfg, ctx, teacher, imp, shapes, train, evaluate)
+        target, table = search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers)
 
     ctx.seed_stage("student/init")
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
-    distiller = Distiller(student, cfg.objective + hidden_terms(cfg, imp, target), {"teacher": teacher}).to(dev)
+    distiller = Distiller(student, objective + hidden_terms(cfg, imp, target), teachers).to(dev)
     distiller.build({k: v[:1].to(dev) for k, v in train.items()})
     final = ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=evaluate, product=student)
 
@@ -200,13 +209,13 @@ def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
     return shapes
 
 
-def search(cfg, ctx, teacher, imp, shapes, train, evaluate) -> tuple[LlmShape, list[dict[str, Any]]]:
+def search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers) -> tuple[LlmShape, list[dict]]:
     """Prune to each candidate, distill it briefly, keep the lowest validation loss."""
     table = []
     for i, cand in enumerate(shapes):
         ctx.seed_stage(f"search-{i}/init")
         student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
-        distiller = Distiller(student, cfg.objective, {"teacher": teacher}).to(ctx.accelerator.device)
+        distiller = Distiller(student, objective, teachers).to(ctx.accelerator.device)
         metrics = ctx.fit(distiller, train, cfg.search.train, stage=f"search-{i}", eval_fn=evaluate, product=student)
         table.append({**cand.as_dict(), "params": cand.params(), "val_loss": metrics["val_loss"]})
     best = min(range(len(shapes)), key=lambda i: table[i]["val_loss"])
