@@ -17,7 +17,20 @@ from distill.config import load_config, named_configs
 from distill.recipe import Recipe, recipes, stage_seed
 
 SRC = ROOT / "src" / "distill"
-CORE = ["cli", "config", "run", "engine", "report", "errors", "recipe", "plots", "evaluate", "bundled", "system"]
+CORE = [
+    "cli",
+    "config",
+    "run",
+    "engine",
+    "checkpoint",
+    "report",
+    "errors",
+    "recipe",
+    "plots",
+    "evaluate",
+    "bundled",
+    "system",
+]
 METHODS = ["kd", "dd", "pruning", "labeling", "recipes"]
 
 THIRD_PARTY = '''

@@ -8,30 +8,36 @@ state, and exact resume: an interrupted-and-resumed run matches an uninterrupted
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import random
-import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from pydantic import Field
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distill.checkpoint import (
+    checkpoints,
+    latest_intact_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    product_files,
+    save_checkpoint,
+    save_products,
+    set_rng_state,
+    sharded,
+)
 from distill.config import Section
 from distill.errors import DistillError
-from distill.run import RunDir, atomic_write
+from distill.run import RunDir
+
+__all__ = ["Callbacks", "Data", "TrainConfig", "check_fits", "checkpoints", "epoch_batches", "fit", "lr_lambda"]
 
 Data = Mapping[str, Tensor] | torch.utils.data.Dataset
 # what a stage delivers: one model, or several named ones (e.g. a trainable teacher and its students)
@@ -144,50 +150,6 @@ def take(data: Data, idx: Tensor) -> dict[str, Tensor]:
     return torch.utils.data.default_collate([data[int(i)] for i in idx])
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoints(run: RunDir, stage: str) -> list[Path]:
-    return sorted((run.path / "checkpoints" / stage).glob("step-*.pt"))
-
-
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def latest_intact_checkpoint(run: RunDir, stage: str, speak: bool = True) -> dict[str, Any] | None:
-    """The newest checkpoint of `stage` whose bytes match the checksum written with it, loaded.
-
-    A truncated or corrupt newest checkpoint is passed over, with one line saying so.
-    """
-    skipped: list[str] = []
-    state = None
-    for path in reversed(checkpoints(run, stage)):
-        data = path.read_bytes()
-        sums = _checksum_path(path)
-        if not sums.is_file() or sums.read_text().strip() != hashlib.sha256(data).hexdigest():
-            skipped.append(path.name)
-            continue
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        break
-    if skipped and speak:
-        to = f"resuming from {path.name}" if state is not None else "starting the stage over"
-        print(f"distill: {stage}: checkpoint {', '.join(skipped)} is truncated or corrupt; {to}", file=sys.stderr)
-    return state
-
-
 # --- the loop -----------------------------------------------------------------------------
 def fit(
     model: nn.Module,
@@ -214,7 +176,7 @@ def fit(
     product = product if product is not None else model
     hooks = callbacks or Callbacks()
     if run is not None and (run.path / stage / "done.json").exists():
-        for path, module in _product_files(run, stage, product):
+        for path, module in product_files(run, stage, product):
             load_model(module, str(path), device=str(accelerator.device))
         return run.read_json(f"{stage}/done.json")["metrics"]
 
@@ -231,6 +193,9 @@ def fit(
     optimizer = make_optimizer(groups or [p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
+        for teacher in getattr(model, "teachers", []):
+            teacher.model = accelerator.prepare_model(teacher.model)
 
     step, metrics = 0, {}
     # every process reads the same run directory
@@ -238,8 +203,8 @@ def fit(
     if state is None and run is not None:
         run.truncate_metrics(stage, 0)  # killed before its first checkpoint: the stage starts over
     if state is not None:
-        accelerator.unwrap_model(wrapped).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_model_state(accelerator, wrapped, state["model"])
+        load_optimizer_state(accelerator, wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, metrics = state["step"], state.get("metrics", {})
         set_rng_state(state["processes"][rank]["rng"])
@@ -297,7 +262,7 @@ def fit(
                 hooks.on_epoch_end(product, step // steps_per_epoch)
             if run is not None and step % save_every == 0 and step < total:
                 paused = True
-                _save_checkpoint(
+                save_checkpoint(
                     run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints, window
                 )
                 if hooks.on_save and accelerator.is_main_process:
@@ -310,21 +275,10 @@ def fit(
     if run is None:
         return metrics
 
-    if accelerator.is_main_process:
-        for out, module in _product_files(run, stage, product):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            save_model(module, str(tmp))
-            tmp.replace(out)
+    save_products(run, stage, product, wrapped, accelerator)
     run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
     accelerator.wait_for_everyone()
     return metrics
-
-
-def _product_files(run: RunDir, stage: str, product: Product) -> list[tuple[Path, nn.Module]]:
-    if isinstance(product, nn.Module):
-        return [(run.path / stage / "model.safetensors", product)]
-    return [(run.path / stage / f"{name}.safetensors", module) for name, module in product.items()]
 
 
 def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:
@@ -334,31 +288,6 @@ def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, pro
         metrics = eval_fn(product)
     module.train()
     return metrics
-
-
-def _save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, keep, window) -> None:
-    # per process: its random streams, and the loss sums since its last log record (so that a resumed run
-    # logs the same averages as an uninterrupted one, whatever the checkpoint's place between two logs)
-    mine = {"rng": rng_state(), "window": window.state()}
-    own = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
-    if not accelerator.is_main_process:
-        return
-    state = {
-        "model": accelerator.unwrap_model(wrapped).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "metrics": metrics,
-        "processes": own,
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    path = run.path / "checkpoints" / stage / f"step-{step:08d}.pt"
-    atomic_write(path, buf.getvalue())
-    atomic_write(_checksum_path(path), hashlib.sha256(buf.getvalue()).hexdigest() + "\n")  # written after: proof
-    for old in checkpoints(run, stage)[:-keep]:
-        old.unlink(missing_ok=True)
-        _checksum_path(old).unlink(missing_ok=True)
 
 
 class _Window:

@@ -44,6 +44,11 @@ class Distiller(nn.Module):
         self.source_taps = {n: teacher_taps[n] for n in sources}
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        """The student's layer classes: what FSDP's transformer wrap policy shards one unit each."""
+        return list(getattr(self.student, "_no_split_modules", None) or [])
+
+    @property
     def teachers(self) -> list[LiveTeacher]:
         return self._teachers
 
