@@ -98,6 +98,25 @@ def sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def shard_frozen(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """A frozen model (a teacher) sharded as the student is, by accelerate's own FSDP preparation (FSDP2's
+    `prepare()` wants an optimizer, which a frozen model has not)."""
+    if accelerator.is_fsdp2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, model)
+    return accelerator.prepare_model(model)
+
+
+def whole_copy(module: nn.Module, weights: Path) -> nn.Module:
+    """An unsharded copy of an HF model whose whole weights were saved at `weights` (for exporting it)."""
+    from safetensors.torch import load_model
+
+    copy = type(module)(module.config)
+    load_model(copy, str(weights))
+    return copy.eval()
+
+
 def _options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from distill.checkpoint import (
     save_checkpoint,
     save_products,
     set_rng_state,
+    shard_frozen,
     sharded,
 )
 from distill.config import Section
@@ -195,7 +196,7 @@ def fit(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
         for teacher in getattr(model, "teachers", []):
-            teacher.model = accelerator.prepare_model(teacher.model)
+            teacher.model = shard_frozen(accelerator, teacher.model)
 
     step, metrics = 0, {}
     # every process reads the same run directory
@@ -272,22 +273,36 @@ def fit(
             if step >= total:
                 break
     bar.close()
-    if run is None:
-        return metrics
-
-    save_products(run, stage, product, wrapped, accelerator)
-    run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
-    accelerator.wait_for_everyone()
+    if run is not None:
+        save_products(run, stage, product, wrapped, accelerator)
+        run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
+        accelerator.wait_for_everyone()
+    if hasattr(wrapped, "unshard"):  # FSDP2: the product is used after the stage (evaluated, sampled)
+        wrapped.unshard()
     return metrics
 
 
 def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:
     module = accelerator.unwrap_model(wrapped)
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _whole(wrapped):
         metrics = eval_fn(product)
     module.train()
     return metrics
+
+
+@contextmanager
+def _whole(wrapped: nn.Module):
+    """Under FSDP2 the product is called on its own, outside the wrapper's forward: gather the wrapper's own
+    (root) parameters first; the product's layers gather theirs in their own hooks."""
+    if not hasattr(wrapped, "unshard"):
+        yield
+        return
+    wrapped.unshard()
+    try:
+        yield
+    finally:
+        wrapped.reshard()
 
 
 class _Window:

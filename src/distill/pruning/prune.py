@@ -41,7 +41,7 @@ def layers_to_keep(imp: Importance, keep: int, metric: DepthMetric) -> Tensor:
 
 
 def _head_rows(heads: Tensor, head_dim: int) -> Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
 @torch.no_grad()

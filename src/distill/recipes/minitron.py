@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from distill.checkpoint import sharded, whole_copy
 from distill.config import Section
 from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
@@ -161,6 +162,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     ]
     export = ctx.run.path / "model"
     if ctx.accelerator.is_main_process:
+        if sharded(ctx.accelerator):  # its weights are spread over the processes; the stage saved them whole
+            student = whole_copy(student, ctx.run.path / "student" / "model.safetensors")
         student.save_pretrained(export)
         tokenizer.save_pretrained(export)
     info = {"target": target.as_dict(), "tokens_per_sample": cfg.data.seq_len,
