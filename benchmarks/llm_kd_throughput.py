@@ -1,12 +1,18 @@
-"""Tokens/s and peak memory of one LLM KD step: `distill`'s engine against a bare PyTorch loop.
+"""Tokens/s and peak memory of one LLM KD step: `distill`'s engine against a bare PyTorch loop and
+TRL's GKDTrainer, with the teacher live or read from a teacher-signal cache; and the capture's
+throughput against a plain teacher forward loop.
 
-    python benchmarks/llm_kd_throughput.py [--steps 8] [--reps 2]
+    python benchmarks/llm_kd_throughput.py [--steps 16] [--reps 3] [--k 32]
 
 Teacher: SmolLM2-135M; student: the same pruned to hidden 384 / ffn 768 / heads 6 (random
-channel choice: speed does not depend on which). Every variant runs in a fresh process (peak
-RSS from getrusage), repetitions interleaved; the first step of each is warm-up and not timed.
-Variants: bare loop (full-softmax forward KL), engine with the same unchunked KL, engine with the
-KL chunked over positions (the minitron default), and TRL's GKDTrainer when TRL is installed. Writes benchmarks/results/llm_kd_throughput.{json,md}.
+channel choice: speed does not depend on which). Every variant runs in a fresh process,
+repetitions interleaved; the first step of each is warm-up and not timed. Memory is the training
+loop's own peak: VmHWM is reset (5 -> /proc/self/clear_refs) once models, data and optimizer exist,
+and read after the loop; "over set-up" is that peak minus the resident memory at the reset.
+Variants: bare loop (full-softmax forward KL), engine with the same unchunked KL, engine with the KL
+chunked over positions (the minitron default), engine from a top-k cache (sparse KL, no teacher
+forward), TRL's GKDTrainer (when TRL is installed); capture and a plain teacher forward over the
+same rows. Writes benchmarks/results/llm_kd_throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +49,26 @@ def setup(batch: int, seq_len: int):
     return teacher, student, train
 
 
+def reset_peak() -> int:
+    """Reset the process's peak resident memory to now; the resident memory now, in kB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+MEM: dict[str, int] = {}
+
+
+def loop_started() -> None:
+    MEM["rss_at_reset_kb"] = reset_peak()
+
+
 def bare(args) -> float:
     import torch
     import torch.nn.functional as F
@@ -54,6 +79,7 @@ def bare(args) -> float:
     t0 = None
     for step in range(args.steps + 1):
         if step == 1:
+            loop_started()
             t0 = time.perf_counter()
         ids = data["input_ids"][step * args.batch : (step + 1) * args.batch]
         logits = student(input_ids=ids).logits
@@ -68,19 +94,26 @@ def bare(args) -> float:
     return args.steps * args.batch * args.seq_len / (time.perf_counter() - t0)
 
 
-def engine(args, chunk: int | None) -> float:
+def engine(args, chunk: int | None, cached: bool = False) -> float:
     from distill.engine import TrainConfig, fit
+    from distill.kd.cache import TeacherCache, from_cache
     from distill.kd.distiller import Distiller
     from distill.kd.objective import Term
     from distill.recipe import RuntimeConfig, start
 
     teacher, student, data = setup(args.batch, args.seq_len)
     kd = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": chunk})
-    distiller = Distiller(student, [kd], {"teacher": teacher})
+    if cached:  # the teacher's signal is read from disk; the teacher itself is not needed at all
+        data, teacher = TeacherCache(args.cache), None
+        distiller = Distiller(student, from_cache([kd]))
+    else:
+        distiller = Distiller(student, [kd], {"teacher": teacher})
     times = []
 
     def timer(m):  # evaluation every step: just a clock, so the warm-up step can be left out
         times.append(time.perf_counter())
+        if len(times) == 1:
+            loop_started()  # after the first step: the optimizer's state exists, as in the other loops
         return {}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +140,8 @@ def trl_gkd(args) -> float:
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter())
+            if len(times) == 1:
+                loop_started()
 
     def collate(features):
         ids = torch.tensor([f["input_ids"] for f in features])
@@ -124,57 +159,137 @@ def trl_gkd(args) -> float:
     return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
 
 
+def forward_loop(args, capture: bool) -> float:
+    """Teacher tokens/s over the rows of the cached variant: a plain no-grad forward, or the capture."""
+    import tempfile
+
+    import torch
+
+    from distill.kd.cache import CacheConfig
+    from distill.kd.cache import capture as run_capture
+
+    teacher, _, data = setup(args.batch, args.seq_len)
+    rows = {k: v[: (args.steps + 1) * args.batch] for k, v in data.items()}
+    loop_started()
+    t0 = time.perf_counter()
+    if capture:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = {"teacher": "t", "tokenizer": "t", "corpus": "c", "seq_len": args.seq_len}
+            run_capture(teacher, rows, tmp, manifest, CacheConfig(k=args.k, batch_size=args.batch), progress=False)
+    else:
+        with torch.no_grad():
+            for start in range(0, len(rows["input_ids"]), args.batch):
+                teacher(input_ids=rows["input_ids"][start : start + args.batch]).logits.float()
+    return rows["input_ids"].numel() / (time.perf_counter() - t0)
+
+
 def child(args) -> None:
     variant = args.child
     if variant == "trl":
         tps = trl_gkd(args)
+    elif variant in ("capture", "forward"):
+        tps = forward_loop(args, variant == "capture")
+    elif variant == "bare":
+        tps = bare(args)
     else:
-        tps = bare(args) if variant == "bare" else engine(args, None if variant == "engine" else args.chunk)
-    print(json.dumps({"tokens_per_s": tps, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        tps = engine(args, None if variant == "engine" else args.chunk, cached=variant == "engine-cached")
+    peak = _status("VmHWM")
+    print(json.dumps({"tokens_per_s": tps, "loop_peak_mb": peak / 1024,
+                      "loop_over_setup_mb": (peak - MEM["rss_at_reset_kb"]) / 1024}))  # fmt: skip
+
+
+def make_cache(args, path: str) -> None:
+    """The teacher's top-k over the rows the cached variant trains on (made once, by the parent)."""
+    from distill.kd.cache import CacheConfig, capture, describe
+    from distill.models.llm import LlmSpec, load_causal_lm
+
+    teacher, student, data = setup(args.batch, args.seq_len)
+    _, tok = load_causal_lm(LlmSpec())
+    rows = {k: v[: (args.steps + 1) * args.batch] for k, v in data.items()}
+    capture(teacher, rows, path, describe(teacher, tok, rows), CacheConfig(k=args.k), progress=False)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--chunk", type=int, default=128)
-    p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--child", choices=["bare", "engine", "engine-chunked", "trl"])
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--cache")
+    p.add_argument(
+        "--child", choices=["bare", "engine", "engine-chunked", "engine-cached", "trl", "capture", "forward"]
+    )
     args = p.parse_args()
     if args.child:
         child(args)
         return
+    import tempfile
+
     has_trl = importlib.util.find_spec("trl") is not None  # optional: pip install -e '.[bench]'
-    variants = ["bare", "engine", "engine-chunked"] + (["trl"] if has_trl else [])
+    variants = ["bare", "engine", "engine-chunked", "engine-cached"] + (["trl"] if has_trl else [])
+    variants += ["forward", "capture"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for _ in range(args.reps):
-        for v in variants:
-            out = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps), "--batch",
-                                  str(args.batch), "--seq-len", str(args.seq_len), "--chunk", str(args.chunk)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(v, runs[v][-1], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.cache = f"{tmp}/cache"
+        make_cache(args, args.cache)
+        for _ in range(args.reps):
+            for v in variants:
+                out = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps), "--batch",
+                                      str(args.batch), "--seq-len", str(args.seq_len), "--chunk", str(args.chunk),
+                                      "--k", str(args.k), "--cache", args.cache],
+                                     capture_output=True, text=True, check=True)  # fmt: skip
+                runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(v, runs[v][-1], flush=True)
     med = {v: statistics.median(r["tokens_per_s"] for r in rs) for v, rs in runs.items()}
-    peak = {v: max(r["peak_rss_mb"] for r in rs) for v, rs in runs.items()}
-    res = {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "chunk": args.chunk, "reps": args.reps,
-           "machine": machine(), "runs": runs, "median_tokens_per_s": med, "peak_rss_mb": peak,
-           "ratio_engine_vs_bare": med["engine"] / med["bare"], "ratio_chunked_vs_bare": med["engine-chunked"] / med["bare"],
+    peak = {v: statistics.median(r["loop_peak_mb"] for r in rs) for v, rs in runs.items()}
+    over = {v: statistics.median(r["loop_over_setup_mb"] for r in rs) for v, rs in runs.items()}
+    spread = {v: (min(r["tokens_per_s"] for r in rs), max(r["tokens_per_s"] for r in rs)) for v, rs in runs.items()}
+    res = {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "chunk": args.chunk, "k": args.k,
+           "reps": args.reps, "machine": machine(), "runs": runs, "median_tokens_per_s": med,
+           "median_loop_peak_mb": peak, "median_loop_over_setup_mb": over,
            "trl_gkd": "measured (trl row)" if has_trl else "not measured: TRL is not installed"}  # fmt: skip
     lines = [
-        "# LLM KD step: engine vs bare loop",
+        "# LLM KD step: engine vs bare loop vs TRL, live teacher vs teacher cache",
         "",
         f"Teacher SmolLM2-135M (fp32), student pruned to hidden 384 / ffn 768 / heads 6; batch {args.batch} x "
         f"{args.seq_len} tokens, {args.steps} timed steps after one warm-up, {args.reps} interleaved repetitions "
-        f"(median), each in a fresh process. Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores.",
+        f"(median; min-max in brackets), each in a fresh process; cache top-{args.k}. Training-loop peak: VmHWM "
+        "reset after set-up and the first step. Machine: "
+        f"{res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}.",
         "",
-        "| variant | tokens/s (median) | vs bare | peak RSS MB |",
-        "|---|---:|---:|---:|",
+        "| variant | tokens/s (median) | vs bare | vs TRL | loop peak MB | loop peak over set-up MB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    trl = med.get("trl")
     for v in variants:
-        lines.append(f"| {v} | {med[v]:.0f} | {med[v] / med['bare']:.3f} | {peak[v]:.0f} |")
-    lines += ["", f"Target: engine >= 0.95 x bare. TRL GKDTrainer (lmbda 0, beta 0 = forward KL, no gradient "
-              f"checkpointing, fp32): {res['trl_gkd']}.", ""]  # fmt: skip
+        if v in ("forward", "capture"):
+            continue
+        vs_trl = f"{med[v] / trl:.2f}" if trl else ""
+        lines.append(f"| {v} | {med[v]:.0f} [{spread[v][0]:.0f}-{spread[v][1]:.0f}] | {med[v] / med['bare']:.2f} | "
+                     f"{vs_trl} | {peak[v]:.0f} | {over[v]:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        "| teacher pass | tokens/s (median) | vs plain forward |",
+        "|---|---:|---:|",
+        f"| plain no-grad forward | {med['forward']:.0f} | 1.00 |",
+        f"| capture (top-{args.k}, shards written) | {med['capture']:.0f} | {med['capture'] / med['forward']:.2f} |",
+    ]
+    if trl:
+        targets = [("live teacher, chunked KL >= 1.3x TRL tokens/s", med["engine-chunked"] / trl >= 1.3,
+                    f"{med['engine-chunked'] / trl:.2f}x"),
+                   ("... at <= 0.65x TRL's training-loop peak", peak["engine-chunked"] / peak["trl"] <= 0.65,
+                    f"{peak['engine-chunked'] / peak['trl']:.2f}x (over set-up: {over['engine-chunked'] / over['trl']:.2f}x)"),
+                   ("cached teacher >= 2x TRL tokens/s", med["engine-cached"] / trl >= 2, f"{med['engine-cached'] / trl:.2f}x"),
+                   ("capture >= 0.9x a plain teacher forward", med["capture"] / med["forward"] >= 0.9,
+                    f"{med['capture'] / med['forward']:.2f}x")]  # fmt: skip
+        lines += ["", "Targets:", ""] + [f"- {t}: **{'held' if ok else 'did not hold'}** ({f})" for t, ok, f in targets]
+    lines += [
+        "",
+        f"TRL GKDTrainer (lmbda 0, beta 0 = forward KL, no gradient checkpointing, fp32): {res['trl_gkd']}.",
+        "",
+    ]
     md = "\n".join(lines)
     write("llm_kd_throughput", res, md)
     print(md)

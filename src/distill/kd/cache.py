@@ -86,12 +86,20 @@ def rows_fingerprint(rows: Mapping[str, Any], chunk: int = 1024) -> str:
 
 @torch.no_grad()
 def top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(ids, log-probabilities, log of the rest's mass) of the k most probable tokens at each position."""
-    lp = torch.log_softmax(logits.float(), -1)
-    k = min(k, lp.shape[-1])
-    values, ids = lp.topk(k, -1)
-    rest = torch.logsumexp(lp.scatter(-1, ids, float("-inf")), -1)
-    return ids, values, rest
+    """(ids, log-probabilities, log of the rest's mass) of the k most probable tokens at each position.
+
+    One pass for the normaliser and a top-k on the raw logits (the same order): no log-softmax of the whole
+    vocabulary is written. The rest's mass is 1 minus the top-k's, summed in float64; -inf when k covers
+    the vocabulary."""
+    logits = logits.float()
+    k = min(k, logits.shape[-1])
+    norm = torch.logsumexp(logits, -1, keepdim=True)
+    values, ids = logits.topk(k, -1)
+    values = values - norm
+    if k == logits.shape[-1]:
+        return ids, values, torch.full(values.shape[:-1], float("-inf"), device=values.device)
+    rest = -torch.expm1(torch.logsumexp(values.double(), -1))  # 1 - top-k mass, without cancellation near 0
+    return ids, values, rest.clamp_min(1e-30).log().float()
 
 
 def check_manifest(path: Path, found: dict[str, Any], expected: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -137,27 +145,28 @@ def capture(
     bar = tqdm(total=sum(b - a for _, a, b in mine) * seq_len, unit="tok", unit_scale=True, desc="capture",
                disable=not progress)  # fmt: skip
     computed, seconds = 0, 0.0
-    for j, a, b in mine:
-        out = path / shard_name(j)
-        if out.is_file():
-            bar.update((b - a) * seq_len)
-            continue
-        t0 = time.perf_counter()
-        parts: dict[str, list[Tensor]] = {c: [] for c in COLUMNS}
-        for s in range(a, b, cfg.batch_size):
-            ids = rows["input_ids"][s : min(b, s + cfg.batch_size)]
-            top_ids, top_lp, rest = top_k(model(input_ids=ids.to(device)).logits, cfg.k)
-            parts["input_ids"].append(ids.to(torch.int32))
-            parts["labels"].append(rows["labels"][s : min(b, s + cfg.batch_size)].to(torch.int32))
-            parts["topk_ids"].append(top_ids.to(torch.int32).cpu())
-            parts["topk_logprobs"].append(top_lp.half().cpu())
-            parts["rest_logprob"].append(rest.float().cpu())
-            bar.update(len(ids) * seq_len)
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file({c: torch.cat(v).contiguous() for c, v in parts.items()}, str(tmp))
-        os.replace(tmp, out)  # a shard exists whole or not at all
-        computed += (b - a) * seq_len
-        seconds += time.perf_counter() - t0
+    with torch.inference_mode():  # the teacher's forward builds no graph
+        for j, a, b in mine:
+            out = path / shard_name(j)
+            if out.is_file():
+                bar.update((b - a) * seq_len)
+                continue
+            t0 = time.perf_counter()
+            parts: dict[str, list[Tensor]] = {c: [] for c in COLUMNS}
+            for s in range(a, b, cfg.batch_size):
+                ids = rows["input_ids"][s : min(b, s + cfg.batch_size)]
+                top_ids, top_lp, rest = top_k(model(input_ids=ids.to(device)).logits, cfg.k)
+                parts["input_ids"].append(ids.to(torch.int32))
+                parts["labels"].append(rows["labels"][s : min(b, s + cfg.batch_size)].to(torch.int32))
+                parts["topk_ids"].append(top_ids.to(torch.int32).cpu())
+                parts["topk_logprobs"].append(top_lp.half().cpu())
+                parts["rest_logprob"].append(rest.float().cpu())
+                bar.update(len(ids) * seq_len)
+            tmp = out.with_name(f".{out.name}.tmp")
+            save_file({c: torch.cat(v).contiguous() for c, v in parts.items()}, str(tmp))
+            os.replace(tmp, out)  # a shard exists whole or not at all
+            computed += (b - a) * seq_len
+            seconds += time.perf_counter() - t0
     bar.close()
     return {"tokens": computed, "seconds": seconds}
 

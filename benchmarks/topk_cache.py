@@ -1,0 +1,124 @@
+"""What a top-k teacher cache costs in quality: the same student, the same tokens, the same batch order,
+distilled from the live teacher (full forward KL) and from caches with k in {8, 32, 128} (sparse KL).
+
+    python benchmarks/topk_cache.py [--tokens 204800] [--seeds 3] [--dir runs/bench-minitron]
+
+Teacher SmolLM2-135M; student the Minitron benchmark's width-pruned shape (hidden 384, ffn 768, 6
+heads), pruned by activation importance; corpus, held-out and out-of-domain rows as in
+benchmarks/minitron_smollm2.py (same --dir: its importance scores and corpora are reused).
+Writes benchmarks/results/topk_cache.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from common import machine, mean_std, write
+from distill.engine import TrainConfig
+from distill.evaluate import lm_loss
+from distill.kd.cache import CacheConfig, from_cache, open_or_capture
+from distill.kd.distiller import Distiller
+from distill.pruning import Importance, LlmShape, compute_importance, prune
+from distill.run import atomic_write
+from minitron_smollm2 import KD, setup
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", type=int, default=204_800)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--ks", default="8,32,128")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--val", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--dir", default="runs/bench-minitron")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
+    teacher, tok, train, val, ood, ctx = setup(args)
+    dev, acc = ctx.accelerator.device, ctx.accelerator
+    folder = Path(args.dir)
+    imp_dir = folder / "importance"
+    if Importance.exists(imp_dir):
+        imp = Importance.load(imp_dir)
+    else:
+        imp = compute_importance(teacher, train["input_ids"][: args.calibration].to(dev).split(8), depth_batches=2)
+        imp.save(imp_dir)
+    width = LlmShape.of(teacher.config).with_(hidden=384, ffn=768, heads=6)
+    steps = args.tokens // (args.batch * args.seq_len)
+    tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
+                       log_every=10, clip_grad_norm=1.0, progress=True)  # fmt: skip
+    sources: dict[str, tuple] = {"live teacher (full KL)": (None, train)}
+    capture = {}
+    for k in map(int, args.ks.split(",")):
+        t0 = time.perf_counter()
+        cache = open_or_capture(folder / f"cache-k{k}", teacher, tok, train, CacheConfig(k=k), acc)
+        size = sum(f.stat().st_size for f in (folder / f"cache-k{k}").iterdir())
+        capture[str(k)] = {"seconds": time.perf_counter() - t0, "mb": size / 2**20, **cache.captured}
+        sources[f"cache k={k}"] = (k, cache)
+    results: dict[str, dict] = {}
+    for name, (k, data) in sources.items():
+        for seed in range(args.seeds):
+            saved = folder / "topk" / f"{k or 'live'}-s{seed}.json"
+            if saved.is_file():
+                results.setdefault(name, {})[seed] = json.loads(saved.read_text())
+                continue
+            student = prune(teacher, imp, width).to(dev)
+            teachers = {"teacher": teacher} if k is None else {}
+            distiller = Distiller(student, [KD] if k is None else from_cache([KD]), teachers).to(dev)
+            t0 = time.perf_counter()
+            ctx.fit(distiller, data, tcfg, stage=f"topk-{k or 'live'}-s{seed}", seed_from=f"data-{seed}",
+                    product=student)  # fmt: skip
+            out = {"seconds": time.perf_counter() - t0, "val_loss": lm_loss(student, val, acc, 8),
+                   "ood_loss": lm_loss(student, ood, acc, 8)}  # fmt: skip
+            atomic_write(saved, json.dumps(out))
+            results.setdefault(name, {})[seed] = out
+            print(f"{name} seed {seed}: held-out {out['val_loss']:.4f}", flush=True)
+    res = {"budget": {"tokens": args.tokens, "steps": steps, "batch": args.batch, "seq_len": args.seq_len,
+                      "seeds": args.seeds, "lr": args.lr, "quick": args.quick},
+           "machine": machine(), "capture": capture, "runs": results}  # fmt: skip
+    md = markdown(res)
+    write("topk_cache", res, md)
+    print(md)
+
+
+def markdown(res: dict) -> str:
+    b = res["budget"]
+    live = res["runs"]["live teacher (full KL)"]
+    lines = [
+        "# Top-k teacher cache: quality against the live teacher",
+        "",
+        f"Student SmolLM2-135M width-pruned to 58.7M parameters; {b['tokens']:,} tokens each ({b['steps']} steps x "
+        f"{b['batch']} x {b['seq_len']}), the same batches in the same order for every source (per seed), "
+        f"{b['seeds']} seeds. Machine: {res['machine']['gpu'] or res['machine']['cpu']}, torch "
+        f"{res['machine']['torch']}.",
+        "",
+        "| teacher signal | held-out loss | - live (paired, mean +- std) | out-of-domain loss | cache MB | train s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, seeds in res["runs"].items():
+        val, ood = (mean_std([s[key] for s in seeds.values()]) for key in ("val_loss", "ood_loss"))
+        diffs = [s["val_loss"] - live[i]["val_loss"] for i, s in seeds.items() if i in live]
+        d = mean_std(diffs) if name != "live teacher (full KL)" else None
+        k = name.split("=")[-1] if "=" in name else None
+        mb = f"{res['capture'][k]['mb']:.0f}" if k is not None and k in res["capture"] else ""
+        secs = sum(s["seconds"] for s in seeds.values()) / len(seeds)
+        lines.append(f"| {name} | {val[0]:.4f} +- {val[1]:.4f} | "
+                     f"{'' if d is None else f'{d[0]:+.4f} +- {d[1]:.4f}'} | {ood[0]:.4f} | {mb} | {secs:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Perplexity of the live-teacher student: {math.exp(mean_std([s['val_loss'] for s in live.values()])[0]):.1f}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
