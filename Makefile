@@ -67,6 +67,7 @@ bench-llm: $(STAMP) data $(SERVER)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/llm_kd_throughput.py
 	$(BIN)/python benchmarks/minitron_smollm2.py
+	$(BIN)/python benchmarks/topk_cache.py
 	$(BIN)/python benchmarks/weaklabel_rt.py
 
 bench-online: $(STAMP) data

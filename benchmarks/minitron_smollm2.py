@@ -154,6 +154,11 @@ def main() -> None:
     cache = open_or_capture(Path(args.dir) / f"cache-k{args.k}", teacher, tok, train, CacheConfig(k=args.k),
                             ctx.accelerator)  # fmt: skip
     capture = {"seconds": time.perf_counter() - t0, **cache.captured}
+    stats = Path(args.dir) / f"cache-k{args.k}.json"  # a resumed invocation reports the capture it reused
+    if cache.captured["tokens"]:
+        atomic_write(stats, json.dumps(capture))
+    elif stats.is_file():
+        capture = {**json.loads(stats.read_text()), "reused": True}
     steps = args.tokens // (args.batch * args.seq_len)
     tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
                        log_every=10, eval_every=max(1, steps // 4), clip_grad_norm=1.0, progress=True)  # fmt: skip

@@ -195,6 +195,33 @@ def test_token_shards_give_the_in_memory_rows(tmp_path, monkeypatch):
         token_splits(small.model_copy(update={"text_field": "other"}), char_tokenizer())
 
 
+def test_a_datasets_directory_streams_into_the_same_shards(tmp_path):
+    from datasets import Dataset
+
+    texts = [f"Row {i}: " + "xyz " * (i % 5) for i in range(400)]
+    Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    cfg = TextData(source="datasets", paths=[str(tmp_path / "ds")], seq_len=10)
+    mem, _ = token_splits(cfg, char_tokenizer())
+    disk, _ = token_splits(cfg.model_copy(update={"shards": str(tmp_path / "shards")}), char_tokenizer())
+    assert torch.equal(disk["input_ids"][:], mem["input_ids"]) and torch.equal(disk["labels"][:], mem["labels"])
+
+
+def test_capture_cli_and_its_user_errors(tmp_path, capsys):
+    model, corpus_file = save_tiny_llama(tmp_path / "teacher"), save_corpus(tmp_path / "corpus.txt")
+    base = ["capture", f"teacher.path={model}", "data.source=files", f"data.paths=[{corpus_file}]", "data.seq_len=16",
+            f"run.output_dir={tmp_path / 'runs'}", "capture.k=4"]  # fmt: skip
+    assert main([*base, f"cache={tmp_path / 'c'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache: {tmp_path / 'c'}" in out and "| rows |" in out
+    assert TeacherCache(tmp_path / "c").k == 4
+    cases = [([], "cache"), (["capture.k=0"], "capture.k"),
+             ([f"cache={tmp_path / 'c'}", "data.seq_len=8"], "captured with another seq_len")]  # fmt: skip
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
 READER = """
 import sys, numpy as np, torch
 from distill.data.shards import TokenRows, TokenShards

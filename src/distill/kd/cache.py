@@ -228,11 +228,18 @@ class TeacherCache(RowStore):
 
 
 def open_or_capture(
-    path: str | Path, teacher: nn.Module, tokenizer, rows: Mapping[str, Any], cfg: CacheConfig, accelerator
+    path: str | Path,
+    teacher: nn.Module,
+    tokenizer,
+    rows: Mapping[str, Any],
+    cfg: CacheConfig,
+    accelerator,
+    expected: dict[str, Any] | None = None,
 ) -> TeacherCache:
     """The cache at `path` for this teacher and corpus; captured (or finished) first when it is not whole,
-    each process computing its share of the shards. `.captured` holds this process's capture figures."""
-    expected = check_cache(path, teacher, tokenizer, rows)
+    each process computing its share of the shards. `.captured` holds this process's capture figures.
+    `expected`: what `check_cache` returned, when the caller checked already (hashing a corpus reads it)."""
+    expected = expected or check_cache(path, teacher, tokenizer, rows)
     path = Path(path)
     stats = {"tokens": 0, "seconds": 0.0}
     if not _whole(path):

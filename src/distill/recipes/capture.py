@@ -18,7 +18,7 @@ from pydantic import Field
 
 from distill.config import Section
 from distill.data.text import TextData, token_splits
-from distill.kd.cache import CacheConfig, open_or_capture
+from distill.kd.cache import CacheConfig, check_cache, open_or_capture
 from distill.models.llm import LlmSpec, load_causal_lm
 from distill.recipe import Result, RuntimeConfig, start
 from distill.report import markdown_table
@@ -39,9 +39,10 @@ class Config(Section):
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     teacher, tokenizer = load_causal_lm(cfg.teacher)
     train, _ = token_splits(cfg.data, tokenizer)
+    expected = check_cache(cfg.cache, teacher, tokenizer, train)  # another teacher's cache: refused before any work
     ctx = start(name, cfg, cfg.run, resume)
     teacher.to(ctx.accelerator.device)
-    cache = open_or_capture(cfg.cache, teacher, tokenizer, train, cfg.capture, ctx.accelerator)
+    cache = open_or_capture(cfg.cache, teacher, tokenizer, train, cfg.capture, ctx.accelerator, expected)
     stats, seq_len = cache.captured, cache.manifest["seq_len"]
     size = sum(f.stat().st_size for f in Path(cfg.cache).iterdir())
     row = {"rows": len(cache), "tokens": len(cache) * seq_len, "k": cache.k, "shards": len(cache.files),

@@ -125,8 +125,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     for where, tcfg in [("train", cfg.train), ("search.train", cfg.search.train), ("correction", cfg.correction)]:
         if tcfg is not None and (where != "search.train" or shapes):
             check_fits(len(train["input_ids"]), tcfg, where)
+    expected = None
     if cfg.teacher.cache and cfg.correction is None:  # a corrected teacher is known only after its correction
-        check_cache(cfg.teacher.cache, teacher, tokenizer, train)
+        expected = check_cache(cfg.teacher.cache, teacher, tokenizer, train)
     ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev)
@@ -142,7 +143,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     imp = importance(cfg, ctx, teacher, train)
     if cfg.teacher.cache:  # after the correction: the cache holds the teacher the students learn from
-        train = open_or_capture(cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator)
+        train = open_or_capture(cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator,
+                                expected)  # fmt: skip
     teachers = {} if cfg.teacher.cache else {"teacher": teacher}
     table: list[dict[str, Any]] = []
     if target is None:
