@@ -214,12 +214,13 @@ def test_capture_cli_and_its_user_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"cache: {tmp_path / 'c'}" in out and "| rows |" in out
     assert TeacherCache(tmp_path / "c").k == 4
-    cases = [([], "cache"), (["capture.k=0"], "capture.k"),
+    cases = [([], "cache"), (["capture.k=0", f"cache={tmp_path / 'd'}"], "capture.k"),
              ([f"cache={tmp_path / 'c'}", "data.seq_len=8"], "captured with another seq_len")]  # fmt: skip
     for extra, message in cases:
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+    assert len(list((tmp_path / "runs").iterdir())) == 1, "a refused capture made a run directory"
 
 
 READER = """

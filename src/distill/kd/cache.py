@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,6 @@ def capture(
     on disk are kept (resume). With several processes, each computes shards j = rank mod world. Returns
     {"tokens": ..., "seconds": ...} for the shards this process computed now.
     """
-    import time
-
     path = Path(path)
     manifest = {**manifest, "k": cfg.k, "shard_rows": cfg.shard_rows, "rows": len(rows["input_ids"]),
                 "version": VERSION}  # fmt: skip
