@@ -98,8 +98,10 @@ def iter_texts(cfg: TextData) -> Iterator[str]:
     if not cfg.paths:
         raise DistillError(f"data.paths must name the {cfg.source} input(s)")
     if cfg.source == "datasets":
-        from datasets import load_from_disk
-
+        try:
+            from datasets import load_from_disk
+        except ImportError:
+            raise DistillError("data.source=datasets needs the datasets package: pip install datasets") from None
         ds = load_from_disk(cfg.paths[0])
         ds = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
         for start in range(0, len(ds), 1000):
