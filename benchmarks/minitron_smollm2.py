@@ -98,6 +98,38 @@ def setup(args):
     return teacher, tok, train, val, ood_val, ctx
 
 
+def arguments(seeds: int) -> argparse.ArgumentParser:
+    """The options this benchmark and topk_cache.py share (same corpus, student, budget and folder)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", type=int, default=204_800, help="training tokens per variant (one pass)")
+    p.add_argument("--seeds", type=int, default=seeds)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--val", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--dir", default="runs/bench-minitron")
+    p.add_argument("--quick", action="store_true")
+    return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    args = p.parse_args()
+    if args.quick:
+        args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
+    return args
+
+
+def importance(args, teacher, train, dev) -> Importance:
+    """The teacher's activation importance, computed once per --dir."""
+    folder = Path(args.dir) / "importance"
+    if Importance.exists(folder):
+        return Importance.load(folder)
+    imp = compute_importance(teacher, train["input_ids"][: args.calibration].to(dev).split(8), depth_batches=2)
+    imp.save(folder)
+    return imp
+
+
 def student_fit(ctx, name, teacher, student, term, data, tcfg, seed, evaluate) -> dict:
     """Train one student (KD reads the cache when `data` is one) and measure it."""
     terms = from_cache([term]) if term is KD else [term]
@@ -112,20 +144,9 @@ def student_fit(ctx, name, teacher, student, term, data, tcfg, seed, evaluate) -
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--tokens", type=int, default=204_800, help="training tokens per variant (one pass)")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
+    p = arguments(seeds=2)
     p.add_argument("--k", type=int, default=64, help="top-k of the teacher cache")
-    p.add_argument("--calibration", type=int, default=256)
-    p.add_argument("--val", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--dir", default="runs/bench-minitron")
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
+    args = parse(p)
     t_start = time.perf_counter()
     teacher, tok, train, val, ood, ctx = setup(args)
     dev = ctx.accelerator.device
@@ -135,13 +156,8 @@ def main() -> None:
     width = shape.with_(hidden=384, ffn=768, heads=6)
     depth = depth_shape_like(shape, width.params())
 
-    imp_dir = Path(args.dir) / "importance"
     t0 = time.perf_counter()
-    if Importance.exists(imp_dir):
-        imp = Importance.load(imp_dir)
-    else:
-        imp = compute_importance(teacher, train["input_ids"][: args.calibration].to(dev).split(8), depth_batches=2)
-        imp.save(imp_dir)
+    imp = importance(args, teacher, train, dev)
     importance_s = time.perf_counter() - t0
     teacher_row = {"val_loss": evaluate(teacher), "ood_loss": lm_loss(teacher, ood, ctx.accelerator, 8)}
     rand_imp = random_importance(imp, 0)

@@ -11,7 +11,6 @@ Writes benchmarks/results/topk_cache.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,35 +21,19 @@ from distill.engine import TrainConfig
 from distill.evaluate import lm_loss
 from distill.kd.cache import CacheConfig, from_cache, open_or_capture
 from distill.kd.distiller import Distiller
-from distill.pruning import Importance, LlmShape, compute_importance, prune
+from distill.pruning import LlmShape, prune
 from distill.run import atomic_write
-from minitron_smollm2 import KD, setup
+from minitron_smollm2 import KD, arguments, importance, parse, setup
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--tokens", type=int, default=204_800)
-    p.add_argument("--seeds", type=int, default=3)
+    p = arguments(seeds=3)
     p.add_argument("--ks", default="8,32,128")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--calibration", type=int, default=256)
-    p.add_argument("--val", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--dir", default="runs/bench-minitron")
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
+    args = parse(p)
     teacher, tok, train, val, ood, ctx = setup(args)
     dev, acc = ctx.accelerator.device, ctx.accelerator
     folder = Path(args.dir)
-    imp_dir = folder / "importance"
-    if Importance.exists(imp_dir):
-        imp = Importance.load(imp_dir)
-    else:
-        imp = compute_importance(teacher, train["input_ids"][: args.calibration].to(dev).split(8), depth_batches=2)
-        imp.save(imp_dir)
+    imp = importance(args, teacher, train, dev)
     width = LlmShape.of(teacher.config).with_(hidden=384, ffn=768, heads=6)
     steps = args.tokens // (args.batch * args.seq_len)
     tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),

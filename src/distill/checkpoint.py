@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
-from safetensors.torch import save_file, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from distill.run import RunDir, atomic_write
@@ -110,8 +110,6 @@ def shard_frozen(accelerator: Accelerator, model: nn.Module) -> nn.Module:
 
 def whole_copy(module: nn.Module, weights: Path) -> nn.Module:
     """An unsharded copy of an HF model whose whole weights were saved at `weights` (for exporting it)."""
-    from safetensors.torch import load_model
-
     copy = type(module)(module.config)
     load_model(copy, str(weights))
     return copy.eval()

@@ -80,7 +80,6 @@ class TokenShards:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         index = json.loads((self.path / INDEX).read_text())
-        self.index = index
         self.files = [np.load(self.path / f, mmap_mode="r") for f in index["shards"]]
         self.starts = np.cumsum([0] + [len(f) for f in self.files]).tolist()
         self.tokens = self.starts[-1]

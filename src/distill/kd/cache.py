@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.config import Section
-from distill.data.shards import RowStore
+from distill.data.shards import RowStore, tokenizer_fingerprint
 from distill.errors import DistillError
 from distill.kd.objective import Term, parse_ref
 from distill.models.llm import LlmSpec
@@ -176,8 +176,6 @@ def shard_name(j: int) -> str:
 
 def describe(teacher: nn.Module, tokenizer, rows: Mapping[str, Any]) -> dict[str, Any]:
     """What a cache of `teacher` over `rows` must match: fingerprints and the sequence length."""
-    from distill.data.shards import tokenizer_fingerprint
-
     return {"teacher": model_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tokenizer),
             "corpus": rows_fingerprint(rows), "seq_len": int(rows["input_ids"][0].shape[-1])}  # fmt: skip
 
@@ -196,8 +194,7 @@ class TeacherCache(RowStore):
             check_manifest(self.path, self.manifest, expected, MUST_MATCH)
         n, per = self.manifest["rows"], self.manifest["shard_rows"]
         count = math.ceil(n / per)
-        missing = [shard_name(j) for j in range(count) if not (self.path / shard_name(j)).is_file()]
-        if missing:
+        if missing := _missing(self.path, self.manifest):
             raise DistillError(
                 f"teacher cache {self.path} is unfinished ({len(missing)} of {count} shards missing); "
                 "run the capture again to complete it"
@@ -241,7 +238,7 @@ def open_or_capture(
     expected = expected or check_cache(path, teacher, tokenizer, rows)
     path = Path(path)
     stats = {"tokens": 0, "seconds": 0.0}
-    if not _whole(path):
+    if not (path / MANIFEST).is_file() or _missing(path, json.loads((path / MANIFEST).read_text())):
         stats = capture(teacher, rows, path, expected, cfg, accelerator.device, accelerator.is_main_process,
                         accelerator.process_index, accelerator.num_processes)  # fmt: skip
     accelerator.wait_for_everyone()
@@ -258,11 +255,10 @@ def check_cache(path: str | Path, teacher: nn.Module, tokenizer, rows: Mapping[s
     return expected
 
 
-def _whole(path: Path) -> bool:
-    if not (path / MANIFEST).is_file():
-        return False
-    m = json.loads((path / MANIFEST).read_text())
-    return all((path / shard_name(j)).is_file() for j in range(math.ceil(m["rows"] / m["shard_rows"])))
+def _missing(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """The shard files a manifest promises that are not (yet) in `path`."""
+    names = [shard_name(j) for j in range(math.ceil(manifest["rows"] / manifest["shard_rows"]))]
+    return [n for n in names if not (path / n).is_file()]
 
 
 def from_cache(terms: list[Term]) -> list[Term]:

@@ -53,9 +53,10 @@ def _jsd_rows(beta: float) -> RowLoss:
     return rows
 
 
-def _rows(t: Tensor | tuple[Tensor, ...], sl: slice) -> Tensor | tuple[Tensor, ...]:
-    """Rows `sl` of the teacher's side: one tensor, or a tuple of them (e.g. top-k ids and log-probabilities)."""
-    return tuple(x[sl] for x in t) if isinstance(t, tuple) else t[sl].float()
+def _rows(t: Tensor | tuple[Tensor, ...], sl: slice, scale: float) -> Tensor | tuple[Tensor, ...]:
+    """Rows `sl` of the teacher's side: logits divided by the temperature, or a tuple taken as it is (a cached
+    top-k: ids, log-probabilities and the rest's mass)."""
+    return tuple(x[sl] for x in t) if isinstance(t, tuple) else t[sl].float() / scale
 
 
 class _ChunkedRowLoss(torch.autograd.Function):
@@ -72,8 +73,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
                 continue
             with torch.enable_grad():
                 sc = s[sl].detach().float().requires_grad_(grad is not None)
-                tc = _rows(t, sl)
-                value = (row_loss(sc / scale, tc if isinstance(tc, tuple) else tc / scale) * w).sum()
+                value = (row_loss(sc / scale, _rows(t, sl, scale)) * w).sum()
                 if grad is not None:
                     (g,) = torch.autograd.grad(value, sc)
                     grad[sl] = g.to(grad.dtype)
