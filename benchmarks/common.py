@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def write(name: str, data: dict[str, Any], markdown: str) -> None:
     atomic_write(RESULTS / f"{name}.json", json.dumps(data, indent=2) + "\n")
     atomic_write(RESULTS / f"{name}.md", markdown)
+
+
+def finish(name: str, data: dict[str, Any], markdown, t0: float, note: str | None = None) -> None:
+    """Stamp the results with the machine, the wall time since `t0` and an optional note; write and print them."""
+    data.update(machine=machine(), wall_s=time.perf_counter() - t0)
+    if note:
+        data["note"] = note
+    md = markdown(data)
+    write(name, data, md)
+    print(md)

@@ -88,7 +88,7 @@ VARIANTS = [("unrolled (baseline)", "unrolled", 0, 0), ("unrolled", "unrolled", 
             ("constant, glibc default", "constant", 0, 0), ("constant, compiled", "constant", 1, 1)]  # fmt: skip
 
 
-def _iteration(ipc: int, syn_steps: int, memory: str, keep: int, compile: int):
+def _iteration(ipc: int, syn_steps: int, memory: str, keep: int, compile: int, dsa=None):
     """One distillation iteration (width 128, depth 3, 28x28) as a function, set up as a run would be."""
     from distill.dd import SyntheticSet, TrajectoryMatcher
     from distill.dd.augment import DSAConfig
@@ -104,7 +104,7 @@ def _iteration(ipc: int, syn_steps: int, memory: str, keep: int, compile: int):
     trajectory = [{n: p.detach() for n, p in net.named_parameters()} for net in nets]
     syn = SyntheticSet(torch.randn(10 * ipc, 1, 28, 28), torch.arange(10).repeat_interleave(ipc), 0.01)
     matcher = TrajectoryMatcher(syn, build_model(spec, **shape), [trajectory], syn_steps=syn_steps, expert_epochs=2,
-                                batch_syn=10 * ipc, lr_img=1000, lr_lr=1e-5, dsa_cfg=DSAConfig(), memory=memory,
+                                batch_syn=10 * ipc, lr_img=1000, lr_lr=1e-5, dsa_cfg=dsa or DSAConfig(), memory=memory,
                                 compile=bool(compile))  # fmt: skip
     opt = torch.optim.SGD(matcher.param_groups(), lr=1000, momentum=0.5)
     batch = {"expert": torch.tensor([0]), "start": torch.tensor([0])}

@@ -21,7 +21,7 @@ ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 
 def strip(records: list[dict]) -> list[dict]:
     """Metrics without wall-clock fields, for comparing two runs."""
-    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s", "tokens_per_s")} for r in records]
 
 
 def read_metrics(run: Path) -> list[dict]:

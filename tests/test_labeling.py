@@ -90,8 +90,8 @@ def test_vote_by_hand():
     v = vote(["a", "a", "b", None], {"a": 1.0, "b": -1.0})
     assert (v.label, v.agreement, v.parsed, v.samples) == ("a", 0.5, 3, 4)
     assert v.soft == pytest.approx((1 + 1 - 1) / 3)
-    tie = vote(["a", "b"], {"a": 1.0, "b": -1.0})
-    assert (tie.label, tie.agreement, tie.soft) == (None, 0.0, 0.0)
+    tie = vote(["a", "b", "a", "b"], {"a": 1.0, "b": -1.0})  # no majority label; the soft score is halfway
+    assert (tie.label, tie.agreement, tie.soft) == (None, 0.5, 0.0)
     none = vote([None, None], {"a": 1.0})
     assert (none.label, none.agreement, none.soft, none.parsed) == (None, 0.0, None, 0)
 

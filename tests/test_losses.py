@@ -131,10 +131,15 @@ def test_projection_picks_conv_or_linear():
 
 
 def test_attention_transfer_golden():
-    # maps mean_c A^2: student [1, 0], teacher [0, 1], both unit norm: mean((1-0)^2, (0-1)^2) = 1
+    # maps mean_c A^2: student [1, 0], teacher [0, 1], both unit norm: (1-0)^2 + (0-1)^2 = 2, mean 1
     s = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
     t = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
-    assert attention_transfer(s, t).item() == pytest.approx(1.0)
+    assert attention_transfer(s, t).item() == pytest.approx(2.0)
+    assert attention_transfer(s, t, reduction="mean").item() == pytest.approx(1.0)
+    # the same disagreement on a 4x larger map: the sum form keeps its size, the mean form shrinks 4x
+    s4, t4 = (x.repeat_interleave(2, -1).repeat_interleave(2, -2) for x in (s, t))
+    assert attention_transfer(s4, t4).item() == pytest.approx(2.0)
+    assert attention_transfer(s4, t4, reduction="mean").item() == pytest.approx(0.25)
     assert attention_transfer(t * 3, t).item() == pytest.approx(0.0, abs=1e-7)  # scale-free
     # different spatial sizes: the student map is pooled to the teacher's
     assert attention_transfer(torch.ones(1, 2, 4, 4), torch.ones(1, 5, 2, 2)).item() == pytest.approx(0.0, abs=1e-7)

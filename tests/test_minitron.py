@@ -47,10 +47,18 @@ def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     assert kd[-1] < kd[0], "distillation lowers the KL to the teacher"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("hidden0" in r and "hidden1" in r for r in records), "one hidden-state term per kept layer"
+    # a language model's throughput is logged in tokens: 4 sequences x 32 positions a step
+    speed = [r for r in records if "tokens_per_s" in r]
+    assert speed and all(r["tokens_per_s"] == pytest.approx(32 * r["samples_per_s"]) for r in speed)
     assert (run / "importance" / "importance.safetensors").is_file()
     assert (run / "correction" / "done.json").is_file(), "the teacher was corrected before pruning"
     report = (run / "report.md").read_text()
     assert "The cat" in report and "plots/student-eval.png" in report
+
+
+def test_search_budget_is_given_in_tokens(tmp_path, capsys):
+    assert main(["minitron", "search.train.max_steps=20", f"run.output_dir={tmp_path}"]) == 2
+    assert "give the search's budget as search.tokens" in capsys.readouterr().err
 
 
 def test_budget_search_and_importance_reuse(tiny, tmp_path):
@@ -58,12 +66,15 @@ def test_budget_search_and_importance_reuse(tiny, tmp_path):
         *tiny,
         "target.params=0.6",
         "search.candidates=2",
-        "search.train.max_steps=2",
+        "search.tokens=200",  # 2 steps of 4 x 32 tokens (rounded up)
         "search.train.progress=false",
     ]
     assert main(["minitron", *args]) == 0
     first = only_run(tmp_path)
     result = json.loads((first / "results.json").read_text())
+    assert {r["tokens"] for r in result["tables"]["search"]} == {256}
+    records = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records if r.get("stage") == "search-0") == 2
     assert result["tables"]["search"] and [r["val_loss"] for r in result["tables"]["search"]] == sorted(
         r["val_loss"] for r in result["tables"]["search"]
     )

@@ -45,10 +45,21 @@ def test_every_dsa_op_is_differentiable_and_seeded(op):
         assert any(not torch.equal(draws[0], d) for d in draws[1:]), "different seeds must differ"
 
 
+def test_default_draws_per_image_reproducibly_by_seed():
+    """The official code's default: every image its own crop, scale, rotation...; the same seed, the same draws."""
+    x = torch.rand(1, 1, 10, 10).repeat(6, 1, 1, 1)
+    for op in ("crop", "scale", "rotate", "color", "cutout"):
+        cfg = DSAConfig(strategy=op)
+        a, b = (dsa(x, cfg, torch.Generator().manual_seed(3)) for _ in range(2))
+        assert torch.equal(a, b)
+        assert len({tuple(img.flatten().tolist()) for img in a}) > 1, f"{op}: one draw for all images"
+        assert not torch.equal(a, dsa(x, cfg, torch.Generator().manual_seed(4)))
+
+
 def test_siamese_mode_shares_one_draw_across_the_batch():
     x = torch.rand(1, 1, 10, 10).repeat(5, 1, 1, 1)
-    shared = dsa(x, DSAConfig(strategy="rotate"), torch.Generator().manual_seed(0))
-    own = dsa(x, DSAConfig(strategy="rotate", same_for_batch=False), torch.Generator().manual_seed(0))
+    shared = dsa(x, DSAConfig(strategy="rotate", same_for_batch=True), torch.Generator().manual_seed(0))
+    own = dsa(x, DSAConfig(strategy="rotate"), torch.Generator().manual_seed(0))
     assert all(torch.allclose(shared[0], s) for s in shared[1:])
     assert not all(torch.allclose(own[0], s) for s in own[1:])
 

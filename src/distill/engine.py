@@ -230,7 +230,8 @@ def fit(
                 with accelerator.autocast():
                     loss, terms = wrapped(batch)
                 accelerator.backward(loss / cfg.grad_accum)
-            window.add(loss, terms, len(idx) * world)
+            tokens = batch["input_ids"].numel() * world if "input_ids" in batch else 0
+            window.add(loss, terms, len(idx) * world, tokens)
             if not last_micro:
                 continue
             if cfg.clip_grad_norm:  # per optimizer group when the model declares them (a cohort: per member)
@@ -246,7 +247,8 @@ def fit(
             if run is not None and (step % cfg.log_every == 0 or step == total):
                 record = window.flush(accelerator)
                 record.update(lr=scheduler.get_last_lr()[0])
-                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
+                unit, key = ("tok_s", "tokens_per_s") if "tokens_per_s" in record else ("samples_s", "samples_per_s")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", **{unit: f"{record[key]:.0f}"})
                 run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **record})
             paused = False  # evaluating and saving are not training throughput
             if eval_fn is not None and (step % eval_every == 0 or step == total):
@@ -306,28 +308,30 @@ def _whole(wrapped: nn.Module):
 
 
 class _Window:
-    """Running sums of loss terms and samples between two log records."""
+    """Running sums of loss terms, samples and tokens (language models) between two log records."""
 
     def __init__(self, saved: dict[str, Any] | None = None) -> None:
         self.sums: dict[str, Tensor] = {}
-        self.count, self.samples, self.elapsed = 0, 0, 0.0
+        self.count, self.samples, self.tokens, self.elapsed = 0, 0, 0, 0.0
         if saved is not None:  # a checkpoint's: the sums go on; the clock starts now
             self.sums = {k: v.clone() for k, v in saved["sums"].items()}
-            self.count, self.samples = saved["count"], saved["samples"]
+            self.count, self.samples, self.tokens = saved["count"], saved["samples"], saved.get("tokens", 0)
         self.restart()
 
     def state(self) -> dict[str, Any]:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count, "samples": self.samples}
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count, "samples": self.samples,
+                "tokens": self.tokens}  # fmt: skip
 
     def restart(self) -> None:
         self.t0 = time.perf_counter()
 
-    def add(self, loss: Tensor, terms: dict[str, Tensor], samples: int) -> None:
+    def add(self, loss: Tensor, terms: dict[str, Tensor], samples: int, tokens: int = 0) -> None:
         for k, v in {"loss": loss, **terms}.items():
             v = v.detach().float()
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
         self.samples += samples
+        self.tokens += tokens
         now = time.perf_counter()
         self.elapsed += now - self.t0
         self.t0 = now
@@ -339,5 +343,7 @@ class _Window:
             values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
         record = {k: float(v) for k, v in zip(names, values.tolist())}
         record["samples_per_s"] = self.samples / max(self.elapsed, 1e-9)
-        self.sums, self.count, self.samples, self.elapsed = {}, 0, 0, 0.0
+        if self.tokens:
+            record["tokens_per_s"] = self.tokens / max(self.elapsed, 1e-9)
+        self.sums, self.count, self.samples, self.tokens, self.elapsed = {}, 0, 0, 0, 0.0
         return record

@@ -55,6 +55,12 @@ class ImageData(Section):
     image_size: int | None = Field(None, gt=0, description="folder: resize to this square size")
     train_limit: int | None = Field(None, gt=0, description="use only the first N training images")
     test_limit: int | None = Field(None, gt=0, description="use only the first N test images")
+    val_images: int = Field(
+        0,
+        ge=0,
+        description="hold out the last N training images as a validation split, to choose "
+        "hyperparameters on it rather than on the test set (0: none)",
+    )
 
 
 @dataclass
@@ -64,6 +70,7 @@ class ImageSplits:
     classes: list[str]
     mean: Tensor | None = None  # per-channel statistics the images were normalised with, (1, C, 1, 1)
     std: Tensor | None = None
+    val: dict[str, Tensor] | None = None  # the held-out end of the training split (data.val_images)
 
     def pixels(self, x: Tensor) -> Tensor:
         """Normalised images back to [0, 1] pixels."""
@@ -91,6 +98,11 @@ def load_images(cfg: ImageData) -> ImageSplits:
     train_x, train_y, test_x, test_y, classes, *domains = loaders[cfg.source](cfg)
     train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
     test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    if cfg.val_images >= len(train_y):
+        raise DistillError(f"data.val_images={cfg.val_images} leaves no training images (there are {len(train_y)})")
+    n = len(train_y) - cfg.val_images
+    val_x, val_y = train_x[n:], train_y[n:]
+    train_x, train_y = train_x[:n], train_y[:n]
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     splits = ImageSplits(
@@ -99,9 +111,13 @@ def load_images(cfg: ImageData) -> ImageSplits:
         classes=classes,
         mean=mean,
         std=std,
+        val={"inputs": (val_x - mean) / std, "labels": val_y} if cfg.val_images else None,
     )
     if domains:  # per-sample teacher indices from a tensor file, for teacher[routed]
-        splits.train["domain"] = domains[0][: cfg.train_limit]
+        train_d = domains[0][: cfg.train_limit]
+        splits.train["domain"] = train_d[:n]
+        if splits.val is not None:
+            splits.val["domain"] = train_d[n:]
         splits.test["domain"] = domains[1][: cfg.test_limit]
     return splits
 

@@ -1,10 +1,10 @@
 """Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021), as used by dataset distillation.
 
 Every op is differentiable with respect to the images, so gradients reach synthetic pixels
-through the augmentation. In 'S' mode one op family is drawn per call; `same_for_batch`
-draws one set of random parameters for the whole batch (the Siamese setting), otherwise one
-per image. All randomness comes from the `generator` passed in (or torch's global stream), so
-a seed makes an augmentation reproducible.
+through the augmentation. In 'S' mode one op family is drawn per call; by default each image
+gets its own random parameters, as in the official DSA and MTT code (`batchmode=False`);
+`same_for_batch` draws one set for the whole batch instead. All randomness comes from the
+`generator` passed in (or torch's global stream), so a seed makes an augmentation reproducible.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class DSAConfig(Section):
         "color_crop_cutout_flip_scale_rotate", description=f"ops joined by '_', from {list(OPS)}; 'none' disables"
     )
     mode: Literal["S", "M"] = Field("S", description="S: one op per batch, drawn at random; M: all ops in order")
-    same_for_batch: bool = Field(True, description="one random draw for the whole batch (Siamese) or one per image")
+    same_for_batch: bool = Field(
+        False, description="one random draw for the whole batch, or one per image (the official code's default)"
+    )
     prob_flip: float = Field(0.5, ge=0, le=1)
     ratio_scale: float = Field(1.2, ge=1)
     ratio_rotate: float = Field(15.0, ge=0, description="degrees")

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Vote:
     label: str | None  # the majority label; None when nothing parsed or the top labels tie
-    agreement: float  # votes for the majority label / all samples (unparseable ones count against it)
-    soft: float | None  # mean value of the parsed labels (e.g. bullish +1, neutral 0, bearish -1)
+    agreement: float  # votes for the most-voted label / all samples (unparseable ones count against it)
+    soft: float | None  # mean value of the parsed labels (e.g. bullish +1, neutral 0, bearish -1): defined on
+    # a tie too (a 4-4 split of +1 and -1 scores 0, halfway), so a regression student keeps tied texts
     parsed: int  # samples that named exactly one label
     samples: int
 
@@ -25,7 +26,7 @@ def vote(labels: Sequence[str | None], values: dict[str, float]) -> Vote:
     top, n = counts[0]
     tie = len(counts) > 1 and counts[1][1] == n
     soft = sum(values[label] for label in named) / len(named)
-    return Vote(None if tie else top, 0.0 if tie else n / len(labels), soft, len(named), len(labels))
+    return Vote(None if tie else top, n / len(labels), soft, len(named), len(labels))
 
 
 def coverage_precision(

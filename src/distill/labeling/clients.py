@@ -196,6 +196,21 @@ def _generation(out: Any, endpoint: str, t0: float) -> Generation:
 
 
 # --- a local transformers model -------------------------------------------------------------------
+class SeededSampler:
+    """A logits processor that samples each row at `temperature` from a generator of its own and leaves
+    only the drawn token (greedy decoding then takes it)."""
+
+    def __init__(self, seeds: list[int], temperature: float) -> None:
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        drawn = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, drawn.to(scores.device), 0.0)
+
+
 class LocalClient:
     def __init__(self, spec: LocalTeacher) -> None:
         from distill.models.llm import LlmSpec, load_causal_lm
@@ -220,12 +235,13 @@ class LocalClient:
         first = requests[0]
         enc = self.tok([self._prompt(r.messages) for r in requests], return_tensors="pt", padding=True,
                        add_special_tokens=False)  # fmt: skip
-        torch.manual_seed(first.seed)
-        kwargs: dict[str, Any] = dict(max_new_tokens=first.max_tokens, pad_token_id=self.tok.pad_token_id)
-        if first.temperature > 0:  # plain temperature sampling: no top-k / top-p from the model's defaults
-            kwargs.update(do_sample=True, temperature=first.temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        # greedy decoding over logits that a sampler has already narrowed to the token it drew: each row
+        # draws from its own generator, seeded by its (prompt, sample), so an answer does not depend on the
+        # batch it was in (plain temperature sampling; no top-k / top-p from the model's defaults)
+        kwargs: dict[str, Any] = dict(max_new_tokens=first.max_tokens, pad_token_id=self.tok.pad_token_id,
+                                      do_sample=False, temperature=None, top_k=None, top_p=None)  # fmt: skip
+        if first.temperature > 0:
+            kwargs["logits_processor"] = [SeededSampler([r.seed for r in requests], first.temperature)]
         t0 = time.perf_counter()
         out = self.model.generate(**enc, **kwargs)
         latency = (time.perf_counter() - t0) / len(requests)

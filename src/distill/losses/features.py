@@ -68,15 +68,23 @@ def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
     return F.normalize(features.float().abs().pow(p).mean(1).flatten(1), dim=1)
 
 
-def attention_transfer(student: Tensor, teacher: Tensor, p: float = 2.0) -> Tensor:
-    """Attention transfer: mean squared difference of the normalised attention maps.
+def attention_transfer(student: Tensor, teacher: Tensor, p: float = 2.0, reduction: str = "sum") -> Tensor:
+    """Attention transfer: squared distance between the normalised attention maps, mean over the batch.
 
-    This is the reference code's form (paper weight beta=1e3 goes in the term's weight). When
-    the spatial sizes differ, the student's map is average-pooled to the teacher's size.
+    reduction="sum" sums over positions: the distance of two unit vectors, in [0, 4] whatever the map's
+    size, so one weight suits every stage and input size. reduction="mean" averages over positions
+    instead, the reference code's form, whose scale falls as 1/(H*W): its beta=1e3 was set for 32x32
+    CIFAR maps (about weight 1 here). When the spatial sizes differ, the student's map is average-pooled
+    to the teacher's size.
     """
     if student.shape[-2:] != teacher.shape[-2:]:
         student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
-    return (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2).mean()
+    diff = (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2)
+    if reduction == "sum":
+        return diff.sum(1).mean()
+    if reduction == "mean":
+        return diff.mean()
+    raise ValueError(f"attention_transfer reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
 def attention_kl(student: Tensor, teacher: Tensor, mask: Tensor | None = None, eps: float = 1e-12) -> Tensor:

@@ -3,15 +3,18 @@
 Stages, in order:
     1. data      load the image set (Fashion-MNIST by default)
     2. teachers  train each teacher with the engine (cross-entropy), or load its checkpoint
-    3. baseline  optionally, the student alone with the same budget (for the comparison)
-    4. student   train the student on the objective: any weighted mix of logit and feature terms
-    5. report    test accuracy and parameter counts of everyone, results.json, report.md
+    3. signals   optionally (teacher_signals=cached), every training image's teacher signals, computed once
+    4. baseline  optionally, the student alone with the same budget (for the comparison)
+    5. hints     optionally (hint_stage), FitNets' first stage: the student's layers up to each hinted tap
+                 and the regressors learn the hint terms alone
+    6. student   train the student on the objective (after a hint stage: its other terms)
+    7. report    test (and validation) accuracy and parameter counts of everyone, results.json, report.md
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -20,7 +23,7 @@ from distill.config import Section
 from distill.data import ImageData, ImageSplits, load_images
 from distill.engine import TrainConfig, check_fits
 from distill.evaluate import accuracy
-from distill.kd import Distiller, Term, Terms, check_refs
+from distill.kd import Distiller, Objective, Term, Terms, check_refs, precompute_signals, read_cached
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
 
@@ -66,6 +69,17 @@ class Config(Section):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=2, lr=2e-3, weight_decay=5e-4), description="how the student trains"
     )
+    teacher_signals: Literal["live", "cached"] = Field(
+        "live",
+        description="live: the teacher runs on every student batch; cached: its signals (logits and tapped "
+        "features) on every training image are computed once and read from memory. Exact here, as the images "
+        "are not augmented; it costs memory for feature taps (N x C x H x W floats each)",
+    )
+    hint_stage: TrainConfig | None = Field(
+        None,
+        description="FitNets' two stages: train the objective's hint terms alone first, for this budget (only the "
+        "student's layers below each hinted tap and the regressors learn), then the other terms; None: all jointly",
+    )
     baseline: bool = Field(False, description="also train the student alone (cross-entropy, same budget)")
     eval_batch_size: int = Field(1000, gt=0, description="batch size of test-set evaluation")
 
@@ -77,6 +91,12 @@ class Config(Section):
         problem = check_refs(self.objective, names)
         if problem:
             raise ValueError(problem)
+        if self.teacher_signals == "cached" and len(names) > 1:
+            raise ValueError("teacher_signals=cached takes one teacher; with several, use teacher_signals=live")
+        if self.hint_stage is not None:
+            hints, rest = _split_hints(self.objective)
+            if not hints or not rest:
+                raise ValueError("hint_stage needs both hint terms (loss: hint) and other terms in the objective")
         return self
 
 
@@ -87,7 +107,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     ctx = start(name, cfg, cfg.run, resume)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return {"accuracy": accuracy(model, data.test, ctx.accelerator, cfg.eval_batch_size)}
+        scores = {"accuracy": accuracy(model, data.test, ctx.accelerator, cfg.eval_batch_size)}
+        if data.val is not None:
+            scores["val_accuracy"] = accuracy(model, data.val, ctx.accelerator, cfg.eval_batch_size)
+        return scores
 
     rows: list[dict[str, Any]] = []
     teachers: dict[str, nn.Module] = {}
@@ -96,26 +119,38 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         ctx.seed_stage(stage)
         model = build_model(spec.model, **shape)
         if spec.model.checkpoint:
-            acc = evaluate(model.to(ctx.accelerator.device))["accuracy"]
+            scores = evaluate(model.to(ctx.accelerator.device))
         else:
-            acc = train_supervised(ctx, model, data.train, spec.train, stage, evaluate)["accuracy"]
+            scores = train_supervised(ctx, model, data.train, spec.train, stage, evaluate)
         teachers[spec.name] = model
-        rows.append(_row(stage.replace("-", " "), model, acc))
+        rows.append(_row(stage.replace("-", " "), model, scores))
+
+    train, terms, live = data.train, cfg.objective, teachers
+    if cfg.teacher_signals == "cached" and teachers:
+        (_, taps), *_ = Objective(cfg.objective, list(teachers)).taps()[1].items()
+        signals = precompute_signals(teachers, taps, data.train, ctx.accelerator.device, cfg.eval_batch_size)
+        train, terms, live = {**data.train, **signals}, read_cached(cfg.objective), {}
 
     if cfg.baseline:
         ctx.seed_stage("student/init")  # the same initial weights as the distilled student
         alone = build_model(cfg.student, **shape)
-        acc = train_supervised(ctx, alone, data.train, cfg.train, "student-alone", evaluate)["accuracy"]
-        rows.append(_row("student alone", alone, acc))
+        rows.append(_row("student alone", alone, train_supervised(ctx, alone, data.train, cfg.train,
+                                                                  "student-alone", evaluate)))  # fmt: skip
 
     ctx.seed_stage("student/init")
     student = build_model(cfg.student, **shape)
-    distiller = Distiller(student, cfg.objective, teachers).to(ctx.accelerator.device)
-    distiller.build(_probe(data.train, cfg.train.batch_size, ctx))
-    metrics = ctx.fit(distiller, data.train, cfg.train, stage="student", eval_fn=evaluate, product=student)
-    rows.append(_row("student KD" if teachers else "student", student, metrics["accuracy"]))
+    stages = [("student", terms, cfg.train)]
+    if cfg.hint_stage is not None:
+        hints, rest = _split_hints(terms)
+        stages = [("student-hints", hints, cfg.hint_stage), ("student", rest, cfg.train)]
+    for stage, stage_terms, tcfg in stages:
+        distiller = Distiller(student, stage_terms, live).to(ctx.accelerator.device)
+        distiller.build(_probe(train, tcfg.batch_size, ctx))
+        scores = ctx.fit(distiller, train, tcfg, stage=stage, eval_fn=evaluate, product=student)
+    rows.append(_row("student KD" if teachers else "student", student, scores))
 
     info = {"epochs": cfg.train.epochs, "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed}
+    info["teacher_signals"] = cfg.teacher_signals
     products = {"student": "student/model.safetensors"}
     trained = [t.name for t in cfg.teachers if not t.model.checkpoint]
     products.update({t: f"{_teacher_stage(t)}/model.safetensors" for t in trained})
@@ -131,6 +166,8 @@ def check(cfg: Config, data: ImageSplits, shape: dict[str, int]) -> None:
         check_accepts(build_model(spec, **shape), sample, f"{where} ({spec.arch})")
     stages = [("train", cfg.train)] + [(f"teachers.{i}.train", t.train) for i, t in enumerate(cfg.teachers)
                                        if not t.model.checkpoint]  # fmt: skip
+    if cfg.hint_stage is not None:
+        stages.append(("hint_stage", cfg.hint_stage))
     for where, tcfg in stages:
         check_fits(len(data.train["labels"]), tcfg, where)
 
@@ -142,6 +179,11 @@ def train_supervised(
     return ctx.fit(Distiller(model, [CE]), train, tcfg, stage=stage, eval_fn=evaluate, product=model)
 
 
+def _split_hints(terms: list[Term]) -> tuple[list[Term], list[Term]]:
+    """FitNets' stages: the hint terms, and the others."""
+    return [t for t in terms if t.loss == "hint"], [t for t in terms if t.loss != "hint"]
+
+
 def _teacher_stage(name: str) -> str:
     return "teacher" if name == "teacher" else f"teacher-{name}"
 
@@ -150,12 +192,19 @@ def _probe(train: dict, batch_size: int, ctx: Context) -> dict:
     return {k: v[: min(batch_size, 8)].to(ctx.accelerator.device) for k, v in train.items()}
 
 
-def _row(name: str, model: nn.Module, acc: float) -> dict[str, Any]:
-    return {"model": name, "params": count_parameters(model), "test_accuracy": round(acc, 4)}
+def _row(name: str, model: nn.Module, scores: dict[str, float]) -> dict[str, Any]:
+    row = {"model": name, "params": count_parameters(model), "test_accuracy": round(scores["accuracy"], 4)}
+    if "val_accuracy" in scores:
+        row["val_accuracy"] = round(scores["val_accuracy"], 4)
+    return row
 
 
 def table(result: Result) -> str:
     """The result rows as a markdown table."""
-    lines = ["| model | params | test accuracy |", "|---|---:|---:|"]
-    lines += [f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |" for r in result.rows]
+    val = any("val_accuracy" in r for r in result.rows)
+    lines = ["| model | params | test accuracy |" + (" validation accuracy |" if val else ""),
+             "|---|---:|---:|" + ("---:|" if val else "")]  # fmt: skip
+    for r in result.rows:
+        extra = f" {r['val_accuracy']:.4f} |" if val else ""
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |{extra}")
     return "\n".join(lines)

@@ -38,6 +38,8 @@ from distill.pruning.search import candidates, pick
 from distill.recipe import Context, Result, RuntimeConfig, start
 
 name = "minitron"
+# tokens each search candidate trains on before the ranking: benchmarks/results/minitron_search.md
+SEARCH_TOKENS = 40_960
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 
 
@@ -64,10 +66,28 @@ class Search(Section):
 
     candidates: int = Field(4, gt=0, description="how many candidate shapes get a short distillation")
     tolerance: float = Field(0.05, gt=0, lt=1, description="candidates lie within this share of the budget")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(max_steps=20, batch_size=4, lr=1e-4, warmup_steps=2, log_every=5),
-        description="the short distillation each candidate gets",
+    tokens: int = Field(
+        SEARCH_TOKENS,
+        gt=0,
+        description="training tokens each candidate is distilled on before the ranking (steps: this over "
+        "batch_size x grad_accum x seq_len x processes, rounded up); see benchmarks/results/minitron_search.md "
+        "for how stable the ranking is at this budget",
     )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(batch_size=4, lr=3e-4, warmup_steps=2, log_every=5, schedule="constant"),
+        description="how each candidate trains (its length is search.tokens); a constant rate after warmup, so "
+        "a ranking part-way is the ranking a shorter search would give",
+    )
+
+    @model_validator(mode="after")
+    def _budget_in_tokens(self) -> Search:
+        if self.train.max_steps is not None:
+            raise ValueError("give the search's budget as search.tokens, not search.train.max_steps")
+        return self
+
+    def steps(self, seq_len: int, processes: int = 1) -> int:
+        per_step = self.train.batch_size * self.train.grad_accum * seq_len * processes
+        return -(-self.tokens // per_step)
 
 
 class Config(Section):
@@ -122,7 +142,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     else:
         shapes = candidate_shapes(cfg, shape)
     train, val = token_splits(cfg.data, tokenizer)
-    for where, tcfg in [("train", cfg.train), ("search.train", cfg.search.train), ("correction", cfg.correction)]:
+    search_train = cfg.search.train.model_copy(update={"max_steps": cfg.search.steps(cfg.data.seq_len)})
+    for where, tcfg in [("train", cfg.train), ("search.train", search_train), ("correction", cfg.correction)]:
         if tcfg is not None and (where != "search.train" or shapes):
             check_fits(len(train["input_ids"]), tcfg, where)
     expected = None
@@ -215,14 +236,18 @@ def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
 
 
 def search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers) -> tuple[LlmShape, list[dict]]:
-    """Prune to each candidate, distill it briefly, keep the lowest validation loss."""
+    """Prune to each candidate, distill it on search.tokens tokens, keep the lowest validation loss."""
+    steps = cfg.search.steps(cfg.data.seq_len, ctx.accelerator.num_processes)
+    tcfg = cfg.search.train.model_copy(update={"max_steps": steps})
+    tokens = _tokens(tcfg, cfg.data.seq_len, ctx)
     table = []
     for i, cand in enumerate(shapes):
         ctx.seed_stage(f"search-{i}/init")
         student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
         distiller = Distiller(student, objective, teachers).to(ctx.accelerator.device)
-        metrics = ctx.fit(distiller, train, cfg.search.train, stage=f"search-{i}", eval_fn=evaluate, product=student)
-        table.append({**cand.as_dict(), "params": cand.params(), "val_loss": metrics["val_loss"]})
+        metrics = ctx.fit(distiller, train, tcfg, stage=f"search-{i}", eval_fn=evaluate, product=student)
+        row = {"stage": f"search-{i}", **cand.as_dict(), "params": cand.params(), "tokens": tokens}
+        table.append({**row, "val_loss": metrics["val_loss"]})
     best = min(range(len(shapes)), key=lambda i: table[i]["val_loss"])
     table.sort(key=lambda r: r["val_loss"])
     return shapes[best], table

@@ -3,8 +3,9 @@
 Stages, in order:
     1. label     the teacher labels the pool and the test texts (`distill label`'s stages; resumable)
     2. votes     majority label, agreement ratio and soft score of every pool text
-    3. students  an encoder trained on the teacher's labels: hard majority labels (cls) and/or the soft
-                 score (reg, MSE), for each agreement threshold; optionally on the gold labels too
+    3. students  an encoder trained on the teacher's labels: the soft score (reg, MSE; the default, as in
+                 the paper; ties kept) and/or hard majority labels (cls), for each agreement threshold;
+                 optionally on the gold labels too
     4. evaluate  accuracy and macro-F1 on the held-out gold labels: teacher vs students
 """
 
@@ -32,7 +33,9 @@ class StudentConfig(Section):
 
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     objectives: list[Literal["cls", "reg"]] = Field(
-        default_factory=lambda: ["cls"], description="cls: majority labels; reg: soft scores"
+        default_factory=lambda: ["reg"],
+        description="reg: regress the soft score (the mean label value of the K answers; the paper's student, "
+        "tied texts included); cls: the majority label (ties dropped)",
     )
     thresholds: list[float] = Field(
         default_factory=lambda: [0.0], description="train only on texts whose agreement is at least this"
@@ -80,7 +83,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     test_data = tokenize(tok, [i.text for i in test], s.encoder.max_length)
     jobs = [(obj, t) for obj in s.objectives for t in s.thresholds]
     for objective, threshold in jobs:
-        kept = [(i, v) for i, v in zip(pool, votes) if v.label is not None and v.agreement >= threshold]
+        # a tie has no majority label but a soft score (halfway): regression keeps it, classification cannot
+        usable = (lambda v: v.label is not None) if objective == "cls" else (lambda v: v.soft is not None)
+        kept = [(i, v) for i, v in zip(pool, votes) if usable(v) and v.agreement >= threshold]
         texts = [i.text for i, _ in kept]
         targets = [v.label for _, v in kept] if objective == "cls" else [v.soft for _, v in kept]
         stage = f"student-{objective}-agree{threshold:g}"
