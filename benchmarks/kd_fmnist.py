@@ -102,16 +102,21 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
     out: dict = {"teacher": teacher_row, "methods": {}, "sweeps": {}}
     m = out["methods"]
     m["student_alone"] = runs.seeds("student_alone", "student_alone", [])
-    if args.check_epochs:  # is the student-alone budget converged? the same run at a longer budget
-        m[f"student_alone ({args.check_epochs} epochs)"] = runs.seeds(
-            f"student_alone-{args.check_epochs}ep", "student_alone", [f"train.epochs={args.check_epochs}"]
-        )
     sweep = {f"T={t:g} alpha={a:g}": runs.seeds(f"hinton-T{t:g}-a{a:g}", "hinton", teacher + kd_over(t, a))
              for t in TEMPERATURES for a in ALPHAS}  # fmt: skip
     out["sweeps"]["hinton"] = sweep
     chosen = best(sweep)
     m[f"hinton ({chosen}, chosen on validation)"] = sweep[chosen]
     t_best, a_best = (float(x.split("=")[1]) for x in chosen.split())
+    if args.check_epochs:  # has the student alone converged? it and the chosen KD again at a longer budget
+        longer = [f"train.epochs={args.check_epochs}"]
+        out["longer"] = {
+            "epochs": args.check_epochs,
+            "student_alone": runs.seeds(f"student_alone-{args.check_epochs}ep", "student_alone", longer),
+            f"hinton ({chosen})": runs.seeds(
+                f"hinton-{args.check_epochs}ep", "hinton", teacher + kd_over(t_best, a_best) + longer
+            ),  # fmt: skip
+        }
     # attention transfer's weight: chosen on seed 0's validation accuracy, then the chosen one on every seed
     at_over = {f"weight={w:g}": teacher + [f"objective.{i}.weight={w}" for i in (1, 2, 3)] for w in AT_WEIGHTS}
     at = {k: runs.seeds(f"attention-{k.replace('weight=', 'w')}", "attention", o, seeds=1) for k, o in at_over.items()}
@@ -120,13 +125,14 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
     m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(
         f"attention-{chosen_at.replace('weight=', 'w')}", "attention", at_over[chosen_at]
     )
-    m["fitnets (joint, hint + CE)"] = runs.seeds("fitnets", "fitnets", teacher)
     two = teacher + [f"objective.1.args.temperature={t_best}", f"objective.1.weight={a_best}",
                      f"objective.2.weight={round(1 - a_best, 6)}", f"hint_stage.epochs={args.hint_epochs}",
                      "hint_stage.progress=false"]  # fmt: skip
     m[f"fitnets (two stages: hints {args.hint_epochs} epochs, then KD {chosen})"] = runs.seeds(
         "fitnets_two_stage", "fitnets_two_stage", two
     )
+    if "fitnets" not in args.skip:
+        m["fitnets (joint, hint + CE)"] = runs.seeds("fitnets", "fitnets", teacher)
     out["chosen"] = {"hinton": {"temperature": t_best, "alpha": a_best}, "attention": chosen_at}
     return out
 
@@ -243,6 +249,19 @@ def markdown(res: dict) -> str:
             cells = [f"{100 * diff:+.2f} pts", f"{tt:+.1f}", verdict(tt)]
         lines.append(f"| student: {name} | {e['params']:,} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} | "
                      + " | ".join(cells) + " |")  # fmt: skip
+    if "longer" in acc:
+        lo = acc["longer"]
+        alone = lo["student_alone"]
+        lines += ["", f"### Budget check: {lo['epochs']} epochs per student", "",
+                  "| model | validation (mean ± std) | test (mean ± std) | test vs student alone | t | verdict |",
+                  "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+        for name, e in ((k, v) for k, v in lo.items() if k != "epochs"):
+            (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
+            cells = ["", "", ""]
+            if e is not alone:
+                diff, tt = significance(e["test"], alone["test"])
+                cells = [f"{100 * diff:+.2f} pts", f"{tt:+.1f}", verdict(tt)]
+            lines.append(f"| student: {name} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} | " + " | ".join(cells) + " |")
     for sweep, entries in acc["sweeps"].items():
         n = len(next(iter(entries.values()))["val"])
         lines += ["", f"### Sweep: {sweep}, {n} seed{'s' if n > 1 else ''} each", "",
@@ -277,6 +296,7 @@ def main() -> None:
     p.add_argument("--check-epochs", type=int, default=24, help="the student alone again at this budget (0: skip)")
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--hint-epochs", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma-separated: fitnets (the joint variant, run last)")
     p.add_argument("--overhead-steps", type=int, default=200)
     p.add_argument("--overhead-reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a small subset, to check the script")

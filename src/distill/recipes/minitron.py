@@ -128,6 +128,9 @@ class Config(Section):
         description="prompts for greedy samples in the report",
     )
     sample_tokens: int = Field(24, ge=0, description="new tokens per greedy sample")
+    sample_repetition_penalty: float = Field(
+        1.0, ge=1.0, description="generate()'s repetition_penalty for the samples, every model alike (1: plain greedy)"
+    )
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
@@ -270,8 +273,9 @@ def _generate(model: nn.Module, tokenizer, cfg: Config) -> tuple[float, list[str
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
         t0 = time.perf_counter()
         out = model.generate(
-            ids, max_new_tokens=cfg.sample_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
-        )
+            ids, max_new_tokens=cfg.sample_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+            repetition_penalty=cfg.sample_repetition_penalty,
+        )  # fmt: skip
         seconds += time.perf_counter() - t0
         new_tokens += out.shape[1] - ids.shape[1]
         texts.append(tokenizer.decode(out[0], skip_special_tokens=True))
