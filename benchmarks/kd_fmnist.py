@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,37 +38,82 @@ from distill.run import atomic_write  # noqa: E402
 CONFIGS = Path(__file__).parent.parent / "configs" / "kd"
 VAL = 5000
 TEMPERATURES, ALPHAS = [1.0, 2.0, 4.0], [0.5, 0.9]
-AT_WEIGHTS = [1.0, 4.0, 16.0]
+AT_WEIGHTS = [0.25, 1.0, 4.0]
 
 
 class Runs:
-    """Every finished run's result rows, kept in DIR/runs.json: a rerun only trains what is missing."""
+    """Every finished run's result, one JSON file each in DIR/results: a rerun only trains what is missing.
+    Several processes may share DIR (--worker 1 beside the main one): each claims a run (an O_EXCL file in
+    DIR/claims) before training it, and waits for the runs another process claimed."""
 
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.root, self.args = root, args
-        self.file = root / "runs.json"
-        self.done = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.results, self.claims = root / "results", root / "claims"
+        self.results.mkdir(parents=True, exist_ok=True)
+        if args.worker == 0:  # claims of runs a killed process never finished
+            shutil.rmtree(self.claims, ignore_errors=True)
+        self.claims.mkdir(exist_ok=True)
+        old = root / "runs.json"  # the single-file format of the first invocations
+        self.done = json.loads(old.read_text()) if old.exists() else {}
+
+    def _file(self, key: str) -> str:
+        return key.replace("/", "-") + ".json"
+
+    def _reload(self) -> None:
+        for f in self.results.glob("*.json"):
+            row = json.loads(f.read_text())
+            self.done[row["key"]] = row
+
+    def _claim(self, key: str) -> bool:
+        try:
+            os.close(os.open(self.claims / self._file(key), os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
+    def _train(self, name: str, config: str, over: list[str], seed: int) -> None:
+        a, key = self.args, f"{name}/seed{seed}"
+        base = [f"run.output_dir={self.root}", f"run.run_name={key.replace('/', '-')}", f"run.seed={seed}",
+                f"data.val_images={VAL}", "train.progress=false", f"train.epochs={a.epochs}"]  # fmt: skip
+        if a.quick:
+            base += ["data.train_limit=8000", "data.test_limit=1000"]
+        shutil.rmtree(self.root / key.replace("/", "-"), ignore_errors=True)  # a killed attempt's leftovers
+        t0 = time.perf_counter()
+        result = kd.run(load_config(kd.Config, CONFIGS / f"{config}.yaml", base + over))
+        rows = {r["model"]: r for r in result.rows}
+        r = {**(rows.get("student KD") or rows["student"]), "key": key, "wall_s": time.perf_counter() - t0,
+             "run_dir": str(Path(result.run_dir).relative_to(self.root))}  # fmt: skip
+        atomic_write(self.results / self._file(key), json.dumps(r))
+        self.done[key] = r
+        print(f"{key}: val {r['val_accuracy']:.4f} test {r['test_accuracy']:.4f} ({r['wall_s']:.0f}s)", flush=True)
+
+    def prefetch(self, jobs: list[tuple]) -> None:
+        """Train each job that no process has done or claimed (the others' are waited for in get)."""
+        for name, config, over, seed in jobs:
+            self._reload()
+            key = f"{name}/seed{seed}"
+            if key not in self.done and self._claim(key):
+                self._train(name, config, over, seed)
 
     def get(self, name: str, config: str, over: list[str], seed: int) -> dict:
         key = f"{name}/seed{seed}"
-        if key not in self.done:
-            a = self.args
-            base = [f"run.output_dir={self.root}", f"run.run_name={key.replace('/', '-')}", f"run.seed={seed}",
-                    f"data.val_images={VAL}", "train.progress=false", f"train.epochs={a.epochs}"]  # fmt: skip
-            if a.quick:
-                base += ["data.train_limit=8000", "data.test_limit=1000"]
-            t0 = time.perf_counter()
-            result = kd.run(load_config(kd.Config, CONFIGS / f"{config}.yaml", base + over))
-            rows = {r["model"]: r for r in result.rows}
-            self.done[key] = {**(rows.get("student KD") or rows["student"]), "wall_s": time.perf_counter() - t0,
-                              "run_dir": str(Path(result.run_dir).relative_to(self.root))}  # fmt: skip
-            atomic_write(self.file, json.dumps(self.done, indent=1))
-            r = self.done[key]
-            print(f"{key}: val {r['val_accuracy']:.4f} test {r['test_accuracy']:.4f} ({r['wall_s']:.0f}s)", flush=True)
+        while key not in self.done:
+            self._reload()
+            if key in self.done:
+                break
+            if self._claim(key):
+                self._train(name, config, over, seed)
+            else:
+                time.sleep(5)
         return self.done[key]
 
+    def jobs(self, name: str, config: str, over: list[str], seeds: int | None = None) -> list[tuple]:
+        return [(name, config, over, seed) for seed in range(seeds or self.args.seeds)]
+
     def seeds(self, name: str, config: str, over: list[str], seeds: int | None = None) -> dict:
-        rows = [self.get(name, config, over, seed) for seed in range(seeds or self.args.seeds)]
+        jobs = self.jobs(name, config, over, seeds)
+        self.prefetch(jobs)
+        rows = [self.get(*job) for job in jobs]
         return {
             "config": config,
             "overrides": over,
@@ -102,38 +149,47 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
     out: dict = {"teacher": teacher_row, "methods": {}, "sweeps": {}}
     m = out["methods"]
     m["student_alone"] = runs.seeds("student_alone", "student_alone", [])
-    sweep = {f"T={t:g} alpha={a:g}": runs.seeds(f"hinton-T{t:g}-a{a:g}", "hinton", teacher + kd_over(t, a))
-             for t in TEMPERATURES for a in ALPHAS}  # fmt: skip
+    hinton = {f"T={t:g} alpha={a:g}": (f"hinton-T{t:g}-a{a:g}", teacher + kd_over(t, a))
+              for t in TEMPERATURES for a in ALPHAS}  # fmt: skip
+    # attention transfer's weight: chosen on seed 0's validation accuracy, then the chosen one on every seed
+    at = {f"weight={w:g}": (f"attention-w{w:g}", teacher + [f"objective.{i}.weight={w}" for i in (1, 2, 3)])
+          for w in AT_WEIGHTS}  # fmt: skip
+    # what needs no choice first, so that processes sharing the work never wait for each other long
+    runs.prefetch([j for n, o in hinton.values() for j in runs.jobs(n, "hinton", o)]
+                  + [j for n, o in at.values() for j in runs.jobs(n, "attention", o, seeds=1)])  # fmt: skip
+    sweep = {k: runs.seeds(n, "hinton", o) for k, (n, o) in hinton.items()}
     out["sweeps"]["hinton"] = sweep
     chosen = best(sweep)
     m[f"hinton ({chosen}, chosen on validation)"] = sweep[chosen]
     t_best, a_best = (float(x.split("=")[1]) for x in chosen.split())
-    if args.check_epochs:  # has the student alone converged? it and the chosen KD again at a longer budget
-        longer = [f"train.epochs={args.check_epochs}"]
-        out["longer"] = {
-            "epochs": args.check_epochs,
-            "student_alone": runs.seeds(f"student_alone-{args.check_epochs}ep", "student_alone", longer),
-            f"hinton ({chosen})": runs.seeds(
-                f"hinton-{args.check_epochs}ep", "hinton", teacher + kd_over(t_best, a_best) + longer
-            ),  # fmt: skip
-        }
-    # attention transfer's weight: chosen on seed 0's validation accuracy, then the chosen one on every seed
-    at_over = {f"weight={w:g}": teacher + [f"objective.{i}.weight={w}" for i in (1, 2, 3)] for w in AT_WEIGHTS}
-    at = {k: runs.seeds(f"attention-{k.replace('weight=', 'w')}", "attention", o, seeds=1) for k, o in at_over.items()}
-    out["sweeps"]["attention (seed 0)"] = at
-    chosen_at = best(at)
-    m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(
-        f"attention-{chosen_at.replace('weight=', 'w')}", "attention", at_over[chosen_at]
-    )
+    at_seed0 = {k: runs.seeds(n, "attention", o, seeds=1) for k, (n, o) in at.items()}
+    out["sweeps"]["attention (seed 0)"] = at_seed0
+    chosen_at = best(at_seed0)
     two = teacher + [f"objective.1.args.temperature={t_best}", f"objective.1.weight={a_best}",
                      f"objective.2.weight={round(1 - a_best, 6)}", f"hint_stage.epochs={args.hint_epochs}",
                      "hint_stage.progress=false"]  # fmt: skip
+    longer, n = [f"train.epochs={args.check_epochs}"], args.check_seeds
+    kd_long = teacher + kd_over(t_best, a_best) + longer
+    later = runs.jobs(*at[chosen_at][:1], "attention", at[chosen_at][1]) + runs.jobs(
+        "fitnets_two_stage", "fitnets_two_stage", two
+    )
+    if args.check_epochs:  # has the student alone converged? it and the chosen KD again at a longer budget
+        later = runs.jobs(f"hinton-{args.check_epochs}ep", "hinton", kd_long, n) + later
+    runs.prefetch(later)
+    if args.check_epochs:
+        out["longer"] = {
+            "epochs": args.check_epochs,
+            "student_alone": runs.seeds(f"student_alone-{args.check_epochs}ep", "student_alone", longer, n),
+            f"hinton ({chosen})": runs.seeds(f"hinton-{args.check_epochs}ep", "hinton", kd_long, n),
+        }
+    m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(at[chosen_at][0], "attention", at[chosen_at][1])
     m[f"fitnets (two stages: hints {args.hint_epochs} epochs, then KD {chosen})"] = runs.seeds(
         "fitnets_two_stage", "fitnets_two_stage", two
     )
     if "fitnets" not in args.skip:
         m["fitnets (joint, hint + CE)"] = runs.seeds("fitnets", "fitnets", teacher)
     out["chosen"] = {"hinton": {"temperature": t_best, "alpha": a_best}, "attention": chosen_at}
+    out["runs_wall_s"] = round(sum(r["wall_s"] for r in runs.done.values()))
     return out
 
 
@@ -235,7 +291,8 @@ def markdown(res: dict) -> str:
         " Teacher signals cached (`teacher_signals=cached`). Every choice was made on the validation split; the "
         "test column is only reported.",
         f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}. "
-        f"Accuracy runs took {res['accuracy_wall_s'] / 60:.1f} min of wall time.",
+        f"The runs' wall times add up to {acc['runs_wall_s'] / 3600:.1f} h (several invocations, resumed from the runs "
+        "kept in --dir; part of them two processes of one thread each in parallel).",
         "",
         "| model | params | validation (mean ± std) | test (mean ± std) | test vs student alone | t | verdict |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -294,8 +351,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--check-epochs", type=int, default=24, help="the student alone again at this budget (0: skip)")
+    p.add_argument("--check-seeds", type=int, default=2, help="seeds of the longer budget's runs")
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--hint-epochs", type=int, default=2)
+    p.add_argument("--worker", type=int, default=0, help="1: a helper process sharing --dir (trains, writes nothing)")
     p.add_argument("--skip", default="", help="comma-separated: fitnets (the joint variant, run last)")
     p.add_argument("--overhead-steps", type=int, default=200)
     p.add_argument("--overhead-reps", type=int, default=5)
@@ -313,6 +372,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     if args.part in ("all", "accuracy"):
         acc = accuracy_runs(args, root)
+        if args.worker:
+            return
         budget = {"seeds": args.seeds, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
                   "hint_epochs": args.hint_epochs, "validation_images": VAL, "quick": args.quick}  # fmt: skip
         res.update(accuracy=acc, budget=budget, accuracy_wall_s=time.perf_counter() - t0)

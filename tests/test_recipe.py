@@ -101,7 +101,7 @@ def test_a_named_config_runs_by_name_and_copies_out(tmp_path, capsys):
     assert "exists already" in capsys.readouterr().err
     a = load_config(recipes()["kd"].Config, "hinton", recipe="kd")
     b = load_config(recipes()["kd"].Config, copied)
-    assert a == b and a.objective[0].args == {"temperature": 4.0}
+    assert a == b and a.objective[0].args == {"temperature": 1.0} and a.teacher_signals == "cached"
 
 
 def test_stage_seeds_come_from_the_run_seed_and_the_stage_name():

@@ -60,7 +60,7 @@ class Config(Section):
     objective: Terms = Field(
         default_factory=lambda: [
             Term(
-                name="kd", loss="kl", weight=0.9, inputs=["student.logits", "teacher.logits"], args={"temperature": 4.0}
+                name="kd", loss="kl", weight=0.9, inputs=["student.logits", "teacher.logits"], args={"temperature": 1.0}
             ),
             CE.model_copy(update={"weight": 0.1}),
         ],
