@@ -73,18 +73,21 @@ def cost(reps: int, iters: int) -> dict:
 
 def markdown(d: dict) -> str:
     b, q = d["budget"], d["quality"]
-    lines = [
-        "# MTT on Fashion-MNIST, IPC 10: DSA per image vs per batch",
-        "",
-        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, torch {d['machine']['torch']}. "
-        f"Wall time {d['wall_s'] / 60:.1f} min.",
-        "",
+    quality_lines = [
         f"Budget: the expert buffer of benchmarks/mtt_fmnist.py (3 experts x 6 epochs, ConvNet width 32); "
         f"{b['iters']} iterations per distillation, {b['seeds']} distillation seeds per mode, each evaluated on "
         f"{b['nets']} nets x {b['eval_epochs']} epochs (test accuracy = their mean).",
         "",
         "| DSA draws | test accuracy (%) per seed | mean ± std over seeds | s / iteration (width 32, in the run) |",
         "|---|---|---:|---:|",
+    ]
+    lines = [
+        "# MTT on Fashion-MNIST, IPC 10: DSA per image vs per batch",
+        "",
+        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, torch {d['machine']['torch']}. "
+        f"Wall time {d['wall_s'] / 60:.1f} min.",
+        "",
+        *(quality_lines if q else ["Accuracy: not run in this invocation (--cost-only)."]),
     ]
     for mode, runs in q.items():
         accs = [100 * r["accuracy"] for r in runs]
@@ -115,12 +118,14 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-mtt_dsa", help="run directories (kept, resumed if interrupted)")
     p.add_argument("--cost-reps", type=int, default=3)
     p.add_argument("--cost-iters", type=int, default=2)
+    p.add_argument("--cost-only", action="store_true", help="only the seconds per iteration")
     p.add_argument("--note")
     args = p.parse_args()
     t0 = time.perf_counter()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    data = {"budget": {k: v for k, v in vars(args).items() if k != "note"}, "quality": quality(args, root)}
+    data = {"budget": {k: v for k, v in vars(args).items() if k != "note"}}
+    data["quality"] = {} if args.cost_only else quality(args, root)
     data["cost"] = cost(args.cost_reps, args.cost_iters)
     finish("mtt_dsa", data, markdown, t0, args.note)
 
