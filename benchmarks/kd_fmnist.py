@@ -278,6 +278,14 @@ def verdict(t: float) -> str:
     return "better" if t > 2 else ("worse" if t < -2 else "within noise")
 
 
+def comparison(e: dict, base: dict) -> list[str]:
+    """The table cells comparing a row's test accuracy with the baseline's: difference, t, verdict."""
+    if e is base:
+        return ["", "", ""]
+    diff, t = significance(e["test"], base["test"])
+    return [f"{100 * diff:+.2f} pts", f"{t:+.1f}", verdict(t)]
+
+
 def markdown(res: dict) -> str:
     acc, b = res["accuracy"], res["budget"]
     base = acc["methods"]["student_alone"]
@@ -300,10 +308,7 @@ def markdown(res: dict) -> str:
     ]
     for name, e in acc["methods"].items():
         (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
-        cells = ["", "", ""]
-        if e is not base:
-            diff, tt = significance(e["test"], base["test"])
-            cells = [f"{100 * diff:+.2f} pts", f"{tt:+.1f}", verdict(tt)]
+        cells = comparison(e, base)
         lines.append(f"| student: {name} | {e['params']:,} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     if "longer" in acc:
@@ -314,10 +319,7 @@ def markdown(res: dict) -> str:
                   "|---|---:|---:|---:|---:|---|"]  # fmt: skip
         for name, e in ((k, v) for k, v in lo.items() if k != "epochs"):
             (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
-            cells = ["", "", ""]
-            if e is not alone:
-                diff, tt = significance(e["test"], alone["test"])
-                cells = [f"{100 * diff:+.2f} pts", f"{tt:+.1f}", verdict(tt)]
+            cells = comparison(e, alone)
             lines.append(f"| student: {name} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} | " + " | ".join(cells) + " |")
     for sweep, entries in acc["sweeps"].items():
         n = len(next(iter(entries.values()))["val"])

@@ -127,7 +127,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     train, terms, live = data.train, cfg.objective, teachers
     if cfg.teacher_signals == "cached" and teachers:
-        (_, taps), *_ = Objective(cfg.objective, list(teachers)).taps()[1].items()
+        taps = next(iter(Objective(cfg.objective, list(teachers)).taps()[1].values()))  # the only teacher's
         signals = precompute_signals(teachers, taps, data.train, ctx.accelerator.device, cfg.eval_batch_size)
         train, terms, live = {**data.train, **signals}, read_cached(cfg.objective), {}
 
