@@ -128,6 +128,28 @@ def test_regression_keeps_tied_texts_at_their_halfway_score(tmp_path, capsys):
     assert trained["student-cls-agree0"] <= pool - 10, "a tie has no majority label"  # ~15 'split' texts
 
 
+def test_splits_pool_labels_no_test_text_and_scores_the_teacher_on_the_pool(tmp_path, capsys):
+    items = [{"text": f"{w} film {k}", "label": "positive" if w == "good" else "negative"}
+             for k in range(8) for w in ("good", "bad")]  # fmt: skip
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    common = ["weaklabel", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0.25",
+              f"run.output_dir={tmp_path}", "sampling.samples=2", "student.gold=false", "student.objectives=[reg]",
+              f"student.encoder.path={save_tiny_bert(tmp_path / 'bert')}", "student.encoder.max_length=24",
+              "student.train.epochs=1", "student.train.batch_size=8", "student.train.progress=false"]  # fmt: skip
+    with FakeServer() as server:
+        teacher = f"teacher={{kind: server, model: fake-teacher, url: '{server.url}'}}"
+        assert main([*common, teacher, "run.run_name=w", "splits=[pool]"]) == 0
+        assert main([*common, teacher, "run.run_name=bad", "splits=[test]"]) == 2
+    assert "splits must include pool" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    result = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert [r["model"] for r in result["rows"]] == ["teacher (cot, K=2), on the pool", "student-reg-agree0"]
+    assert result["rows"][0]["accuracy"] == 1.0
+    assert [r["split"] for r in result["tables"]["labelling"]] == ["pool"]
+    assert len(list(LabelStore(tmp_path / "w" / "labels.sqlite").responses())) == 12 * 2  # 16 texts, 4 held out
+
+
 @pytest.mark.bundled
 @pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python[server] is installed by make test"

@@ -30,8 +30,8 @@ def llama_cpp_server(gguf: str | Path, alias: str, log: str | Path, n_ctx: int =
     answers; stops the server after."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
            "--port", str(port := port or free_port()), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
-    if threads:
-        cmd += ["--n_threads", str(threads)]
+    if threads:  # prompt processing too: its own default is every core, which a shared machine cannot spare
+        cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
         url = f"http://127.0.0.1:{port}"

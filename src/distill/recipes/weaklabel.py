@@ -1,7 +1,8 @@
 """LLM-labelled data -> a small classifier ("What do LLMs Know about Financial Markets?").
 
 Stages, in order:
-    1. label     the teacher labels the pool and the test texts (`distill label`'s stages; resumable)
+    1. label     the teacher labels the pool and the test texts (`distill label`'s stages; resumable);
+                 splits=[pool] labels the pool only and scores the teacher there (its gold labels needed)
     2. votes     majority label, agreement ratio and soft score of every pool text
     3. students  an encoder trained on the teacher's labels: the soft score (reg, MSE; the default, as in
                  the paper; ties kept) and/or hard majority labels (cls), for each agreement threshold;
@@ -63,19 +64,32 @@ class Config(LabelConfig):
 
     student: StudentConfig = Field(default_factory=StudentConfig)
 
+    @field_validator("splits")
+    @classmethod
+    def _pool(cls, splits: list[str]) -> list[str]:
+        if "pool" not in splits:
+            raise ValueError("the students learn from the pool's labels: splits must include pool")
+        return splits
+
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     ctx, task, splits, teacher, store = prepare(cfg, name, resume, need_gold=True)
     pool, test = splits["pool"], splits["test"]
 
-    # 1-2. the teacher's labels and its own score on the test set
-    pool_row, votes = label_split(cfg, task, pool, teacher, store, "pool")
-    test_row, _ = label_split(cfg, task, test, teacher, store, "test")
+    # 1-2. the teacher's labels and its own score: on the test set, or (splits=[pool]: K answers per test text
+    # can cost more than the students) on the pool when its gold labels are known
+    labelled = [label_split(cfg, task, pool, teacher, store, "pool")]
+    if "test" in cfg.splits:
+        labelled.append(label_split(cfg, task, test, teacher, store, "test"))
     store.close()
     del teacher  # a local teacher's weights are not needed any more
+    votes, scored = labelled[0][1], labelled[-1][0]
     gold = [i.gold for i in test]
-    rows = [{"model": f"teacher ({cfg.sampling.mode}, K={cfg.sampling.samples})", "trained_on": "-",
-             "accuracy": test_row["teacher_accuracy"], "f1": test_row["teacher_f1"]}]  # fmt: skip
+    rows = []
+    if "teacher_accuracy" in scored:
+        where = "" if scored["split"] == "test" else ", on the pool"
+        rows.append({"model": f"teacher ({cfg.sampling.mode}, K={cfg.sampling.samples}){where}", "trained_on": "-",
+                     "accuracy": scored["teacher_accuracy"], "f1": scored["teacher_f1"]})  # fmt: skip
 
     # 3-4. students
     s = cfg.student
@@ -94,8 +108,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         texts, labels = [i.text for i in pool if i.gold], [i.gold for i in pool if i.gold]
         rows.append(train_student(ctx, cfg, task, "student-gold", "cls", texts, labels, test_data, gold, tok))
 
-    products = {r["model"]: f"{r['model']}/model.safetensors" for r in rows[1:] if r["accuracy"] is not None}
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products, tables={"labelling": [pool_row, test_row]},
+    products = {r["model"]: f"{r['model']}/model.safetensors" for r in rows if r["model"].startswith("student")
+                and r["accuracy"] is not None}  # fmt: skip
+    tables = {"labelling": [row for row, _ in labelled]}
+    return ctx.finish(Result(name, ctx.run.path, rows, products=products, tables=tables,
                              info={"teacher": cfg.teacher.name, "task": task.name}))  # fmt: skip
 
 
