@@ -56,6 +56,13 @@ def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     assert "The cat" in report and "plots/student-eval.png" in report
 
 
+def test_no_layer_drop_scores_for_a_target_that_drops_layers_is_refused(tiny, tmp_path, capsys):
+    args = [*tiny, "depth_batches=0", "target.params=null", "target.layers=2"]
+    assert main(["minitron", *args]) == 2
+    assert "depth_batches=0 skips the layer-drop scores" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists(), "refused before the run directory exists"
+
+
 def test_search_budget_is_given_in_tokens(tmp_path, capsys):
     assert main(["minitron", "search.train.max_steps=20", f"run.output_dir={tmp_path}"]) == 2
     assert "give the search's budget as search.tokens" in capsys.readouterr().err

@@ -187,3 +187,15 @@ def test_unsupported_architecture():
 
     with pytest.raises(DistillError, match="not supported for pruning"):
         check_supported(GPT2Config(architectures=["GPT2LMHeadModel"]))
+
+
+def test_importance_without_layer_drop_scores_prunes_width_only():
+    model = tiny_llama()
+    imp = compute_importance(model, batches(1), depth_batches=0, progress=False)
+    assert imp.layer_drop_loss.isnan().all() and (imp.block > 0).all()
+    shape = LlmShape.of(model.config)
+    narrow = prune(model, imp, shape.with_(ffn=24))
+    assert narrow.config.num_hidden_layers == 3 and narrow.config.intermediate_size == 24
+    with pytest.raises(DistillError, match="depth_batches > 0"):
+        prune(model, imp, shape.with_(layers=2))
+    assert prune(model, imp, shape.with_(layers=2), "block").config.num_hidden_layers == 2

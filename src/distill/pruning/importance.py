@@ -131,10 +131,13 @@ def compute_importance(
     finally:
         for h in handles:
             h.remove()
-    depth = batches[:depth_batches]
-    base = _mean_loss(model, depth)
-    drop = torch.tensor([_mean_loss(model, depth, skip=i) - base for i in
-                         tqdm(range(len(layers)), desc="layer drop", disable=not progress)])  # fmt: skip
+    if depth_batches:
+        depth = batches[:depth_batches]
+        base = _mean_loss(model, depth)
+        drop = torch.tensor([_mean_loss(model, depth, skip=i) - base for i in
+                             tqdm(range(len(layers)), desc="layer drop", disable=not progress)])  # fmt: skip
+    else:  # not scored (a target that keeps every layer needs no depth ranking): NaN, never read as a score
+        drop = torch.full((len(layers),), float("nan"))
     return Importance(
         embedding=emb.value(),
         neurons=torch.stack([n.value() for n in neurons]),

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from distill.errors import DistillError
 from distill.pruning.importance import Importance
 from distill.pruning.shape import LlmShape, check_supported
 
@@ -37,6 +38,9 @@ def head_groups(scores: Tensor, kv_heads: int, keep: int) -> Tensor:
 
 def layers_to_keep(imp: Importance, keep: int, metric: DepthMetric) -> Tensor:
     scores = imp.layer_drop_loss if metric == "lm_loss" else imp.block
+    if keep < len(scores) and scores.isnan().any():
+        raise DistillError(f"dropping layers by {metric} needs layer-drop scores, which these importance "
+                           "scores lack (depth_batches=0): set depth_batches > 0 or depth_metric block")  # fmt: skip
     return top_k_sorted(scores, keep)
 
 

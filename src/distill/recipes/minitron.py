@@ -100,7 +100,9 @@ class Config(Section):
     data: TextData = Field(default_factory=TextData, description="distillation corpus")
     calibration: int = Field(1024, gt=0, description="calibration sequences for importance")
     calibration_batch_size: int = Field(8, gt=0, description="sequences per calibration forward pass")
-    depth_batches: int = Field(4, gt=0, description="calibration batches scored per dropped layer")
+    depth_batches: int = Field(
+        4, ge=0, description="calibration batches scored per dropped layer (0: none, for targets that keep every layer)"
+    )
     importance_from: str | None = Field(None, description="a run directory whose importance/ to reuse")
     target: Target = Field(default_factory=lambda: Target(params=0.5), description="the pruned shape")
     search: Search = Field(default_factory=Search, description="architecture search (params budget only)")
@@ -146,6 +148,12 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         shape.check_prunable_to(target)
     else:
         shapes = candidate_shapes(cfg, shape)
+    if not cfg.depth_batches and cfg.target.depth_metric == "lm_loss":
+        dropping = [s for s in ([target] if target else shapes) if s.layers < shape.layers]
+        if dropping:
+            raise DistillError(f"depth_batches=0 skips the layer-drop scores, but a target of {dropping[0].layers} "
+                               f"layers (the teacher has {shape.layers}) drops layers by them: set depth_batches > 0 "
+                               "or target.depth_metric=block")  # fmt: skip
     train, val = token_splits(cfg.data, tokenizer)
     search_train = cfg.search.train.model_copy(update={"max_steps": cfg.search.steps(cfg.data.seq_len)})
     for where, tcfg in [("train", cfg.train), ("search.train", search_train), ("correction", cfg.correction)]:
