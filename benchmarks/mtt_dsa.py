@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import finish, mean_std  # noqa: E402
+from common import finish, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.dd.augment import DSAConfig  # noqa: E402
 from distill.recipes import mtt  # noqa: E402
@@ -71,6 +71,10 @@ def cost(reps: int, iters: int) -> dict:
     return {"s_per_iter": times, "ratio_per_image_over_per_batch": ratios}
 
 
+def max_gap(q: dict) -> float:
+    return max(100 * (max(r["accuracy"] for r in runs) - min(r["accuracy"] for r in runs)) for runs in q.values())
+
+
 def markdown(d: dict) -> str:
     b, q = d["budget"], d["quality"]
     quality_lines = [
@@ -94,6 +98,14 @@ def markdown(d: dict) -> str:
         m, s = mean_std(accs)
         per = ", ".join(f"{a:.2f}" for a in accs)
         lines.append(f"| {mode} | {per} | {m:.2f} ± {s:.2f} | {statistics.median(r['s_per_iter'] for r in runs):.2f} |")
+    if q:  # the seeds share nothing across modes but the seed: compare each seed's pair
+        diffs = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(q["per image"], q["per batch"])]
+        spread = max(r["eval_std"] for runs in q.values() for r in runs)
+        mean = statistics.mean(diffs)
+        verdict = "within that noise: a tie" if abs(mean) < 100 * spread else "larger than that noise"
+        lines += ["", f"Per image minus per batch, seed by seed: {', '.join(f'{d:+.2f}' for d in diffs)} pts (mean "
+                  f"{mean:+.2f}); seeds differ by up to {max_gap(q):.2f} pts and one distillation's 3 evaluation "
+                  f"nets by up to {100 * spread:.2f} pts (std): the difference is {verdict}."]  # fmt: skip
     c = d["cost"]
     med = {m: statistics.median(v) for m, v in c["s_per_iter"].items()}
     r = c["ratio_per_image_over_per_batch"]
@@ -121,7 +133,12 @@ def main() -> None:
     p.add_argument("--cost-only", action="store_true", help="only the seconds per iteration")
     p.add_argument("--reuse-cost", action="store_true", help="keep the cost part of the committed results")
     p.add_argument("--note")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (and --note)")
     args = p.parse_args()
+    if args.render:
+        data = json.loads(Path("benchmarks/results/mtt_dsa.json").read_text())
+        data.update({"note": args.note} if args.note else {})
+        return write("mtt_dsa", data, markdown(data))
     t0 = time.perf_counter()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

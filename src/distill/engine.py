@@ -248,7 +248,8 @@ def fit(
                 record = window.flush(accelerator)
                 record.update(lr=scheduler.get_last_lr()[0])
                 unit, key = ("tok_s", "tokens_per_s") if "tokens_per_s" in record else ("samples_s", "samples_per_s")
-                bar.set_postfix(loss=f"{record['loss']:.4f}", **{unit: f"{record[key]:.0f}"})
+                rate = record[key]  # slow steps (an MTT iteration: seconds) would show 0 at whole numbers
+                bar.set_postfix(loss=f"{record['loss']:.4f}", **{unit: f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"})
                 run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **record})
             paused = False  # evaluating and saving are not training throughput
             if eval_fn is not None and (step % eval_every == 0 or step == total):
