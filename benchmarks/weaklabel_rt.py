@@ -132,6 +132,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (the students: OMP_NUM_THREADS)")
     p.add_argument("--throughput-n", type=int, default=16, help="0: skip the throughput part")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--objectives", default="reg,cls", help="the students' objectives, comma-separated")
+    p.add_argument("--thresholds", default="0,0.75,1", help="agreement thresholds, comma-separated")
     p.add_argument("--out", default="runs/bench-weaklabel_rt", help="kept: a rerun reuses its label store")
     p.add_argument("--note")
     args = p.parse_args()
@@ -150,7 +152,8 @@ def main() -> None:
                 f"data.train_limit={args.pool}", f"data.test_limit={args.test}", "splits=[pool]",
                 f"teacher={{kind: server, model: smollm2, url: '{url}', concurrency: 1}}",
                 "sampling.mode=cot", f"sampling.samples={args.samples}", f"sampling.temperature={args.temperature}",
-                "sampling.max_tokens=64", "student.objectives=[reg, cls]", "student.thresholds=[0.0, 0.75, 1.0]",
+                "sampling.max_tokens=64", f"student.objectives=[{args.objectives}]",
+                f"student.thresholds=[{args.thresholds}]",
                 "student.encoder.max_length=64", f"student.train.epochs={args.epochs}",
                 "student.train.progress=false"]  # fmt: skip
         result = weaklabel.run(load_config(weaklabel.Config, None, over))
