@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import finish, mean_std, write  # noqa: E402
+from common import RESULTS, finish, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.dd.augment import DSAConfig  # noqa: E402
 from distill.recipes import mtt  # noqa: E402
@@ -69,6 +69,10 @@ def cost(reps: int, iters: int) -> dict:
             times[mode].append((time.perf_counter() - t0) / iters)
     ratios = [a / b for a, b in zip(times["per image"], times["per batch"])]
     return {"s_per_iter": times, "ratio_per_image_over_per_batch": ratios}
+
+
+def committed() -> dict:
+    return json.loads((RESULTS / "mtt_dsa.json").read_text())
 
 
 def max_gap(q: dict) -> float:
@@ -136,7 +140,7 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (and --note)")
     args = p.parse_args()
     if args.render:
-        data = json.loads(Path("benchmarks/results/mtt_dsa.json").read_text())
+        data = committed()
         data.update({"note": args.note} if args.note else {})
         return write("mtt_dsa", data, markdown(data))
     t0 = time.perf_counter()
@@ -145,7 +149,7 @@ def main() -> None:
     data = {"budget": {k: v for k, v in vars(args).items() if k != "note"}}
     data["quality"] = {} if args.cost_only else quality(args, root)
     if args.reuse_cost:  # the cost part wants the cores alone; the accuracy part can share them
-        old = json.loads(Path("benchmarks/results/mtt_dsa.json").read_text())
+        old = committed()
         data["cost"] = old["cost"]
         data["budget"].update({k: old["budget"][k] for k in ("cost_reps", "cost_iters")})
     else:

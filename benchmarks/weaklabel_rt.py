@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -54,8 +55,7 @@ def stderr(p: float, n: int) -> float:
 def paired_diff(a: list[bool], b: list[bool]) -> tuple[float, float]:
     """Mean of a - b over the same texts and its standard error."""
     d = [int(x) - int(y) for x, y in zip(a, b)]
-    m = sum(d) / len(d)
-    return m, math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
 
 
 def teacher_rows(store, spec, items, sc: Sampling) -> tuple[list[dict], dict[str, list[bool]]]:
@@ -158,7 +158,7 @@ def main() -> None:
                 "student.train.progress=false"]  # fmt: skip
         result = weaklabel.run(load_config(weaklabel.Config, None, over))
     assert result.rows[0]["accuracy"] == teachers[0]["accuracy"], "the recipe scores the same pool votes"
-    students = [{**r, "scored_on": "test", "se": round(stderr(r["accuracy"], len(test)), 4) if r["accuracy"] else None}
+    students = [{**r, "scored_on": "test", "se": round(stderr(r["accuracy"], len(test)), 4) if r["accuracy"] is not None else None}
                 for r in result.rows[1:]]  # fmt: skip
     sc_name, single = teachers[0]["model"], teachers[1]["model"]
     comparisons = {f"{sc_name} minus {other}": paired_diff(right[sc_name], right[other])
