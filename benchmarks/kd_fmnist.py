@@ -168,24 +168,30 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
     two = teacher + [f"objective.1.args.temperature={t_best}", f"objective.1.weight={a_best}",
                      f"objective.2.weight={round(1 - a_best, 6)}", f"hint_stage.epochs={args.hint_epochs}",
                      "hint_stage.progress=false"]  # fmt: skip
-    longer, n = [f"train.epochs={args.check_epochs}"], args.check_seeds
-    kd_long = teacher + kd_over(t_best, a_best) + longer
-    later = runs.jobs(*at[chosen_at][:1], "attention", at[chosen_at][1]) + runs.jobs(
-        "fitnets_two_stage", "fitnets_two_stage", two
-    )
-    if args.check_epochs:  # has the student alone converged? it and the chosen KD again at a longer budget
-        later = runs.jobs(f"hinton-{args.check_epochs}ep", "hinton", kd_long, n) + later
-    runs.prefetch(later)
+    at_name, at_over = at[chosen_at]
+    two_name = f"fitnets (two stages: hints {args.hint_epochs} epochs, then KD {chosen})"
+    later = runs.jobs(at_name, "attention", at_over) + runs.jobs("fitnets_two_stage", "fitnets_two_stage", two)
+    # has the student alone converged? every method row again at a longer budget, the student alone longer still
+    check: dict[str, tuple] = {}
     if args.check_epochs:
-        out["longer"] = {
-            "epochs": args.check_epochs,
-            "student_alone": runs.seeds(f"student_alone-{args.check_epochs}ep", "student_alone", longer, n),
-            f"hinton ({chosen})": runs.seeds(f"hinton-{args.check_epochs}ep", "hinton", kd_long, n),
-        }
-    m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(at[chosen_at][0], "attention", at[chosen_at][1])
-    m[f"fitnets (two stages: hints {args.hint_epochs} epochs, then KD {chosen})"] = runs.seeds(
-        "fitnets_two_stage", "fitnets_two_stage", two
-    )
+        e, longer = args.check_epochs, [f"train.epochs={args.check_epochs}"]
+        check = {"student_alone": (f"student_alone-{e}ep", "student_alone", longer),
+                 f"hinton ({chosen})": (f"hinton-{e}ep", "hinton", teacher + kd_over(t_best, a_best) + longer),
+                 f"attention ({chosen_at})": (f"{at_name}-{e}ep", "attention", at_over + longer),
+                 two_name: (f"fitnets_two_stage-{e}ep", "fitnets_two_stage", two + longer)}  # fmt: skip
+        later = [j for job in check.values() for j in runs.jobs(*job, seeds=args.check_seeds)] + later
+    converge = [f"train.epochs={args.converge_epochs}"]
+    if args.converge_epochs:
+        later += runs.jobs(f"student_alone-{args.converge_epochs}ep", "student_alone", converge, args.converge_seeds)
+    runs.prefetch(later)
+    if check:
+        out["longer"] = {"epochs": args.check_epochs,
+                         **{k: runs.seeds(*job, seeds=args.check_seeds) for k, job in check.items()}}  # fmt: skip
+    if args.converge_epochs:
+        out["converge"] = {"epochs": args.converge_epochs, "student_alone": runs.seeds(
+            f"student_alone-{args.converge_epochs}ep", "student_alone", converge, args.converge_seeds)}  # fmt: skip
+    m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(at_name, "attention", at_over)
+    m[two_name] = runs.seeds("fitnets_two_stage", "fitnets_two_stage", two)
     if "fitnets" not in args.skip:
         m["fitnets (joint, hint + CE)"] = runs.seeds("fitnets", "fitnets", teacher)
     out["chosen"] = {"hinton": {"temperature": t_best, "alpha": a_best}, "attention": chosen_at}
@@ -314,13 +320,28 @@ def markdown(res: dict) -> str:
     if "longer" in acc:
         lo = acc["longer"]
         alone = lo["student_alone"]
-        lines += ["", f"### Budget check: {lo['epochs']} epochs per student", "",
+        n = len(alone["test"])
+        lines += ["", f"### Every row again at {lo['epochs']} epochs per student ({n} seed{'s' if n > 1 else ''}; "
+                  "the choices made at the sweep's budget)", "",
                   "| model | validation (mean ± std) | test (mean ± std) | test vs student alone | t | verdict |",
                   "|---|---:|---:|---:|---:|---|"]  # fmt: skip
         for name, e in ((k, v) for k, v in lo.items() if k != "epochs"):
             (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
             cells = comparison(e, alone)
             lines.append(f"| student: {name} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} | " + " | ".join(cells) + " |")
+        if "converge" in acc:  # the student alone longer still: how much did the check's budget leave?
+            c, e = acc["converge"], acc["converge"]["student_alone"]
+            (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
+            k = len(e["test"])
+            if k > 1:
+                diff, tc = significance(e["test"], alone["test"])
+                vs_check = f"{100 * diff:+.2f} pts over {lo['epochs']} epochs (t {tc:+.1f}, {verdict(tc)})"
+            else:  # one seed: against the same seed's shorter run, beside the shorter runs' spread across seeds
+                diff = e["test"][0] - alone["test"][0]
+                vs_check = (f"{100 * diff:+.2f} pts over seed 0 at {lo['epochs']} epochs (the {lo['epochs']}-epoch "
+                            f"seeds' std: {100 * mean_std(alone['test'])[1]:.2f} pts)")  # fmt: skip
+            lines += ["", f"The student alone at {c['epochs']} epochs ({k} seed{'s' if k > 1 else ''}): validation "
+                      f"{vm:.4f} ± {vs:.4f}, test {tm:.4f} ± {ts:.4f}, {vs_check}."]  # fmt: skip
     for sweep, entries in acc["sweeps"].items():
         n = len(next(iter(entries.values()))["val"])
         lines += ["", f"### Sweep: {sweep}, {n} seed{'s' if n > 1 else ''} each", "",
@@ -352,8 +373,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--check-epochs", type=int, default=24, help="the student alone again at this budget (0: skip)")
-    p.add_argument("--check-seeds", type=int, default=2, help="seeds of the longer budget's runs")
+    p.add_argument("--check-epochs", type=int, default=24, help="every method row again at this budget (0: skip)")
+    p.add_argument("--check-seeds", type=int, default=3, help="seeds of the longer budget's runs")
+    p.add_argument("--converge-epochs", type=int, default=48, help="the student alone at this budget (0: skip)")
+    p.add_argument("--converge-seeds", type=int, default=2)
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--hint-epochs", type=int, default=2)
     p.add_argument("--worker", type=int, default=0, help="1: a helper process sharing --dir (trains, writes nothing)")
