@@ -180,16 +180,16 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
                  f"attention ({chosen_at})": (f"{at_name}-{e}ep", "attention", at_over + longer),
                  two_name: (f"fitnets_two_stage-{e}ep", "fitnets_two_stage", two + longer)}  # fmt: skip
         later = [j for job in check.values() for j in runs.jobs(*job, seeds=args.check_seeds)] + later
-    converge = [f"train.epochs={args.converge_epochs}"]
+    converge = (f"student_alone-{args.converge_epochs}ep", "student_alone", [f"train.epochs={args.converge_epochs}"])
     if args.converge_epochs:
-        later += runs.jobs(f"student_alone-{args.converge_epochs}ep", "student_alone", converge, args.converge_seeds)
+        later += runs.jobs(*converge, seeds=args.converge_seeds)
     runs.prefetch(later)
     if check:
         out["longer"] = {"epochs": args.check_epochs,
                          **{k: runs.seeds(*job, seeds=args.check_seeds) for k, job in check.items()}}  # fmt: skip
     if args.converge_epochs:
-        out["converge"] = {"epochs": args.converge_epochs, "student_alone": runs.seeds(
-            f"student_alone-{args.converge_epochs}ep", "student_alone", converge, args.converge_seeds)}  # fmt: skip
+        out["converge"] = {"epochs": args.converge_epochs,
+                           "student_alone": runs.seeds(*converge, seeds=args.converge_seeds)}  # fmt: skip
     m[f"attention ({chosen_at}, chosen on validation)"] = runs.seeds(at_name, "attention", at_over)
     m[two_name] = runs.seeds("fitnets_two_stage", "fitnets_two_stage", two)
     if "fitnets" not in args.skip:

@@ -31,6 +31,7 @@ from distill.data import load_images  # noqa: E402
 from distill.dd.protocol import evaluate_set  # noqa: E402
 from distill.recipe import stage_seed  # noqa: E402
 from distill.recipes import mtt  # noqa: E402
+from distill.run import atomic_write  # noqa: E402
 
 BASE = ["runs/bench-mtt_dsa/per-image-seed0", "runs/bench-mtt_dsa/per-image-seed1"]
 BUFFER = "runs/bench-mtt_fmnist/ipc1"  # the base's experts: 3 x 6 epochs, width 32
@@ -47,12 +48,13 @@ LABELS = {"base": "base", "other": "150 iterations, DSA per batch (mtt_fmnist)"}
 PAPER_EVAL = {"nets": 5, "epochs": 1000}
 
 
-def distil(key: str, root: Path, nets: int, epochs: int) -> Path:
+def distil(key: str, root: Path) -> Path:
+    """The variant's run with our evaluation (3 nets x 300 epochs), resumed if it exists."""
     _, buffer, experts, expert_epochs, start, iters = VARIANTS[key]
     over = [f"run.output_dir={root}", f"run.run_name={key}", "run.seed=0", "model.args.width=32",
             f"buffer.experts={experts}", f"buffer.train.epochs={expert_epochs}", f"distill.max_start_epoch={start}",
             f"distill.train.max_steps={iters}", "distill.train.log_every=5", "distill.train.save_every=20",
-            f"eval.nets={nets}", f"eval.train.epochs={epochs}", "eval.baselines=[]", "eval.cross_arch=[]"]  # fmt: skip
+            "eval.nets=3", "eval.train.epochs=300", "eval.baselines=[]", "eval.cross_arch=[]"]  # fmt: skip
     over += [f"buffer.from_run={buffer}"] if buffer else []
     run_dir = root / key
     cfg = load_config(mtt.Config, "fmnist_ipc10", over, recipe="mtt")
@@ -70,14 +72,12 @@ def paper_eval(run_dir: Path) -> dict:
     syn = load_file(run_dir / "synthetic.safetensors")
     lr = float(syn["lr"])
     train = cfg.eval.train.model_copy(update={"lr": lr, "epochs": PAPER_EVAL["epochs"], "progress": False})
-    shape = {"in_channels": data.train["inputs"].shape[1], "num_classes": data.num_classes,
-             "image_size": data.train["inputs"].shape[-1]}  # fmt: skip
     t0 = time.perf_counter()
-    accs = evaluate_set(cfg.model, shape, syn["images"], syn["labels"], data.test, train, nets=PAPER_EVAL["nets"],
+    accs = evaluate_set(cfg.model, mtt._shape(data), syn["images"], syn["labels"], data.test, train, nets=PAPER_EVAL["nets"],
                         dsa_cfg=cfg.dsa, accelerator=Accelerator(cpu=True),
                         seed=stage_seed(cfg.run.seed, "evaluate/paper"))  # fmt: skip
     row = {"accuracies": accs, "wall_s": round(time.perf_counter() - t0, 1), **PAPER_EVAL}
-    path.write_text(json.dumps(row))
+    atomic_write(path, json.dumps(row))
     return row
 
 
@@ -128,8 +128,9 @@ def markdown(d: dict) -> str:
         for e in runs:
             pm, ps = mean_std([100 * a for a in e["paper"]["accuracies"]])
             vs = "" if key == "base" else f"{pm - b_paper:+.2f}"
-            memory = "constant" if e["run"].endswith("constant") else "unrolled"
-            seed = f"0 ({memory} memory)" if key == "other" else e["info"].get("seed", 0)
+            seed = e["info"].get("seed", 0)
+            if key == "other":  # both seed 0: they differ by the memory mode
+                seed = f"0 ({'constant' if e['run'].endswith('constant') else 'unrolled'} memory)"
             w = e["walls"]
             lines.append(f"| {label} | {seed} | {100 * e['ours']:.2f} | {pm:.2f} ± {ps:.2f} | "
                          f"{vs} | {w['experts'] / 60:.1f} | {w.get('distill', 0) / 60:.1f} | "
@@ -163,7 +164,7 @@ def main() -> None:
     for key in filter(None, args.variants.split(",")):
         if key not in VARIANTS:
             raise SystemExit(f"unknown variant {key!r}: choose from {', '.join(VARIANTS)}")
-        print(key, entry(distil(key, root, 3, 300)), flush=True)
+        print(key, entry(distil(key, root)), flush=True)
     if args.render:
         entries = {"base": [entry(Path(r)) for r in BASE]}
         entries |= {k: [entry(root / k)] for k in VARIANTS if (root / k / "results.json").exists()}
