@@ -10,6 +10,7 @@ The base is benchmarks/mtt_dsa.py's per-image runs (3 experts x 6 epochs, ConvNe
   experts       8 experts instead of 3
   iterations    200 iterations instead of 80 (the base buffer)
   width64       ConvNet width 64 instead of 32, for the experts, the distillation and the evaluation (DC: 128)
+  width64-seed1 the same with distillation seed 1, on width64's experts
 Several processes may run disjoint --variants side by side; each variant's result is kept in its run
 directory (an interrupted run resumes), and --render collects them into benchmarks/results/mtt_budget.{json,md}.
 """
@@ -37,12 +38,13 @@ from distill.run import atomic_write  # noqa: E402
 BASE = ["runs/bench-mtt_dsa/per-image-seed0", "runs/bench-mtt_dsa/per-image-seed1"]
 BUFFER = "runs/bench-mtt_fmnist/ipc1"  # the base's experts: 3 x 6 epochs, width 32
 # one change each from the base: (label, expert buffer to reuse or None, experts, expert epochs, start epochs, iters,
-# ConvNet width)
+# ConvNet width, distillation seed)
 VARIANTS = {
-    "trajectories": ("expert trajectories 15 epochs, start epoch <= 13", None, 3, 15, 13, 80, 32),
-    "experts": ("8 experts", None, 8, 6, 4, 80, 32),
-    "iterations": ("200 iterations", BUFFER, 3, 6, 4, 200, 32),
-    "width64": ("ConvNet width 64", None, 3, 6, 4, 80, 64),
+    "trajectories": ("expert trajectories 15 epochs, start epoch <= 13", None, 3, 15, 13, 80, 32, 0),
+    "experts": ("8 experts", None, 8, 6, 4, 80, 32, 0),
+    "iterations": ("200 iterations", BUFFER, 3, 6, 4, 200, 32, 0),
+    "width64": ("ConvNet width 64", None, 3, 6, 4, 80, 64, 0),
+    "width64-seed1": ("ConvNet width 64", "runs/bench-mtt_budget/width64", 3, 6, 4, 80, 64, 1),
 }
 # the main benchmark's IPC 10 sets: 150 iterations on the base's buffer, one DSA draw per batch (a tie with per
 # image in mtt_dsa), unrolled and constant memory (which differ by rounding only): two more points on iterations
@@ -53,8 +55,8 @@ PAPER_EVAL = {"nets": 5, "epochs": 1000}
 
 def distil(key: str, root: Path) -> Path:
     """The variant's run with our evaluation (3 nets x 300 epochs), resumed if it exists."""
-    _, buffer, experts, expert_epochs, start, iters, width = VARIANTS[key]
-    over = [f"run.output_dir={root}", f"run.run_name={key}", "run.seed=0", f"model.args.width={width}",
+    _, buffer, experts, expert_epochs, start, iters, width, seed = VARIANTS[key]
+    over = [f"run.output_dir={root}", f"run.run_name={key}", f"run.seed={seed}", f"model.args.width={width}",
             f"buffer.experts={experts}", f"buffer.train.epochs={expert_epochs}", f"distill.max_start_epoch={start}",
             f"distill.train.max_steps={iters}", "distill.train.log_every=5", "distill.train.save_every=20",
             "eval.nets=3", "eval.train.epochs=300", "eval.baselines=[]", "eval.cross_arch=[]"]  # fmt: skip

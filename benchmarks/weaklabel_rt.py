@@ -6,7 +6,9 @@
 
 --teacher qwen0.5b: the bigger teacher of ../shared/DATA.md (Qwen2.5-Coder-0.5B-Instruct, assembled by
 benchmarks/qwen_teacher.py), results in weaklabel_rt_qwen0.5b.{json,md}; --teacher-only scores the teacher rows
-(and the lexicons) without training students, for a pool the teacher cannot label in one sitting.
+(and the lexicons) without training students, for a pool the teacher cannot label in one sitting, into
+weaklabel_rt[_TEACHER]_poolN.{json,md}. Each teacher keeps one label store, so a bigger pool reuses a smaller one's
+answers (the pool is a prefix of the same shuffled list).
 
 The teacher labels the pool only (the recipe's splits=[pool]): its own accuracy is measured there, on the
 pool's gold labels, which it never sees, and the students are scored on the --test held-out gold texts, which
@@ -151,14 +153,15 @@ def main() -> None:
     p.add_argument("--note")
     args = p.parse_args()
     title, gguf, alias, _ = TEACHERS[args.teacher]
-    name = "weaklabel_rt" if args.teacher == "smollm2" else f"weaklabel_rt_{args.teacher}"
+    name = "weaklabel_rt" + ("" if args.teacher == "smollm2" else f"_{args.teacher}")
+    name += f"_pool{args.pool}" if args.teacher_only else ""  # a partial measurement never overwrites a full one
     if args.teacher != "smollm2" or args.teacher_only:  # the throughput part measures the bundled teacher
         args.throughput_n = 0
     t_start = time.perf_counter()
     data = TextItems(train_limit=args.pool, test_limit=args.test)
     pool, test = load_items(data)
     sc = Sampling(mode="cot", samples=args.samples, temperature=args.temperature, max_tokens=64)
-    root = Path(args.out or f"runs/bench-{name}")
+    root = Path(args.out or f"runs/bench-{name.split('_pool')[0]}")  # one label store per teacher
     root.mkdir(parents=True, exist_ok=True)
     with llama_cpp_server(gguf(), alias, root / "server.log", threads=args.threads) as url:
         store_path = root / "labels.sqlite"  # answers already stored are not asked again
