@@ -2,7 +2,7 @@
 DC's published 82.3%). Each variant changes one thing from the base and is scored two ways: the benchmarks'
 evaluation (3 nets x 300 epochs) and the paper's (5 nets x 1000 epochs), on the same synthetic set.
 
-    python benchmarks/mtt_budget.py [--variants trajectories,experts,iterations] [--render]
+    python benchmarks/mtt_budget.py [--variants trajectories,experts,iterations] [--random 32,64] [--render]
 
 The base is benchmarks/mtt_dsa.py's per-image runs (3 experts x 6 epochs, ConvNet width 32, start epoch <= 4,
 80 iterations; 2 distillation seeds), whose sets are only re-evaluated here. The variants distil with seed 0:
@@ -11,7 +11,8 @@ The base is benchmarks/mtt_dsa.py's per-image runs (3 experts x 6 epochs, ConvNe
   iterations    200 iterations instead of 80 (the base buffer)
   width64       ConvNet width 64 instead of 32, for the experts, the distillation and the evaluation (DC: 128)
   width64-seed1 the same with distillation seed 1, on width64's experts
-Several processes may run disjoint --variants side by side; each variant's result is kept in its run
+--random trains 3 nets x 300 epochs on 10 random real images per class at each width (how much a wider
+evaluation net adds without distillation). Several processes may run disjoint --variants side by side; each variant's result is kept in its run
 directory (an interrupted run resumes), and --render collects them into benchmarks/results/mtt_budget.{json,md}.
 """
 
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, mean_std  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.data import load_images  # noqa: E402
+from distill.dd.coreset import random_real  # noqa: E402
 from distill.dd.protocol import evaluate_set  # noqa: E402
 from distill.recipe import stage_seed  # noqa: E402
 from distill.recipes import mtt  # noqa: E402
@@ -82,6 +85,23 @@ def paper_eval(run_dir: Path) -> dict:
                         dsa_cfg=cfg.dsa, accelerator=Accelerator(cpu=True),
                         seed=stage_seed(cfg.run.seed, "evaluate/paper"))  # fmt: skip
     row = {"accuracies": accs, "wall_s": round(time.perf_counter() - t0, 1), **PAPER_EVAL}
+    atomic_write(path, json.dumps(row))
+    return row
+
+
+def random_baseline(width: int, root: Path) -> dict:
+    """10 random real images per class (seed 0) trained on by 3 nets x 300 epochs at `width`: how much a wider
+    evaluation net alone adds, without any distillation. Kept in `root`."""
+    path = root / f"random-real-width{width}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = load_config(mtt.Config, Path(BASE[0]) / "config.yaml", [f"model.args.width={width}"])
+    data = load_images(cfg.data)
+    idx = random_real(data.train["labels"], data.num_classes, 10, torch.Generator().manual_seed(0))
+    accs = evaluate_set(cfg.model, mtt._shape(data), data.train["inputs"][idx], data.train["labels"][idx], data.test,
+                        cfg.eval.train.model_copy(update={"epochs": 300, "progress": False}), nets=3, dsa_cfg=cfg.dsa,
+                        accelerator=Accelerator(cpu=True), seed=stage_seed(0, "evaluate/random"))  # fmt: skip
+    row = {"width": width, "accuracies": accs}
     atomic_write(path, json.dumps(row))
     return row
 
@@ -147,6 +167,12 @@ def markdown(d: dict) -> str:
         "benchmarks/mtt_fmnist.py (its minutes are not in this table).",
         "",
         *wide_summary(d["entries"], b_paper),
+        *[
+            f"- Random real images, 10 per class, 3 x 300 at width {r['width']}: {mean_std([100 * a for a in r['accuracies']])[0]:.2f}"
+            f" ± {mean_std([100 * a for a in r['accuracies']])[1]:.2f}%"
+            for r in d.get("random_real", [])
+        ],
+        *([""] if d.get("random_real") else []),
         *([f"Note: {d['note']}", ""] if d.get("note") else []),
     ]
     return "\n".join(lines)
@@ -173,6 +199,7 @@ def main() -> None:
     p.add_argument("--base", action="store_true", help="also re-evaluate the base's sets")
     p.add_argument("--other", type=int, help="also re-evaluate this one of the main benchmark's IPC 10 sets (0, 1)")
     p.add_argument("--out", default="runs/bench-mtt_budget", help="run directories (kept, resumed if interrupted)")
+    p.add_argument("--random", default="", help="also train on random real images at these widths (e.g. 32,64)")
     p.add_argument("--render", action="store_true", help="collect every finished variant into the results")
     p.add_argument("--note")
     args = p.parse_args()
@@ -182,6 +209,8 @@ def main() -> None:
             print("base", entry(Path(run)), flush=True)
     if args.other is not None:
         print("other", entry(Path(OTHER[args.other])), flush=True)
+    for width in filter(None, args.random.split(",")):
+        print("random real", random_baseline(int(width), root), flush=True)
     for key in filter(None, args.variants.split(",")):
         if key not in VARIANTS:
             raise SystemExit(f"unknown variant {key!r}: choose from {', '.join(VARIANTS)}")
@@ -190,7 +219,9 @@ def main() -> None:
         entries = {"base": [entry(Path(r)) for r in BASE]}
         entries |= {k: [entry(root / k)] for k in VARIANTS if (root / k / "results.json").exists()}
         entries["other"] = [entry(Path(r)) for r in OTHER if (Path(r) / "evaluation" / "paper-protocol.json").exists()]
-        finish("mtt_budget", {"entries": entries, "paper_eval": PAPER_EVAL}, markdown, t0, args.note)
+        randoms = [json.loads(f.read_text()) for f in sorted(root.glob("random-real-width*.json"))]
+        finish("mtt_budget", {"entries": entries, "paper_eval": PAPER_EVAL, "random_real": randoms}, markdown, t0,
+               args.note)  # fmt: skip
 
 
 if __name__ == "__main__":
