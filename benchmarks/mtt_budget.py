@@ -167,15 +167,16 @@ def markdown(d: dict) -> str:
         "benchmarks/mtt_fmnist.py (its minutes are not in this table).",
         "",
         *wide_summary(d["entries"], b_paper),
-        *[
-            f"- Random real images, 10 per class, 3 x 300 at width {r['width']}: {mean_std([100 * a for a in r['accuracies']])[0]:.2f}"
-            f" ± {mean_std([100 * a for a in r['accuracies']])[1]:.2f}%"
-            for r in d.get("random_real", [])
-        ],
+        *[random_line(r) for r in d.get("random_real", [])],
         *([""] if d.get("random_real") else []),
         *([f"Note: {d['note']}", ""] if d.get("note") else []),
     ]
     return "\n".join(lines)
+
+
+def random_line(r: dict) -> str:
+    m, s = mean_std([100 * a for a in r["accuracies"]])
+    return f"- Random real images, 10 per class, 3 x 300 at width {r['width']}: {m:.2f} ± {s:.2f}%"
 
 
 def wide_summary(entries: dict, b_paper: float) -> list[str]:
