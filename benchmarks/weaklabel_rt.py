@@ -152,16 +152,18 @@ def main() -> None:
     p.add_argument("--out", help="kept: a rerun reuses its label store (default runs/bench-<results name>)")
     p.add_argument("--note")
     args = p.parse_args()
-    title, gguf, alias, _ = TEACHERS[args.teacher]
-    name = "weaklabel_rt" + ("" if args.teacher == "smollm2" else f"_{args.teacher}")
-    name += f"_pool{args.pool}" if args.teacher_only else ""  # a partial measurement never overwrites a full one
+    _, gguf, alias, _ = TEACHERS[args.teacher]
+    base = "weaklabel_rt" + ("" if args.teacher == "smollm2" else f"_{args.teacher}")
+    name = base + (
+        f"_pool{args.pool}" if args.teacher_only else ""
+    )  # a partial measurement never overwrites a full one
     if args.teacher != "smollm2" or args.teacher_only:  # the throughput part measures the bundled teacher
         args.throughput_n = 0
     t_start = time.perf_counter()
     data = TextItems(train_limit=args.pool, test_limit=args.test)
     pool, test = load_items(data)
     sc = Sampling(mode="cot", samples=args.samples, temperature=args.temperature, max_tokens=64)
-    root = Path(args.out or f"runs/bench-{name.split('_pool')[0]}")  # one label store per teacher
+    root = Path(args.out or f"runs/bench-{base}")  # one label store per teacher, whatever the pool
     root.mkdir(parents=True, exist_ok=True)
     with llama_cpp_server(gguf(), alias, root / "server.log", threads=args.threads) as url:
         store_path = root / "labels.sqlite"  # answers already stored are not asked again
@@ -169,7 +171,8 @@ def main() -> None:
         teachers, right = teacher_rows(LabelStore(store_path), spec, pool, sc)
         speed = throughput(url, test, args.throughput_n) if args.throughput_n else {}
         if args.teacher_only:
-            return teacher_only(args, name, title, teachers, right, pool, test, t_start)
+            out = report(args, teachers, right, [], pool, test) | {"labelling": [], "throughput_texts_per_s": {}}
+            return finish(name, out, markdown, t_start, args.note)
         over = [f"run.output_dir={root}", f"run.run_name=wl-{time.strftime('%H%M%S')}", f"store={store_path}",
                 f"data.train_limit={args.pool}", f"data.test_limit={args.test}", "splits=[pool]",
                 f"teacher={{kind: server, model: {alias}, url: '{url}', concurrency: 1}}",
@@ -185,25 +188,20 @@ def main() -> None:
     weak = [r for r in students if r["model"] != "student-gold" and r["accuracy"] is not None]
     best = max(weak, key=lambda r: r["accuracy"])
     gap = best["accuracy"] - teachers[0]["accuracy"]
-    out = report(args, title, teachers, right, students, pool, test)
+    out = report(args, teachers, right, students, pool, test)
     out |= {"labelling": result.tables["labelling"], "throughput_texts_per_s": speed}
     out["best_student_minus_teacher"] = {"student": best["model"], "diff": round(gap, 4),
                                          "se": round(math.hypot(best["se"], teachers[0]["se"]), 4)}  # fmt: skip
     finish(name, out, markdown, t_start, args.note)
 
 
-def teacher_only(args, name, title, teachers, right, pool, test, t_start) -> None:
-    out = report(args, title, teachers, right, [], pool, test)
-    finish(name, out | {"labelling": [], "throughput_texts_per_s": {}}, markdown, t_start, args.note)
-
-
-def report(args, title, teachers, right, students, pool, test) -> dict:
+def report(args, teachers, right, students, pool, test) -> dict:
     """Everything but the students' extras: the rows and the teacher's paired comparisons."""
     sc_name, single = teachers[0]["model"], teachers[1]["model"]
     comparisons = {f"{sc_name} minus {other}": paired_diff(right[sc_name], right[other])
                    for other in (single, *SETTINGS)}  # fmt: skip
     budget = {k: v for k, v in vars(args).items() if k != "note"} | {"pool_texts": len(pool), "test_texts": len(test)}
-    return {"teacher": title, "budget": budget,
+    return {"teacher": TEACHERS[args.teacher][0], "budget": budget,
             "rows": teachers + students + lexicon_rows(pool, test),
             "paired_differences": {k: {"diff": round(m, 4), "se": round(se, 4)} for k, (m, se) in comparisons.items()}}  # fmt: skip
 
