@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: demo demo-kd demo-mtt demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
+.PHONY: llama-server demo demo-kd demo-mtt demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,20 @@ $(SERVER): $(STAMP)
 		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36
 	$(BIN)/pip install -q --no-cache-dir --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==0.3.36'
 	touch $(SERVER)
+
+# llama.cpp's own server, for the LLM benchmarks' --server-bin: it decodes parallel requests in one batch, which
+# llama-cpp-python's server does not. Built from the llama.cpp that llama-cpp-python 0.3.36 vendors, for any
+# x86-64 CPU with AVX2 like the wheel above (~25 min on 2 cores). Optional: no test needs it.
+LLAMA_SERVER_BIN ?= $(HOME)/.cache/distill/bin/llama-server-0.3.36
+llama-server: $(LLAMA_SERVER_BIN)
+$(LLAMA_SERVER_BIN): $(STAMP)
+	d=$$(mktemp -d) && $(BIN)/pip download -q --no-deps --no-binary :all: -d $$d llama-cpp-python==0.3.36 && \
+	tar xzf $$d/llama_cpp_python-0.3.36.tar.gz -C $$d && src=$$d/llama_cpp_python-0.3.36/vendor/llama.cpp && \
+	cmake -S $$src -B $$src/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
+		-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null && \
+	cmake --build $$src/build --target llama-server -j2 >/dev/null && \
+	mkdir -p $(dir $(LLAMA_SERVER_BIN)) && cp $$src/build/bin/llama-server $(LLAMA_SERVER_BIN) && rm -rf $$d
 
 test: $(STAMP) data $(SERVER)
 	$(BIN)/python -m pytest -q

@@ -145,6 +145,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (the students: OMP_NUM_THREADS)")
+    p.add_argument("--server-bin", help="a llama-server binary (make llama-server) to serve the teacher")
+    p.add_argument("--parallel", type=int, default=1, help="requests in flight, one llama-server slot each")
     p.add_argument("--throughput-n", type=int, default=16, help="0: skip the throughput part (SmolLM2 only)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--objectives", default="reg,cls", help="the students' objectives, comma-separated")
@@ -165,9 +167,10 @@ def main() -> None:
     sc = Sampling(mode="cot", samples=args.samples, temperature=args.temperature, max_tokens=64)
     root = Path(args.out or f"runs/bench-{base}")  # one label store per teacher, whatever the pool
     root.mkdir(parents=True, exist_ok=True)
-    with llama_cpp_server(gguf(), alias, root / "server.log", threads=args.threads) as url:
+    server = dict(threads=args.threads, binary=args.server_bin, parallel=args.parallel, n_ctx=1024)
+    with llama_cpp_server(gguf(), alias, root / "server.log", **server) as url:
         store_path = root / "labels.sqlite"  # answers already stored are not asked again
-        spec = ServerTeacher(model=alias, url=url, concurrency=1)
+        spec = ServerTeacher(model=alias, url=url, concurrency=args.parallel)
         teachers, right = teacher_rows(LabelStore(store_path), spec, pool, sc)
         speed = throughput(url, test, args.throughput_n) if args.throughput_n else {}
         if args.teacher_only:
@@ -175,7 +178,7 @@ def main() -> None:
             return finish(name, out, markdown, t_start, args.note)
         over = [f"run.output_dir={root}", f"run.run_name=wl-{time.strftime('%H%M%S')}", f"store={store_path}",
                 f"data.train_limit={args.pool}", f"data.test_limit={args.test}", "splits=[pool]",
-                f"teacher={{kind: server, model: {alias}, url: '{url}', concurrency: 1}}",
+                f"teacher={{kind: server, model: {alias}, url: '{url}', concurrency: {args.parallel}}}",
                 "sampling.mode=cot", f"sampling.samples={args.samples}", f"sampling.temperature={args.temperature}",
                 "sampling.max_tokens=64", f"student.objectives=[{args.objectives}]",
                 f"student.thresholds=[{args.thresholds}]",
@@ -201,6 +204,7 @@ def report(args, teachers, right, students, pool, test) -> dict:
     comparisons = {f"{sc_name} minus {other}": paired_diff(right[sc_name], right[other])
                    for other in (single, *SETTINGS)}  # fmt: skip
     budget = {k: v for k, v in vars(args).items() if k != "note"} | {"pool_texts": len(pool), "test_texts": len(test)}
+    budget["server_bin"] = args.server_bin and Path(args.server_bin).name  # not this machine's path
     return {"teacher": TEACHERS[args.teacher][0], "budget": budget,
             "rows": teachers + students + lexicon_rows(pool, test),
             "paired_differences": {k: {"diff": round(m, 4), "se": round(se, 4)} for k, (m, se) in comparisons.items()}}  # fmt: skip
@@ -213,12 +217,17 @@ def verdict(diff: float, se: float) -> str:
 def markdown(d: dict) -> str:
     b = d["budget"]
     title, _, _, quant = TEACHERS[b.get("teacher", "smollm2")]
+    server = (
+        "llama.cpp (llama-cpp-python 0.3.36"
+        if not b.get("server_bin")
+        else f"llama.cpp's llama-server (as vendored by llama-cpp-python 0.3.36, {b['parallel']} parallel slots"
+    )
     students = "No students (--teacher-only)." if b.get("teacher_only") else f"Students {b['epochs']} epochs, 1 seed."
     lines = [
         f"# Weak labels from {title} -> all-MiniLM-L6-v2, Rotten Tomatoes snippets",
         "",
-        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores. Teacher served by llama.cpp "
-        f"(llama-cpp-python 0.3.36, {quant} GGUF, {b['threads']} thread(s)). {b['pool_texts']} pool texts labelled "
+        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores. Teacher served by {server}, {quant} GGUF, "
+        f"{b['threads']} thread(s)). {b['pool_texts']} pool texts labelled "
         f"with K={b['samples']} CoT samples at T={b['temperature']}: the teacher rows are scored on the pool's "
         f"gold labels (never shown to the teacher); the students and lexicons on {b['test_texts']} other held-out "
         f"texts with gold labels. {students} Total wall time {d['wall_s'] / 60:.1f} min.",

@@ -185,3 +185,41 @@ def test_weaklabel_needs_gold_test_labels_before_it_starts(tmp_path, capsys):
         assert main(args) == 2
     assert "the test texts need them" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+FAKE_LLAMA_SERVER = """#!{python}
+import json, sys, http.server
+args = sys.argv[1:]
+open({argv!r}, "w").write(json.dumps(args))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"data": [{{"id": args[args.index("--alias") + 1]}}]}}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(args[args.index("--port") + 1])), H).serve_forever()
+"""
+
+
+def test_llama_server_binary_gets_parallel_slots_and_a_shared_kv_cache(tmp_path):
+    """llama.cpp's own server is started with `parallel` slots of n_ctx tokens each, on the threads asked for;
+    llama-cpp-python's server cannot take parallel slots, and a missing binary is one clear error."""
+    import sys
+
+    from distill.errors import DistillError
+    from distill.labeling.llama_server import llama_cpp_server
+
+    fake = tmp_path / "llama-server"
+    fake.write_text(FAKE_LLAMA_SERVER.format(python=sys.executable, argv=str(tmp_path / "argv.json")))
+    fake.chmod(0o755)
+    with llama_cpp_server("m.gguf", "teacher", tmp_path / "log", n_ctx=512, threads=2, binary=fake, parallel=8) as url:
+        models = json.loads(urllib.request.urlopen(f"{url}/v1/models", timeout=5).read())
+    assert [m["id"] for m in models["data"]] == ["teacher"]
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    flags = {a: b for a, b in zip(argv, argv[1:])}  # each flag -> the word after it
+    assert flags["--model"] == "m.gguf" and flags["--parallel"] == "8" and flags["--ctx-size"] == str(8 * 512)
+    assert flags["--threads"] == flags["--threads-batch"] == "2" and "--kv-unified" in argv
+    with pytest.raises(DistillError, match="one request at a time"):
+        with llama_cpp_server("m.gguf", "teacher", tmp_path / "log", parallel=8):
+            pass
+    with pytest.raises(DistillError, match="no llama-server executable"):
+        with llama_cpp_server("m.gguf", "teacher", tmp_path / "log", binary=tmp_path / "nope", parallel=8):
+            pass

@@ -1,5 +1,8 @@
-"""Start and stop a local llama.cpp server (`python -m llama_cpp.server`, from llama-cpp-python[server])
-on 127.0.0.1: an OpenAI-compatible teacher for tests, benchmarks and users with a GGUF file."""
+"""Start and stop a local llama.cpp server on 127.0.0.1: an OpenAI-compatible teacher for tests, benchmarks
+and users with a GGUF file. Either llama-cpp-python's (`python -m llama_cpp.server`, from
+llama-cpp-python[server]), which answers one request at a time, or llama.cpp's own `llama-server` binary
+(`make llama-server`), which is faster per answer and can decode `parallel` requests in one batch. Whether
+slots help depends on spare compute: on a 2-core CPU one slot answered fastest (benchmarks/weaklabel_rt.md)."""
 
 from __future__ import annotations
 
@@ -25,13 +28,29 @@ def free_port() -> int:
 
 @contextmanager
 def llama_cpp_server(gguf: str | Path, alias: str, log: str | Path, n_ctx: int = 2048, threads: int | None = None,
-                     timeout_s: float = 120.0, port: int | None = None) -> Iterator[str]:  # fmt: skip
+                     timeout_s: float = 120.0, port: int | None = None, binary: str | Path | None = None,
+                     parallel: int = 1) -> Iterator[str]:  # fmt: skip
     """Serve `gguf` as model `alias` (on `port`, default a free one); yields the base URL once /v1/models
-    answers; stops the server after."""
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port := port or free_port()), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
+    answers; stops the server after. `binary`: a llama-server executable to run instead of llama-cpp-python's
+    server, with `parallel` slots of `n_ctx` tokens each."""
+    port = port or free_port()
+    if binary is None:
+        if parallel != 1:
+            raise DistillError("llama-cpp-python's server answers one request at a time: parallel slots need "
+                               "llama.cpp's own llama-server (binary=)")  # fmt: skip
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
+        thread_flags = ["--n_threads", "--n_threads_batch"]
+    else:
+        if not Path(binary).is_file():
+            raise DistillError(f"no llama-server executable at {binary}")
+        # one KV buffer shared by the slots: the K samples of a prompt reuse its cached prefix
+        cmd = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+               "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--alias", alias,
+               "--no-webui"]  # fmt: skip
+        thread_flags = ["--threads", "--threads-batch"]
     if threads:  # prompt processing too: its own default is every core, which a shared machine cannot spare
-        cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+        cmd += [thread_flags[0], str(threads), thread_flags[1], str(threads)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
         url = f"http://127.0.0.1:{port}"
