@@ -2,13 +2,15 @@
 (served by llama.cpp), all-MiniLM-L6-v2 as the student.
 
     python benchmarks/weaklabel_rt.py [--teacher smollm2|qwen0.5b] [--pool 1000] [--test 1000] [--samples 8]
-                                      [--threads 2] [--teacher-only]
+                                      [--threads 2] [--teacher-only] [--server-bin PATH [--parallel N]]
 
 --teacher qwen0.5b: the bigger teacher of ../shared/DATA.md (Qwen2.5-Coder-0.5B-Instruct, assembled by
 benchmarks/qwen_teacher.py), results in weaklabel_rt_qwen0.5b.{json,md}; --teacher-only scores the teacher rows
 (and the lexicons) without training students, for a pool the teacher cannot label in one sitting, into
 weaklabel_rt[_TEACHER]_poolN.{json,md}. Each teacher keeps one label store, so a bigger pool reuses a smaller one's
-answers (the pool is a prefix of the same shuffled list).
+answers (the pool is a prefix of the same shuffled list). --server-bin: llama.cpp's own llama-server (make
+llama-server) serves the teacher instead of llama-cpp-python's server (benchmarks/teacher_servers.md: how much
+faster), with --parallel slots.
 
 The teacher labels the pool only (the recipe's splits=[pool]): its own accuracy is measured there, on the
 pool's gold labels, which it never sees, and the students are scored on the --test held-out gold texts, which

@@ -1,8 +1,8 @@
 """Start and stop a local llama.cpp server on 127.0.0.1: an OpenAI-compatible teacher for tests, benchmarks
 and users with a GGUF file. Either llama-cpp-python's (`python -m llama_cpp.server`, from
 llama-cpp-python[server]), which answers one request at a time, or llama.cpp's own `llama-server` binary
-(`make llama-server`), which is faster per answer and can decode `parallel` requests in one batch. Whether
-slots help depends on spare compute: on a 2-core CPU one slot answered fastest (benchmarks/weaklabel_rt.md)."""
+(`make llama-server`), which can decode `parallel` requests in one batch. Slots pay where there is compute to
+spare (a GPU, many cores): on 2 CPU cores one slot answered fastest (benchmarks/teacher_servers.md)."""
 
 from __future__ import annotations
 
