@@ -222,7 +222,7 @@ def markdown(d: dict) -> str:
     server = (
         "llama.cpp (llama-cpp-python 0.3.36"
         if not b.get("server_bin")
-        else f"llama.cpp's llama-server (as vendored by llama-cpp-python 0.3.36, {b['parallel']} parallel slots"
+        else f"llama.cpp's llama-server (as vendored by llama-cpp-python 0.3.36, {b['parallel']} parallel slot(s)"
     )
     students = "No students (--teacher-only)." if b.get("teacher_only") else f"Students {b['epochs']} epochs, 1 seed."
     lines = [
