@@ -48,9 +48,10 @@ $(SERVER): $(STAMP)
 	$(BIN)/pip install -q --no-cache-dir --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==0.3.36'
 	touch $(SERVER)
 
-# llama.cpp's own server, for the LLM benchmarks' --server-bin: it decodes parallel requests in one batch, which
-# llama-cpp-python's server does not. Built from the llama.cpp that llama-cpp-python 0.3.36 vendors, for any
-# x86-64 CPU with AVX2 like the wheel above (~25 min on 2 cores). Optional: no test needs it.
+# llama.cpp's own server, for the LLM benchmarks' --server-bin: 1.33x llama-cpp-python's answers/s on 2 cores, and
+# parallel slots where there is compute for them (benchmarks/results/teacher_servers.md). Built from the llama.cpp
+# that llama-cpp-python 0.3.36 vendors, for any x86-64 CPU with AVX2 like the wheel above (~7 min on 2 cores).
+# Optional: no test needs it.
 LLAMA_SERVER_BIN ?= $(HOME)/.cache/distill/bin/llama-server-0.3.36
 llama-server: $(LLAMA_SERVER_BIN)
 $(LLAMA_SERVER_BIN): $(STAMP)

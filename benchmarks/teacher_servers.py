@@ -62,13 +62,15 @@ def main() -> None:
         for name, (binary, parallel) in settings.items():
             runs[name].append(one(gguf(), alias, items, sc, args.threads, binary, parallel))
             print(name, runs[name][-1], flush=True)
-    base = mean_std([r["answers"] / r["seconds"] for r in runs["llama-cpp-python server"]])[0]
     rows = []
     for name, rs in runs.items():
         m, s = mean_std([r["answers"] / r["seconds"] for r in rs])
         tok = mean_std([r["completion_tokens"] / r["seconds"] for r in rs])[0]
         rows.append({"server": name, "answers_per_s": round(m, 3), "spread": round(s, 3),
-                     "completion_tokens_per_s": round(tok, 1), "vs_llama_cpp_python": round(m / base, 2)})  # fmt: skip
+                     "completion_tokens_per_s": round(tok, 1)})  # fmt: skip
+    base = rows[0]["answers_per_s"]  # llama-cpp-python's server, the first setting
+    for r in rows:
+        r["vs_llama_cpp_python"] = round(r["answers_per_s"] / base, 2)
     budget = {"teacher": title, "quant": quant, "texts": args.texts, "answers_per_setting": args.texts * sc.samples,
               "rounds": args.rounds, "threads": args.threads}  # fmt: skip
     finish("teacher_servers", {"budget": budget, "rows": rows, "runs": runs}, markdown, t_start, args.note)

@@ -158,9 +158,8 @@ def main() -> None:
     args = p.parse_args()
     _, gguf, alias, _ = TEACHERS[args.teacher]
     base = "weaklabel_rt" + ("" if args.teacher == "smollm2" else f"_{args.teacher}")
-    name = base + (
-        f"_pool{args.pool}" if args.teacher_only else ""
-    )  # a partial measurement never overwrites a full one
+    partial = f"_pool{args.pool}" if args.teacher_only else ""  # a partial measurement never overwrites a full one
+    name = base + partial
     if args.teacher != "smollm2" or args.teacher_only:  # the throughput part measures the bundled teacher
         args.throughput_n = 0
     t_start = time.perf_counter()

@@ -44,7 +44,7 @@ def llama_cpp_server(gguf: str | Path, alias: str, log: str | Path, n_ctx: int =
     else:
         if not Path(binary).is_file():
             raise DistillError(f"no llama-server executable at {binary}")
-        # one KV buffer shared by the slots: the K samples of a prompt reuse its cached prefix
+        # --kv-unified: one KV buffer for every slot (llama.cpp's own default only when it picks the slot count)
         cmd = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--alias", alias,
                "--no-webui"]  # fmt: skip
