@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT, kill_after_checkpoints, kill_when, straight_killed_resumed, tiny_overrides
 from distill.cli import main
+from distill.recipe import recipes
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
 ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -71,6 +72,20 @@ def test_recipe_help_lists_fields_with_defaults(capsys):
     assert main(["kd", "--help"]) == 0
     out = capsys.readouterr().out
     assert "train.lr" in out and "[default: 0.002]" in out and "teachers.N.model.arch" in out
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes()))
+def test_every_recipes_help_lists_its_fields(recipe, capsys):
+    """Every recipe's --help (minitron, online and capture once recursed without end through a mixture's parts)."""
+    assert main([recipe, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: distill {recipe} ") and "run.seed" in out
+
+
+def test_help_names_a_section_that_holds_itself_once(capsys):
+    assert main(["minitron", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "(each item: the fields of data)" in out and "data.parts.N." not in out
 
 
 @pytest.mark.parametrize(

@@ -217,12 +217,16 @@ def dump(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+def describe(
+    cls: type[BaseModel], prefix: str = "", defaults: Any = None, _open: tuple[type, ...] = ()
+) -> list[tuple[str, str, str, str]]:
     """(dotted name, type, default, description) of every field; sections and lists of sections expanded.
 
-    Defaults are those in effect: a section's own default instance wins over its class defaults.
+    Defaults are those in effect: a section's own default instance wins over its class defaults. A section
+    that holds itself (a mixture's `parts`, each a corpus) is expanded once and then named, not repeated.
     """
     rows = []
+    _open = (*_open, cls)
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
         value = getattr(defaults, name) if defaults is not None else _default(field)
@@ -230,7 +234,7 @@ def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> li
         item = _list_item_section(field.annotation)
         if sub is not None:
             rows.append((key, "section", "", field.description or ""))
-            rows += describe(sub, key + ".", value)
+            rows += describe(sub, key + ".", value, _open)
         elif (kinds := _kinds(field)) is not None:  # each kind's fields, marked with the kind they belong to
             variants, disc = kinds
             rows.append((key, "section", "", field.description or ""))
@@ -238,11 +242,15 @@ def describe(cls: type[BaseModel], prefix: str = "", defaults: Any = None) -> li
                 kind = variant.model_fields[disc].default
                 shown = value if isinstance(value, variant) else None
                 rows += [(k, t, d, f"[{disc}={kind}] {x}".strip())
-                         for k, t, d, x in describe(variant, key + ".", shown)]  # fmt: skip
+                         for k, t, d, x in describe(variant, key + ".", shown, _open)]  # fmt: skip
         elif item is not None:
             shown = "" if value is None else _short(value)
-            rows.append((key, f"list of {item.__name__}", shown, field.description or ""))
-            rows += describe(item, key + ".N.")
+            desc = field.description or ""
+            if item in _open:  # a section that holds itself: its items take the fields listed above
+                desc += f" (each item: the fields of {prefix.rstrip('.') or 'the config'})"
+            rows.append((key, f"list of {item.__name__}", shown, desc))
+            if item not in _open:
+                rows += describe(item, key + ".N.", None, _open)
         else:
             shown = "" if field.is_required() and defaults is None else _short(value)
             if isinstance(value, BaseModel) or (field.is_required() and not isinstance(value, (int, float, str))):
