@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,19 +56,40 @@ def kill_when(cmd: list[str], env: dict, ready: Callable[[], bool], what: str) -
     assert ready(), f"killed before {what}"
 
 
-def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int = 2) -> None:
-    """Kill `cmd` as soon as `folder` holds `count` checkpoints."""
+def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int = 2) -> int:
+    """Kill `cmd` as soon as `folder` (a run's `checkpoints/<stage>`) holds `count` checkpoints; the stage must
+    be unfinished then. Returns the step of the newest whole checkpoint (the one a resume continues from)."""
     kill_when(cmd, env, lambda: len(list(folder.glob("step-*.pt"))) >= count, f"{count} checkpoints in {folder}")
+    run = next(p for p in folder.parents if (p / "config.yaml").is_file())
+    stage = folder.relative_to(run / "checkpoints")
+    assert not (run / stage / "done.json").exists() and not (run / "results.json").exists(), "killed after the end"
+    whole = [p for p in sorted(folder.glob("step-*.pt")) if p.with_name(p.name + ".sha256").is_file()]
+    return int(whole[-1].stem.removeprefix("step-"))
+
+
+def steps_logged_since(run: Path, stage: str, since: float) -> list[int]:
+    """The steps of `stage`'s training records written at or after `since` (time.time())."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if r.get("stage") == stage and "loss" in r and r["time"] >= since]
 
 
 def straight_killed_resumed(cli: list[str], over: list[str], env: dict, runs: Path, checkpoints: str) -> Path:
     """Run `cli + over` to the end as run `straight`; run it again as `killed`, SIGKILLed once two checkpoints
     exist under `checkpoints` (relative to the run), and `--resume` that. `runs` is run.output_dir; `over` names
-    no run_name. Returns `runs`; tests compare what `straight` and `killed` hold."""
+    no run_name. Returns `runs`; tests compare what `straight` and `killed` hold.
+
+    The resume must continue, not restart: every step it logs lies after the checkpoint it resumed from, and
+    together with what the killed run logged up to that checkpoint they are the straight run's steps."""
     subprocess.run([*cli, *over, "run.run_name=straight"], check=True, env=env, capture_output=True)
-    kill_after_checkpoints([*cli, *over, "run.run_name=killed"], env, runs / "killed" / checkpoints)
-    done = subprocess.run([*cli, "--resume", str(runs / "killed")], env=env, capture_output=True, text=True)
+    killed, stage = runs / "killed", checkpoints.removeprefix("checkpoints/")
+    step = kill_after_checkpoints([*cli, *over, "run.run_name=killed"], env, killed / checkpoints)
+    since = time.time()
+    done = subprocess.run([*cli, "--resume", str(killed)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    resumed = steps_logged_since(killed, stage, since)
+    assert resumed and min(resumed) > step, f"the resume logged steps {resumed} from a checkpoint at step {step}"
+    before = [s for s in steps_logged_since(killed, stage, 0) if s not in resumed]
+    assert before + resumed == steps_logged_since(runs / "straight", stage, 0)
     return runs
 
 

@@ -18,6 +18,7 @@ import torch
 
 from conftest import tiny_overrides, write_tensor_file
 from distill.cli import main
+from distill.run import RunDir
 
 KD_CE = "objective=[{name: c, loss: ce, inputs: [student.logits, labels]}]"
 
@@ -129,22 +130,23 @@ def test_bad_input_matrix(case, tmp_path, capsys, monkeypatch):
 
 
 def test_a_run_directory_has_one_writer(tensor_file, tmp_path, capsys):
-    """A second process resuming a run in use is refused; once the first is gone (even killed), it may."""
-    assert main(["kd", *tiny_overrides(tensor_file, tmp_path)]) == 0
+    """While a real `distill` run is training, a second process resuming it is refused; once the first is gone
+    (killed: the lock file stays, the lock does not), it may."""
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=400", "train.save_every=8"]
     run = tmp_path / "tiny"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from distill.run import RunDir; import time; held = RunDir({str(run)!r}).lock(); "
-         "print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ},
-    )  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-m", "distill.cli", "kd", *over], env={**os.environ},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        deadline = time.time() + 120
+        while not list(run.glob("checkpoints/teacher/step-*.pt")) and time.time() < deadline:
+            assert holder.poll() is None, "the run ended before the second process could try it"
+            time.sleep(0.05)
         _one_line(capsys, 2, "is in use by another distill process", ["kd", "--resume", str(run)])
+        assert holder.poll() is None, "the refusal came after the holder had ended"
     finally:
-        holder.kill()  # a kill leaves the lock file behind, but no lock on it
+        holder.kill()
         holder.wait()
-    time.sleep(0.1)
-    assert main(["kd", "--resume", str(run)]) == 0
+    RunDir.open(run).lock().close()  # free again
 
 
 def test_label_resume_of_a_finished_run_needs_no_server(tmp_path, capsys):

@@ -126,7 +126,8 @@ def test_wrong_tap_name_lists_close_matches(tensor_file, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tensor_file, tmp_path):
-    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=8"]
+    # checkpoints every 7 steps, records every 3: a checkpoint holds a log window in progress
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=30", "train.save_every=7", "train.log_every=3"]
     straight_killed_resumed([*DISTILL, "kd"], over, ENV, tmp_path, "checkpoints/student")
     _same_outcome(tmp_path, "killed")
 

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distill.engine import TrainConfig, checkpoints, epoch_batches, fit, lr_lambda
+from distill.engine import Callbacks, TrainConfig, checkpoints, epoch_batches, fit, lr_lambda
 from distill.kd.distiller import Distiller
 from distill.kd.objective import Term
 from distill.run import RunDir
@@ -104,13 +104,17 @@ class Boom(Exception):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, accelerator):
     """Interrupt after a checkpoint, rebuild everything from scratch, resume: same weights, same metrics."""
-    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, save_every=4, log_every=2, eval_every=3, progress=False)
+    # log every 3, save every 4: the checkpoint at step 4 holds one step of an unfinished log window
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-2, save_every=4, log_every=3, eval_every=3, progress=False)
     data = toy_data()
+    ran: list[int] = []  # the optimizer steps each fit call ran
 
     def train(run: RunDir, crash_at: int | None = None) -> nn.Module:
         torch.manual_seed(123)  # as a recipe reseeds at each stage start
         model = Distiller(toy_model(), [CE])
         calls = {"n": 0}
+        ran.append(0)
+        count = Callbacks(on_step=lambda product, step: ran.__setitem__(-1, ran[-1] + 1))
 
         def evaluate(m: nn.Module) -> dict[str, float]:
             calls["n"] += 1
@@ -118,7 +122,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, accelerator):
                 raise Boom  # dies between two checkpoints, after logging past the last one
             return {"w": float(m.student[0].weight.sum())}
 
-        fit(model, data, cfg, stage="s", run=run, accelerator=accelerator, seed=7, eval_fn=evaluate)
+        fit(model, data, cfg, stage="s", run=run, accelerator=accelerator, seed=7, eval_fn=evaluate, callbacks=count)
         return model
 
     straight = train(RunDir(tmp_path / "a"))
@@ -128,6 +132,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, accelerator):
     assert [p.name for p in checkpoints(broken, "s")] == ["step-00000004.pt"]
     assert not (broken.path / "s" / "done.json").exists()
     resumed = train(broken)
+    assert ran == [12, 6, 8], "the resumed stage ran the 8 steps after its checkpoint, not all 12"
     for p, q in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     strip = lambda recs: [{k: v for k, v in r.items() if k not in CLOCK} for r in recs]  # noqa: E731
