@@ -40,7 +40,7 @@ def cohort() -> Cohort:
     return Cohort(members).build({k: v[:8] for k, v in data().items()})
 
 
-CONFIG = TrainConfig(max_steps=400, batch_size=16, lr=1e-2, save_every=10, log_every=5, progress=False)
+CONFIG = TrainConfig(max_steps=400, batch_size=16, lr=1e-2, save_every=10, log_every=3, progress=False)
 
 
 def main(path: str) -> None:

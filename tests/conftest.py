@@ -60,7 +60,7 @@ def kill_after_checkpoints(cmd: list[str], env: dict, folder: Path, count: int =
     """Kill `cmd` as soon as `folder` (a run's `checkpoints/<stage>`) holds `count` checkpoints; the stage must
     be unfinished then. Returns the step of the newest whole checkpoint (the one a resume continues from)."""
     kill_when(cmd, env, lambda: len(list(folder.glob("step-*.pt"))) >= count, f"{count} checkpoints in {folder}")
-    run = next(p for p in folder.parents if (p / "config.yaml").is_file())
+    run = next(p.parent for p in folder.parents if p.name == "checkpoints")
     stage = folder.relative_to(run / "checkpoints")
     assert not (run / stage / "done.json").exists() and not (run / "results.json").exists(), "killed after the end"
     whole = [p for p in sorted(folder.glob("step-*.pt")) if p.with_name(p.name + ".sha256").is_file()]

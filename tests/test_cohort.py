@@ -6,17 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from cohort_job import CE, KD, cohort, data, net
-from conftest import ROOT, kill_after_checkpoints
+from conftest import ROOT, kill_after_checkpoints, steps_logged_since
 from distill.errors import ConfigError
 from distill.kd import Cohort, Distiller, Member
 
-ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT / "tests")}
+# the checkout under test first (never whatever distill is installed), then the job's own folder
+PATH = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
+ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": PATH}
 JOB = [sys.executable, str(ROOT / "tests" / "cohort_job.py")]
 
 
@@ -62,10 +65,11 @@ def test_a_distiller_reads_given_signals_of_a_source():
 @pytest.mark.slow
 def test_killed_cohort_resumes_to_the_same_weights_for_all_three(tmp_path):
     subprocess.run([*JOB, str(tmp_path / "straight")], check=True, env=ENV, capture_output=True)
-    kill_after_checkpoints([*JOB, str(tmp_path / "killed")], ENV, tmp_path / "killed" / "checkpoints" / "online")
-    assert not (tmp_path / "killed" / "online" / "done.json").exists()
+    step = kill_after_checkpoints([*JOB, str(tmp_path / "killed")], ENV, tmp_path / "killed/checkpoints/online")
+    since = time.time()
     done = subprocess.run([*JOB, str(tmp_path / "killed")], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert min(steps_logged_since(tmp_path / "killed", "online", since)) > step, "the resume started over"
     for member in ("teacher", "small", "tiny"):
         a, b = (load_file(str(tmp_path / r / "online" / f"{member}.safetensors")) for r in ("straight", "killed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), member
@@ -77,3 +81,64 @@ def test_killed_cohort_resumes_to_the_same_weights_for_all_three(tmp_path):
     assert straight == killed
     first = load_file(str(tmp_path / "straight" / "online" / "teacher.safetensors"))
     assert not torch.equal(first["0.weight"], net(32, 0)[0].weight.detach()), "the teacher trained"
+
+
+def _one_step(model: torch.nn.Module, cfg_over: dict) -> None:
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    cfg = TrainConfig(max_steps=1, batch_size=16, progress=False, **cfg_over)
+    fit(model, data(), cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0)
+
+
+def _flat(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def _net(width: int, seed: int) -> torch.nn.Module:
+    """`net` without dropout: two runs of one step compare exactly."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.ReLU(), torch.nn.Linear(width, 3))
+
+
+def test_gradient_clipping_scales_the_step_to_the_norm_by_hand():
+    """One SGD step (lr 1, no momentum) with clip 0.05: the update is g * 0.05 / |g| (|g| is larger here)."""
+    from distill.engine import epoch_batches, take
+
+    model, probe = Distiller(_net(8, 1), [CE]), Distiller(_net(8, 1), [CE])
+    start = _flat(model)
+    probe(take(data(), epoch_batches(256, 16, seed=0, epoch=0)[0]))[0].backward()  # the batch fit takes first
+    g = torch.cat([p.grad.flatten() for p in probe.parameters()])
+    assert g.norm() > 0.05
+    _one_step(model, {"optimizer": "sgd", "lr": 1.0, "momentum": 0.0, "clip_grad_norm": 0.05})
+    torch.testing.assert_close(start - _flat(model), g * 0.05 / g.norm())
+
+
+def _two_members(student_weight: float, student_wd: float | None = None) -> Cohort:
+    loud = CE.model_copy(update={"weight": student_weight})
+    members = {"teacher": Member(_net(32, 0), [CE]), "small": Member(_net(8, 1), [loud], weight_decay=student_wd)}
+    return Cohort(members)
+
+
+def test_clipping_is_per_member_a_students_huge_gradient_leaves_the_teachers_step_alone():
+    quiet, loud = _two_members(1.0), _two_members(1e6)
+    clip = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "clip_grad_norm": 0.1}
+    _one_step(quiet, clip)
+    _one_step(loud, clip)
+    a, b = (_flat(c.members["teacher"]) for c in (quiet, loud))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    moved = [(_flat(c.members["small"]) - _flat(_net(8, 1))).norm() for c in (quiet, loud)]
+    torch.testing.assert_close(moved[1], torch.tensor(0.05), rtol=1e-4, atol=0)  # lr x clip: the full clipped step
+    assert moved[0] < moved[1]
+
+
+def test_weight_decay_is_per_member():
+    """AdamW's decoupled decay: a member with weight_decay 0.5 ends lr * 0.5 * w0 below the same member without,
+    after one step; the teacher (stage default 0) is the same in both."""
+    plain, decayed = _two_members(1.0), _two_members(1.0, student_wd=0.5)
+    w0 = _flat(plain.members["small"])
+    for c in (plain, decayed):
+        _one_step(c, {"lr": 0.01, "weight_decay": 0.0})
+    torch.testing.assert_close(_flat(plain.members["small"]) - _flat(decayed.members["small"]), 0.01 * 0.5 * w0)
+    torch.testing.assert_close(_flat(plain.members["teacher"]), _flat(decayed.members["teacher"]), rtol=0, atol=0)
