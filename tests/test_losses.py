@@ -226,6 +226,26 @@ def test_attention_relation_golden():
     assert attention_relation(student, teacher, heads=1, causal=False).item() == pytest.approx(both, rel=1e-5)
 
 
+def test_attention_relation_two_heads_by_hand():
+    """Width 4 in 2 relation heads of width 2: each head's scores are scaled by sqrt(2) (the head's width, not
+    the whole width's sqrt(4)), and the KL is averaged over heads and query positions. Not causal, T=2.
+    Head 0 holds dims 0-1, head 1 dims 2-3."""
+    student = torch.tensor([[[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]]])
+    teacher = torch.tensor([[[1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0]]])
+
+    def kl_row(p_scores: list[float], q_scores: list[float]) -> float:
+        p = [math.exp(v / math.sqrt(2)) for v in p_scores]
+        q = [math.exp(v / math.sqrt(2)) for v in q_scores]
+        p, q = [v / sum(p) for v in p], [v / sum(q) for v in q]
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+    # dot products x_i . x_j per head; rows are queries, over both keys
+    head0 = kl_row([2, 1], [1, 0]) + kl_row([1, 1], [0, 1])  # teacher rows [2,1],[1,1]; student [1,0],[0,1]
+    head1 = kl_row([1, 1], [4, 0]) + kl_row([1, 2], [0, 1])  # teacher [1,1],[1,2]; student [4,0],[0,1]
+    expected = (head0 + head1) / 4
+    assert attention_relation(student, teacher, heads=2, causal=False).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_attention_relation_heads_widths_and_mask():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 12, generator=g)  # widths differ

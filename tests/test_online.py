@@ -63,7 +63,18 @@ def test_students_reuse_the_teachers_forward_every_k_steps():
     assert seen == [1, 3, 5]  # steps 0, 2, 4 (the counter has moved on when the member runs)
 
 
-def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys):
+def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys, monkeypatch):
+    import distill.recipes.online
+
+    initial = {}
+
+    class KeepInitial(OnlineStudent):
+        def __init__(self, lm, auxiliary=False):
+            super().__init__(lm, auxiliary)
+            if auxiliary:
+                initial.update({f"aux.{k}": v.clone() for k, v in self.aux.state_dict().items()})
+
+    monkeypatch.setattr(distill.recipes.online, "OnlineStudent", KeepInitial)
     assert main(["online", *tiny]) == 0
     run = tmp_path / "runs" / "r"
     result = json.loads((run / "results.json").read_text())
@@ -71,7 +82,9 @@ def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_pat
     assert rows["teacher"]["teacher_forwards"] == 6 and rows["small"]["teacher_forwards"] == 0
     assert result["info"]["teacher_forwards"] == 6  # the students added none
     trained = load_file(str(run / "online" / "aux.safetensors"))
-    assert any(k.startswith("aux.") for k in trained), "the auxiliary layer trained with the student"
+    assert sorted(k for k in trained if k.startswith("aux.")) == sorted(initial)
+    for k in ("aux.q_proj.weight", "aux.k_proj.weight", "aux.v_proj.weight"):  # the relation loss trained them
+        assert not torch.equal(trained[k], initial[k]), k
     export = AutoModelForCausalLM.from_pretrained(run / "models" / "aux").eval()
     assert export.config.num_hidden_layers == 1 and not any("aux" in k for k in export.state_dict())
     in_memory = OnlineStudent(AutoModelForCausalLM.from_pretrained(run / "models" / "aux"), auxiliary=True)
@@ -94,6 +107,38 @@ def test_offline_and_alone_baselines(tiny, tmp_path):
     assert result["info"]["teacher_forwards"] == 6 + 3 + 3
     stages = {r["stage"] for r in read_metrics(tmp_path / "runs" / "r")}
     assert stages == {"teacher", "offline/small", "offline/aux", "alone/small", "alone/aux"}
+
+
+def _batches_by_stage(monkeypatch) -> dict[str, list[torch.Tensor]]:
+    """Record the input_ids of every training batch, by the stage that drew it."""
+    import distill.engine
+    import distill.recipe
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    fit, take = distill.recipe.fit, distill.engine.take
+
+    def fit_tagged(*args, stage: str, **kw):
+        seen[stage] = []
+        monkeypatch.setattr(distill.engine, "take", lambda d, i: seen[stage].append(take(d, i)) or seen[stage][-1])
+        return fit(*args, stage=stage, **kw)
+
+    monkeypatch.setattr(distill.recipe, "fit", fit_tagged)
+    return seen
+
+
+def test_online_offline_and_alone_students_see_the_same_batches(tiny, tmp_path, monkeypatch):
+    """distill_every=2: the online students train on the cohort's micro-batches 0, 2, 4; the offline and the alone
+    students train on exactly those, in that order (not on the first three)."""
+    seen = _batches_by_stage(monkeypatch)
+    assert main(["online", *tiny, "distill_every=2", "alone=true", "run.run_name=r1"]) == 0
+    online = [b["input_ids"] for b in seen["online"]]
+    assert len(online) == 6 and not torch.equal(online[1], online[2])
+    students = online[::2]
+    assert main(["online", *tiny, "distill_every=2", "mode=offline", "run.run_name=r2"]) == 0
+    for stage in ("alone/small", "alone/aux", "offline/small", "offline/aux"):
+        got = [b["input_ids"] for b in seen[stage]]
+        assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, students)), stage
+    assert all(torch.equal(a["input_ids"], b) for a, b in zip(seen["teacher"], online))  # offline teacher too
 
 
 def test_a_teacher_assistant_chain(tiny, tmp_path):

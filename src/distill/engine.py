@@ -83,6 +83,7 @@ class TrainConfig(Section):
     clip_grad_norm: float | None = Field(
         None, gt=0, description="clip the grad norm (null: off); per group when the model owns its optimizer groups"
     )
+    shuffle: bool = Field(True, description="draw each epoch's batches in a seeded random order (false: in order)")
     log_every: int = Field(50, gt=0, description="steps between metrics records")
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: end of each epoch)")
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: end of each epoch)")
@@ -135,10 +136,13 @@ def data_len(data: Data) -> int:
     return len(next(iter(data.values()))) if isinstance(data, Mapping) else len(data)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
-    """This process's index batches for an epoch: a seeded permutation, sharded, last partial dropped."""
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True
+) -> list[Tensor]:
+    """This process's index batches for an epoch: a seeded permutation (or 0..n-1 in order), sharded, last
+    partial dropped."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
     per_rank = n // world
     shard = perm[rank : per_rank * world : world]
     full = len(shard) // batch_size * batch_size
@@ -222,7 +226,7 @@ def fit(
     wrapped.train()
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
-        batches = epoch_batches(n, cfg.batch_size, seed, epoch, rank, world)[skip * cfg.grad_accum :]
+        batches = epoch_batches(n, cfg.batch_size, seed, epoch, rank, world, cfg.shuffle)[skip * cfg.grad_accum :]
         for micro, idx in enumerate(batches[: (steps_per_epoch - skip) * cfg.grad_accum], start=1):
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in take(data, idx).items()}
             last_micro = micro % cfg.grad_accum == 0

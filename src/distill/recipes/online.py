@@ -21,18 +21,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from distill.config import Section
 from distill.data.text import TextData, read_texts, token_splits, train_tokenizer
-from distill.engine import TrainConfig, check_fits
+from distill.engine import TrainConfig, check_fits, epoch_batches
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
 from distill.kd import Cohort, Distiller, Member, Term
 from distill.kd.auxiliary import OnlineStudent
 from distill.models import count_parameters
 from distill.models.llm import LlamaShape, LlmSpec, hf_dir, load_causal_lm, load_tokenizer, new_llama, same_vocabulary
-from distill.recipe import Context, Result, RuntimeConfig, start
+from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 
 name = "online"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
@@ -156,12 +157,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     models.update({s.name: OnlineStudent(_lm(s, tokenizer, ctx), s.auxiliary_layer) for s in cfg.students})
     forwards = (online if cfg.mode == "online" else offline)(cfg, ctx, models, train, evaluate, student_steps)
 
-    # 4. each student alone, the same number of student steps, the same initialisation
+    # 4. each student alone, the same number of student steps, the same initialisation and batches
     alone: dict[str, nn.Module] = {}
+    seen = students_batches(cfg, train, ctx)
     for s in cfg.students if cfg.alone else []:
         alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
         tcfg = student_train(cfg, s, student_steps)
-        ctx.fit(Distiller(alone[s.name], [LM_CE]), train, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
+        ctx.fit(Distiller(alone[s.name], [LM_CE]), seen, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
                 seed_from=BATCHES, eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
 
     # 5-6. evaluate and export
@@ -204,6 +206,7 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
     ctx.fit(Distiller(models["teacher"], [LM_CE]), train, cfg.train, stage="teacher", product=models["teacher"],
             seed_from=BATCHES, eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
     forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
+    seen = students_batches(cfg, train, ctx)
     for s in cfg.students:
         distiller = Distiller(models[s.name], student_terms(cfg, s, models), {s.source: models[s.source]})
         distiller.build(_probe(train, ctx))
@@ -212,17 +215,36 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
         tcfg = student_train(cfg, s, student_steps)
         scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
         metrics = ctx.fit(
-            distiller, train, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored, seed_from=BATCHES
+            distiller, seen, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored, seed_from=BATCHES
         )
         forwards[s.name] = int(metrics["forwards"])
     return forwards
 
 
+def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dict[str, Tensor]:
+    """The micro-batches an online student trains on (one in every `distill_every` of the teacher's), in their
+    order, laid out so that an unshuffled stage (`student_train`) on every process reads them as they came:
+    the offline and alone students see the samples the online students saw, in the same order."""
+    n, t, world = len(train["input_ids"]), cfg.train, ctx.accelerator.num_processes
+    per_epoch = check_fits(n, t, "train", world) * t.grad_accum  # micro-batches per epoch
+    seed = stage_seed(ctx.seed, BATCHES)
+    epochs: dict[int, list[list[Tensor]]] = {}
+    picked = []  # (micro-batches, ranks) of index batches
+    for micro in range(0, t.max_steps * t.grad_accum, cfg.distill_every):
+        epoch, i = divmod(micro, per_epoch)
+        if epoch not in epochs:
+            epochs[epoch] = [epoch_batches(n, t.batch_size, seed, epoch, r, world) for r in range(world)]
+        picked.append(torch.stack([epochs[epoch][r][i] for r in range(world)]))
+    order = torch.stack(picked).permute(0, 2, 1).reshape(-1)  # rank r reads every world-th item from r on
+    return {k: v[order] for k, v in train.items()}
+
+
 def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
-    """A student's own stage (offline, alone): its steps, its lr, and the schedule it follows online."""
+    """A student's own stage (offline, alone): its steps, its lr, the schedule it follows online, and the online
+    students' batches in their order (`students_batches`)."""
     warmup = -(-cfg.train.warmup_steps // cfg.distill_every)
     own = {"lr": s.lr, "weight_decay": s.weight_decay}
-    return cfg.train.model_copy(update={"max_steps": steps, "warmup_steps": warmup,
+    return cfg.train.model_copy(update={"max_steps": steps, "warmup_steps": warmup, "shuffle": False,
                                         **{k: v for k, v in own.items() if v is not None}})  # fmt: skip
 
 
