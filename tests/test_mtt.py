@@ -48,7 +48,7 @@ def test_every_dsa_op_is_differentiable_and_seeded(op):
 def test_default_draws_per_image_reproducibly_by_seed():
     """The official code's default: every image its own crop, scale, rotation...; the same seed, the same draws."""
     x = torch.rand(1, 1, 10, 10).repeat(6, 1, 1, 1)
-    for op in ("crop", "scale", "rotate", "color", "cutout"):
+    for op in ("crop", "scale", "rotate", "color", "cutout", "flip", "noise"):
         cfg = DSAConfig(strategy=op)
         a, b = (dsa(x, cfg, torch.Generator().manual_seed(3)) for _ in range(2))
         assert torch.equal(a, b)
@@ -303,6 +303,30 @@ def test_buffer_distill_evaluate_through_the_cli(small_set, tmp_path, capsys):
         assert (run / rel).stat().st_size > 1000, rel
     report = (run / "report.md").read_text()
     assert "![synthetic](plots/synthetic.png)" in report and "learned parameters" in report
+
+
+def test_soft_labels_and_herding_come_from_the_last_expert_epoch(small_set, tmp_path, monkeypatch):
+    """With lr_label=0 the soft labels stay what TESLA assigns: the first expert's logits at its last saved epoch
+    (epoch 3 here, not its initialisation) on the initial images; herding selects with that same expert."""
+    import distill.recipes.mtt
+
+    used = []
+    herding = distill.recipes.mtt.herding_select
+    monkeypatch.setattr(distill.recipes.mtt, "herding_select", lambda e, *a: used.append(e) or herding(e, *a))
+    over = [*tiny_mtt(small_set, tmp_path), "distill.soft_labels=true", "distill.lr_label=0", "eval.cross_arch=[]"]
+    assert main(over) == 0
+    run = tmp_path / "tiny"
+    last = load_file(str(run / "buffer" / "expert-000" / "epoch-0003.safetensors"))
+    expert = build_model(ModelSpec(arch="dc_convnet", args={"width": 8}), in_channels=1, num_classes=4, image_size=12)
+    expert.load_state_dict(last, strict=False)
+    syn = load_file(str(run / "synthetic.safetensors"))
+    start = load_images(ImageData(source="tensors", path=str(small_set))).train["inputs"][syn["init_index"]]
+    with torch.no_grad():
+        torch.testing.assert_close(syn["soft_labels"], expert.eval()(start), rtol=0, atol=1e-6)
+    (chosen,) = used
+    assert all(torch.equal(p, last[n]) for n, p in chosen.state_dict().items() if n in last)
+    first = load_file(str(run / "buffer" / "expert-000" / "epoch-0000.safetensors"))
+    assert any(not torch.equal(p, first[n]) for n, p in chosen.state_dict().items() if n in first)
 
 
 def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
