@@ -111,3 +111,20 @@ def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:
         "train.progress=false",
         "teachers.0.train.progress=false",
     ]
+
+
+def batches_by_stage(monkeypatch) -> dict[str, list[torch.Tensor]]:
+    """Record the input_ids of every training batch, by the stage that drew it."""
+    import distill.engine
+    import distill.recipe
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    fit, take = distill.recipe.fit, distill.engine.take
+
+    def fit_tagged(*args, stage: str, **kw):
+        seen[stage] = []
+        monkeypatch.setattr(distill.engine, "take", lambda d, i: seen[stage].append(take(d, i)) or seen[stage][-1])
+        return fit(*args, stage=stage, **kw)
+
+    monkeypatch.setattr(distill.recipe, "fit", fit_tagged)
+    return seen

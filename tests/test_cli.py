@@ -255,9 +255,23 @@ def test_fashion_mnist_subset_through_the_cli(tmp_path, capsys):
     assert rows[1]["params"] * 10 <= rows[0]["params"]
 
 
-def test_two_teachers_with_routing_by_domain(tmp_path, capsys):
-    """Each sample learns from the teacher of its domain (teacher[routed]), end to end."""
+def test_two_teachers_with_routing_by_domain(tmp_path, capsys, monkeypatch):
+    """Each sample learns from the teacher of its domain (teacher[routed]), end to end: in every training step the
+    logits a sample's KD term reads are its own domain's teacher's (domain 0: `low`, 1: `high`)."""
     import torch
+
+    from distill.kd.objective import Objective
+
+    met = []
+    resolve = Objective.resolve
+
+    def recording(self, ref, signals, batch):
+        out = resolve(self, ref, signals, batch)
+        if ref.startswith("teacher[routed]") and torch.is_grad_enabled():
+            met.append((out.detach(), batch["domain"], {n: t["logits"] for n, t in signals["teachers"].items()}))
+        return out
+
+    monkeypatch.setattr(Objective, "resolve", recording)
 
     from conftest import make_images
 
@@ -275,6 +289,11 @@ def test_two_teachers_with_routing_by_domain(tmp_path, capsys):
         " {name: ce, loss: ce, inputs: [student.logits, labels]}]",
     ]
     assert main(["kd", *over]) == 0
+    assert len(met) == 16  # 2 epochs of 8 student steps
+    for got, domain, teachers in met:
+        assert set(domain.tolist()) == {0, 1}, "a batch holds both domains"
+        own = torch.where(domain[:, None] == 0, teachers["low"], teachers["high"])
+        assert torch.equal(got, own) and not torch.equal(teachers["low"], teachers["high"])
     rows = json.loads((tmp_path / "tiny" / "results.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["teacher low", "teacher high", "student KD"]
     assert {"kd", "ce"} <= set(

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, load_model
 from transformers import AutoModelForCausalLM
 
-from conftest import straight_killed_resumed
+from conftest import batches_by_stage, straight_killed_resumed
 from distill.cli import main
 from distill.kd import Cohort, Member, Term
 from distill.kd.auxiliary import OnlineStudent
@@ -109,27 +109,10 @@ def test_offline_and_alone_baselines(tiny, tmp_path):
     assert stages == {"teacher", "offline/small", "offline/aux", "alone/small", "alone/aux"}
 
 
-def _batches_by_stage(monkeypatch) -> dict[str, list[torch.Tensor]]:
-    """Record the input_ids of every training batch, by the stage that drew it."""
-    import distill.engine
-    import distill.recipe
-
-    seen: dict[str, list[torch.Tensor]] = {}
-    fit, take = distill.recipe.fit, distill.engine.take
-
-    def fit_tagged(*args, stage: str, **kw):
-        seen[stage] = []
-        monkeypatch.setattr(distill.engine, "take", lambda d, i: seen[stage].append(take(d, i)) or seen[stage][-1])
-        return fit(*args, stage=stage, **kw)
-
-    monkeypatch.setattr(distill.recipe, "fit", fit_tagged)
-    return seen
-
-
 def test_online_offline_and_alone_students_see_the_same_batches(tiny, tmp_path, monkeypatch):
     """distill_every=2: the online students train on the cohort's micro-batches 0, 2, 4; the offline and the alone
     students train on exactly those, in that order (not on the first three)."""
-    seen = _batches_by_stage(monkeypatch)
+    seen = batches_by_stage(monkeypatch)
     assert main(["online", *tiny, "distill_every=2", "alone=true", "run.run_name=r1"]) == 0
     online = [b["input_ids"] for b in seen["online"]]
     assert len(online) == 6 and not torch.equal(online[1], online[2])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import straight_killed_resumed
+from conftest import batches_by_stage, straight_killed_resumed
 from distill.cli import main
 from distill.engine import TrainConfig, fit
 from distill.kd import Distiller, precompute_signals, read_cached
@@ -49,6 +49,12 @@ def test_char_affinity_by_hand_with_masking_and_different_widths():
     r = 2**-0.5
     by_hand = (2 * 1.0 + 4 * r**2) / 9
     assert char_affinity(student, teacher).item() == pytest.approx(by_hand)
+    # a padded step whose column differs from nothing: only a mask over rows and columns gives 2 / 4 (rows only:
+    # 2 / 6; no mask: 2 / 9)
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    teacher = torch.tensor([[[2.0, 0.0, 0.0], [3.0, 0.0, 0.0], [1.0, 0.0, 1.0]]])
+    assert char_affinity(student, teacher, mask=torch.tensor([[True, True, False]])).item() == pytest.approx(0.5)
+    assert char_affinity(student, teacher).item() == pytest.approx(2 / 9)
 
 
 def test_loss_gradients_reach_the_student_only():
@@ -239,8 +245,14 @@ def _tiny_run(words: Path, out: Path) -> list[str]:
     ]
 
 
-def test_end_to_end_through_the_cli_with_ablations(words, tmp_path, capsys):
+def test_end_to_end_through_the_cli_with_ablations(words, tmp_path, capsys, monkeypatch):
+    seen = batches_by_stage(monkeypatch)
     assert main(["unify", *_tiny_run(words, tmp_path), "run.run_name=tiny", "ablations=true"]) == 0
+    # each specialist trains on its own domain only (48 images, 3 batches of 16 per epoch); students on both
+    for index, domain in enumerate(["printed", "handwritten"]):
+        assert len(seen[f"teacher-{domain}"]) == 6
+        assert all((b["domain"] == index).all() for b in seen[f"teacher-{domain}"]), domain
+    assert set(torch.cat([b["domain"] for b in seen["student"]]).tolist()) == {0, 1}
     out = capsys.readouterr().out
     assert "| student KD |" in out and "| KD without affinity |" in out
     run = tmp_path / "tiny"
