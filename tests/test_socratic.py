@@ -220,7 +220,20 @@ def tiny_args(tmp_path: Path, url: str) -> list[str]:
             f"run.output_dir={tmp_path / 'runs'}", "run.run_name=r"]  # fmt: skip
 
 
-def test_end_to_end_through_the_cli(tmp_path, capsys):
+def students_reply(prompt: str) -> str:
+    """Scripted students: right when Tom starts with an odd number of pens; every first answer holds two equations
+    with wrong results (the calculator must mend both); the Socratic pair asks 2 questions."""
+    a, b = map(int, re.search(r"Tom has (\d+) pens and gets (\d+)", prompt).groups())
+    final = f"#### {a + b if a % 2 else 0}"
+    if prompt.endswith("Q:"):
+        return f" {STOP}" if prompt.count("\nA:") == 1 else " How many in all?"
+    if prompt.endswith("A:"):
+        return " 2 + 3 = 6 and 6 * 2 = 11" if prompt.count("\nA:") == 1 else f" {final}"
+    return final
+
+
+def test_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
+    students = scripted(monkeypatch, students_reply)  # the students are trained for real; their lines are scripted
     with Teacher() as server:
         assert main(["socratic", *tiny_args(tmp_path, server.url)]) == 0
         asked = len(server.requests)
@@ -234,10 +247,17 @@ def test_end_to_end_through_the_cli(tmp_path, capsys):
     assert ann["problems"] == 22 and ann["kept"] == 22 - ann["unparsed"] - ann["step count"]
     assert ann["unparsed"] == sum("prose" in q for q in problems) > 0
     assert ann["step count"] == sum("short" in q for q in problems) > 0
+    test = _split(tmp_path, "test")
     teacher = result["rows"][0]
-    assert teacher["accuracy"] == pytest.approx(sum("seven" in q and a == 7 for q, a in _split(tmp_path, "test")) / 6)
-    for row in result["rows"][1:]:
-        assert row["trained_on"] == ann["kept"] and 0 <= row["accuracy"] <= 1 and row["tokens_per_problem"] > 0
+    assert teacher["accuracy"] == pytest.approx(sum("seven" in q and a == 7 for q, a in test) / 6)
+    odd = sum(int(re.search(r"Tom has (\d+)", q).group(1)) % 2 for q, _ in test) / 6
+    assert 0 < odd < 1
+    # tokens: 3 a line; answer-only and CoT write one line, the Socratic pair Q, A, Q (the stop question), A
+    for row, tokens in zip(result["rows"][1:], [3, 3, 12, 12]):
+        assert row["trained_on"] == ann["kept"] and row["tokens_per_problem"] == tokens, row
+        assert row["accuracy"] == pytest.approx(round(odd, 4)), row
+    solved = json.loads((run / "solutions" / "socratic.json").read_text())["traces"]
+    assert all("A: 2 + 3 = 5 and 6 * 2 = 12\n" in t["text"] for t in solved), "the recipe applies the calculator"
     for role in ["answer", "cot", "qg", "qa", "unified"]:
         assert (run / "students" / role / "config.json").is_file()
     assert "## annotation" in (run / "report.md").read_text().lower()
@@ -246,9 +266,14 @@ def test_end_to_end_through_the_cli(tmp_path, capsys):
         assert main(["socratic", "--resume", str(run)]) == 0
         assert len(server.requests) == 0 and asked > 0
     capsys.readouterr()
+    # --ask solves with the run's inference settings: a student that never stops asks inference.max_steps=3 times
+    students.clear()
+    monkeypatch.setattr(solve_module, "lines", lambda lm, batch, *a: [(" How many?" if p.endswith("Q:") else
+                        " 1 + 1 = 3", 1) for p in students.extend(batch) or batch])  # fmt: skip
     assert main(["socratic", "--ask", "Tom has 2 pens and gets 3 more. How many pens?", "--run", str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Problem: Tom has 2 pens") and "final answer:" in out
+    assert out.startswith("Problem: Tom has 2 pens") and "final answer: none" in out
+    assert out.count("Q: How many?") == 3 and out.count("A: 1 + 1 = 2") == 3
 
 
 def _split(tmp_path, name):

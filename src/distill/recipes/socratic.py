@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from distill.config import Section
+from distill.config import Section, load_config
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.labeling.clients import LlmTeacher, client
@@ -227,6 +227,8 @@ def ask(run_dir: str, question: str, variant: str = "socratic") -> str:
         if not (d / "config.json").is_file():
             raise DistillError(f"{run_dir} has no trained {role} student ({d}); run distill socratic first")
         lms.append(Lm(*load_causal_lm(LlmSpec(path=str(d)))))
+    inference = load_config(Config, Path(run_dir) / "config.yaml").inference  # the run's own settings
     p = Problem("ask", " ".join(question.split()), math.nan)
-    (t,) = solve([p], "socratic" if variant in ("socratic", "unified") else variant, *lms)
+    mode = "socratic" if variant in ("socratic", "unified") else variant
+    (t,) = solve([p], mode, *lms, **inference.model_dump(exclude={"batch_size"}), desc="solve")
     return header(p) + t.text + f"\nfinal answer: {'none' if t.answer is None else f'{t.answer:g}'}"
