@@ -6,6 +6,7 @@ import pytest
 
 from distill.config import apply_override, describe, dump, load_config, parse_override, read_yaml
 from distill.errors import ConfigError
+from distill.recipe import recipes
 from distill.recipes.kd import Config
 
 
@@ -99,6 +100,20 @@ def test_shipped_configs_load():
         load_config(Config, f)
 
 
+REQUIRED = {"capture": {"cache": "cache-dir"}}  # fields a recipe has no default for
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes()))
+def test_every_recipes_named_configs_load(recipe):
+    from distill.config import named_configs
+
+    names = named_configs(recipe)
+    assert names, f"{recipe} ships no named config"
+    for name in names:
+        given = [f"{k}={v}" for k, v in REQUIRED.get(recipe, {}).items()]
+        load_config(recipes()[recipe].Config, name, given, recipe=recipe)
+
+
 def test_each_item_of_a_list_section_keeps_the_defaults_it_does_not_name():
     """A teacher given in part keeps its documented train defaults (epochs 2, lr 0.002, weight decay 5e-4)."""
     from distill.recipes import kd
@@ -131,14 +146,13 @@ def _partial_sections(cls, default, path=()):
             yield from _partial_sections(type(value), value, (*path, name))
 
 
-@pytest.mark.parametrize("recipe", ["kd", "minitron", "mtt", "label", "weaklabel", "online"])
+@pytest.mark.parametrize("recipe", sorted(recipes()))
 def test_every_nested_section_given_in_part_keeps_its_defaults(recipe, tmp_path):
     import yaml
 
-    from distill.recipe import recipes
-
     config_cls = recipes()[recipe].Config
-    default = load_config(config_cls, None, [])
+    required = REQUIRED.get(recipe, {})
+    default = load_config(config_cls, None, [f"{k}={v}" for k, v in required.items()])
     cases = list(_partial_sections(config_cls, default))
     assert cases
     for path, partial, expected in cases:
@@ -146,7 +160,7 @@ def test_every_nested_section_given_in_part_keeps_its_defaults(recipe, tmp_path)
         for key in reversed(path):
             nested = {key: nested}
         file = tmp_path / "partial.yaml"
-        file.write_text(yaml.safe_dump(nested))
+        file.write_text(yaml.safe_dump({**required, **nested}))
         got = load_config(config_cls, file)
         for key in path:
             got = getattr(got, key)
