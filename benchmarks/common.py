@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -38,6 +39,23 @@ def machine() -> dict[str, Any]:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% t interval (n-1 degrees of freedom); inf half-width for fewer than 2 values."""
+    from scipy.stats import t
+
+    n = len(values)
+    if n < 2:
+        return statistics.fmean(values), math.inf
+    return statistics.fmean(values), t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+def reading(mean: float, half: float, lower: str = "lower", higher: str = "higher") -> str:
+    """What a 95% interval of a difference says: `lower`/`higher` when it excludes 0, else a tie."""
+    if mean + half < 0:
+        return lower
+    return higher if mean - half > 0 else "a tie (the interval holds 0)"
 
 
 def write(name: str, data: dict[str, Any], markdown: str) -> None:

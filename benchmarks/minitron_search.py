@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import finish  # noqa: E402
+from common import RESULTS, finish, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.recipes import minitron  # noqa: E402
 
@@ -95,7 +95,9 @@ def markdown(d: dict) -> str:
         lines.append(f"| {budget:,} | " + " | ".join(cells) + f" | {a['best_at'][budget]} | "
                      f"{a['rank_corr_with_longest'][budget]:+.2f} |")  # fmt: skip
     lines += ["", "Validation loss (rank). Candidates:", ""]
-    lines += [f"- {r.pop('stage')}: " + ", ".join(f"{k} {v:,}" for k, v in r.items()) for r in d["candidates"]]
+    lines += [
+        f"- {r['stage']}: " + ", ".join(f"{k} {v:,}" for k, v in r.items() if k != "stage") for r in d["candidates"]
+    ]
     lines += ["", *([f"Note: {d['note']}", ""] if d.get("note") else [])]
     return "\n".join(lines)
 
@@ -111,7 +113,13 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=64)
     p.add_argument("--dir", default="runs/bench-minitron-search")
     p.add_argument("--note")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON")
     args = p.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "minitron_search.json").read_text())
+        data["curves"] = {s: {int(b): v for b, v in c.items()} for s, c in data["curves"].items()}  # JSON keys
+        data["analysis"] = analyse(data["curves"])
+        return write("minitron_search", data, markdown(data))
     t0 = time.perf_counter()
     data = {"budget": {k: v for k, v in vars(args).items() if k not in ("note", "dir")}, **run(args)}
     data["analysis"] = analyse(data["curves"])

@@ -40,7 +40,8 @@ def test_tensor_file(tensor_file):
 def test_tensor_file_missing_keys(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"train_images": torch.zeros(2, 4, 4)}, path)
-    with pytest.raises(DistillError, match=r"x.pt lacks \['train_labels', 'test_images', 'test_labels'\]; it has \['train_images'\]"):
+    lacks = r"x.pt lacks \['train_labels', 'test_images', 'test_labels'\]; it has \['train_images'\]"
+    with pytest.raises(DistillError, match=lacks):
         load_images(ImageData(source="tensors", path=str(path)))
 
 

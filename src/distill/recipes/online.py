@@ -20,8 +20,8 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from distill.config import Section
