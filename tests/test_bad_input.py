@@ -24,6 +24,7 @@ KD_CE = "objective=[{name: c, loss: ce, inputs: [student.logits, labels]}]"
 
 
 def _one_line(capsys, code: int, word: str, args: list[str]) -> str:
+    capsys.readouterr()  # what making the input printed
     assert main(args) == code
     err = capsys.readouterr().err.strip()
     assert word in err, err
@@ -63,6 +64,39 @@ def _tensors(content: object) -> Callable[[Path], list[str]]:
         return ["kd", "data.source=tensors", f"data.path={path}"]
 
     return args
+
+
+def _hf(mutate: Callable[[Path], None], recipe: str = "minitron") -> Callable[[Path], list[str]]:
+    """minitron (or label, with a local teacher) with a teacher directory: the tiny Llama, then `mutate(directory)`."""
+
+    def args(tmp: Path) -> list[str]:
+        from llm_fixtures import save_tiny_llama
+
+        d = save_tiny_llama(tmp / "teacher")
+        mutate(d)
+        if recipe == "label":
+            return [*_texts("in.txt", b"a good film\n")(tmp)[:3], f"teacher={{kind: local, path: '{d}'}}"]
+        return ["minitron", f"teacher.path={d}"]
+
+    return args
+
+
+def _bert_config(d: Path) -> None:
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=96, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, intermediate_size=64).save_pretrained(d)
+
+
+def _drop_layer(d: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(d / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, str(d / "model.safetensors"))
+
+
+def _no_tokenizer(d: Path) -> None:
+    for f in d.glob("tokenizer*"):
+        f.unlink()
 
 
 def _taken(tmp: Path, *extra: str) -> list[str]:
@@ -106,6 +140,11 @@ CASES = {
     "tensor file lacks splits": (_tensors({"train_images": torch.zeros(2, 4, 4)}), 2, "lacks ['train_labels'"),
     "random GGUF": (lambda t: ["minitron", f"teacher.path={_write('r.gguf', os.urandom(256))(t)}"], 2, "cannot be read as a GGUF language model"),
     "truncated GGUF": (lambda t: ["minitron", f"teacher.path={_write('t.gguf', b'GGUF' + bytes(24))(t)}"], 2, "cannot be read as a GGUF language model"),
+    "HF dir: config of another architecture": (_hf(_bert_config, "label"), 2, "lacks weights the model has (BertLMHeadModel, as its config.json says): bert.embeddings.LayerNorm.bias"),
+    "HF dir: a layer's weights missing": (_hf(_drop_layer), 2, "lacks weights the model has (LlamaForCausalLM, as its config.json says): model.layers.1.input_layernorm.weight"),
+    "HF dir: corrupt config.json": (_hf(lambda d: (d / "config.json").write_text('{"model_type": "llama",')), 2, "config.json is not a readable JSON config"),
+    "HF dir: no tokenizer": (_hf(_no_tokenizer), 2, "has no usable tokenizer"),
+    "HF dir: no weights": (_hf(lambda d: (d / "model.safetensors").unlink()), 2, "cannot be loaded as a model"),
     # checked before training starts
     "MLP on other images": (_tiny_kd("student.arch=mlp", "student.args={in_features: 784, hidden: [8]}"), 2, "student (mlp) does not take inputs of shape (1, 12, 12)"),
     "batch larger than the data": (_tiny_kd("train.batch_size=512"), 2, "train: 256 samples make no full step of batch_size 512"),

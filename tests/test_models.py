@@ -48,3 +48,24 @@ def test_weights_load_and_mismatch_is_clear(tmp_path):
 def test_bad_constructor_arguments():
     with pytest.raises(DistillError, match="rejected its arguments"):
         build_model(ModelSpec(arch="convnet", args={"widths": [4]}))
+
+
+@pytest.mark.bundled
+@pytest.mark.slow
+def test_two_processes_converting_one_gguf_both_succeed(tmp_path):
+    """The second waits for the first's conversion (they once shared one temporary directory and one deleted the
+    other's files); one cache entry, no temporary directory left."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from distill.models.llm import hf_dir; print(hf_dir('smollm2-135m'))"
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path), "TQDM_DISABLE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1000:] for _, err in outs]
+    (entry,) = {out.strip() for out, _ in outs}
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == sorted(
+        [os.path.basename(entry), os.path.basename(entry) + ".lock"]
+    )

