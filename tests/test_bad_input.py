@@ -84,7 +84,9 @@ def _hf(mutate: Callable[[Path], None], recipe: str = "minitron") -> Callable[[P
 def _bert_config(d: Path) -> None:
     from transformers import BertConfig
 
-    BertConfig(vocab_size=96, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, intermediate_size=64).save_pretrained(d)
+    BertConfig(
+        vocab_size=96, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, intermediate_size=64
+    ).save_pretrained(d)
 
 
 def _drop_layer(d: Path) -> None:
