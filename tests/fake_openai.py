@@ -1,8 +1,9 @@
 """A small OpenAI-compatible server on 127.0.0.1 for tests: /v1/models and /v1/chat/completions.
 
 It answers by a rule on the last user message (a review containing 'good' is positive), can fail the
-first N requests with 500s (retries) and the next M with an HTML page (malformed replies), delay every
-answer (concurrency), and counts its requests.
+first N requests with 500s or another code, with a Retry-After (retries), and the next M with an HTML page
+(malformed replies), delay every answer (concurrency) or trickle it a byte at a time (timeouts), and counts
+its requests.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeServer:
     def __init__(
-        self, model: str = "fake-teacher", fail_first: int = 0, delay_s: float = 0.0, garbage_first: int = 0
+        self,
+        model: str = "fake-teacher",
+        fail_first: int = 0,
+        delay_s: float = 0.0,
+        garbage_first: int = 0,
+        fail_code: int = 500,
+        retry_after: int | None = None,
+        trickle_s: float = 0.0,
     ) -> None:
         self.model, self.fail_first, self.delay_s, self.garbage_first = model, fail_first, delay_s, garbage_first
+        self.fail_code, self.retry_after = fail_code, retry_after  # what the failing requests get
+        self.trickle_s = trickle_s  # send every reply a byte at a time, this long apart
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -57,8 +67,19 @@ class FakeServer:
                 self.send_response(code)
                 self.send_header("Content-Type", "text/html" if isinstance(obj, bytes) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if code == server.fail_code and server.retry_after is not None:
+                    self.send_header("Retry-After", str(server.retry_after))
                 self.end_headers()
-                self.wfile.write(data)
+                if not server.trickle_s:
+                    self.wfile.write(data)
+                    return
+                try:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.trickle_s)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                    pass
 
             def do_GET(self) -> None:
                 if self.path == "/v1/models":
@@ -76,7 +97,7 @@ class FakeServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 time.sleep(server.delay_s)
                 if failing:
-                    code, reply = 500, {"error": "busy"}
+                    code, reply = server.fail_code, {"error": "busy"}
                 elif garbage:  # a proxy's error page, or a server that is not what it claims
                     code, reply = 200, b"<html><body>502 Bad Gateway</body></html>"
                 elif body.get("model") != server.model:

@@ -7,6 +7,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -178,6 +179,25 @@ def test_client_gives_up_after_its_retries():
         with pytest.raises(DistillError, match="answered 500"):
             ServerClient(spec).one(request())
     assert len(server.requests) == 2
+
+
+def test_a_trickled_reply_times_out_at_the_deadline_and_is_retried():
+    """A server that sends its reply a byte at a time never trips the HTTP client's read timeout; each attempt
+    still ends after timeout_s, and the give-up line says it timed out."""
+    with FakeServer(trickle_s=0.2) as server:
+        spec = ServerTeacher(model="fake-teacher", url=server.url, retries=1, timeout_s=1)
+        t0 = time.perf_counter()
+        with pytest.raises(DistillError, match=r"timed out 2 times \(no whole reply within teacher.timeout_s = 1 s\)"):
+            ServerClient(spec).one(request())
+        assert time.perf_counter() - t0 < 5  # 2 attempts of 1 s and a 0.5 s backoff
+    assert len(server.requests) == 2
+
+
+def test_a_long_retry_after_is_named_when_the_client_gives_up():
+    with FakeServer(fail_first=10, fail_code=429, retry_after=3600) as server:
+        spec = ServerTeacher(model="fake-teacher", url=server.url, retries=1)
+        with pytest.raises(DistillError, match=r"answered 429: .*\(it asked to retry after 3600 s"):
+            ServerClient(spec).one(request())
 
 
 def test_malformed_replies_are_retried_then_named():

@@ -108,18 +108,27 @@ class ServerClient:
 
     async def _one(self, client, r: Request) -> Generation:
         """One answer. HTTP and connection errors are retried by the client; a malformed reply (not JSON,
-        an HTML page, no choices) is retried here the same number of times, with the same kind of backoff."""
+        an HTML page, no choices) and a reply not whole within `timeout_s` (a server that trickles it: the
+        client's own timeout restarts with every byte) are retried here the same number of times, with the
+        same kind of backoff."""
         for attempt in range(self.spec.retries + 1):
             t0 = time.perf_counter()
             try:
-                return _generation(await self._ask(client, r), self.spec.endpoint, t0)
+                out = await asyncio.wait_for(self._ask(client, r), self.spec.timeout_s)
+                return _generation(out, self.spec.endpoint, t0)
+            except asyncio.TimeoutError:
+                if attempt == self.spec.retries:
+                    raise DistillError(
+                        f"teacher server {self.base} timed out {attempt + 1} times (no whole reply within "
+                        f"teacher.timeout_s = {self.spec.timeout_s:g} s)"
+                    ) from None
             except (_Malformed, json.JSONDecodeError) as e:
                 problem = str(e) if isinstance(e, _Malformed) else "not JSON"
                 if attempt == self.spec.retries:
                     raise DistillError(
                         f"teacher server {self.base} sent a malformed reply {attempt + 1} times ({problem})"
                     ) from None
-                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
         raise AssertionError("unreachable")
 
     async def _ask(self, client, r: Request) -> Any:
@@ -135,10 +144,18 @@ class ServerClient:
             return await client.completions.create(prompt=prompt, logprobs=self.spec.logprobs or None, **args)
         except openai.APIStatusError as e:
             detail = e.response.text[:200] if e.response is not None else str(e)
-            raise DistillError(f"teacher server {self.base} answered {e.status_code}: {detail}") from None
-        except openai.APIConnectionError as e:
+            wait = e.response.headers.get("retry-after") if e.response is not None else None
+            asked = f" (it asked to retry after {wait} s; the client waits at most 60 s)" if wait else ""
+            raise DistillError(f"teacher server {self.base} answered {e.status_code}: {detail}{asked}") from None
+        except openai.APITimeoutError:
             raise DistillError(
-                f"teacher server {self.base} failed {self.spec.retries + 1} times: {e.__cause__ or e}"
+                f"teacher server {self.base} timed out {self.spec.retries + 1} times (teacher.timeout_s = "
+                f"{self.spec.timeout_s:g} s)"
+            ) from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            raise DistillError(
+                f"teacher server {self.base} failed {self.spec.retries + 1} times: {str(cause) or type(cause).__name__}"
             ) from None
 
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Generation]]:
