@@ -26,9 +26,39 @@ def test_image_folder(tmp_path):
     assert rgb.train["inputs"].shape == (6, 3, 4, 4)
 
 
+def _folder(root, train: dict[str, int], test: dict[str, int]):
+    for split, counts in (("train", train), ("test", test)):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((6, 6), 20 * i, np.uint8)).save(root / split / cls / f"{i}.png")
+    return ImageData(source="folder", path=str(root))
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DistillError, match="must hold train/ and test/"):
         load_images(ImageData(source="folder", path=str(tmp_path)))
+    with pytest.raises(DistillError, match=r"train has 1 class subfolders; a classifier needs two or more"):
+        load_images(_folder(tmp_path / "one", {"cat": 3}, {"cat": 2}))
+    with pytest.raises(DistillError, match=r"test has classes that .*train lacks: \['bird'\]"):
+        load_images(_folder(tmp_path / "unseen", {"cat": 3, "dog": 3}, {"cat": 2, "bird": 2}))
+    with pytest.raises(DistillError, match=r"train: class folders \['dog'\] hold no images"):
+        load_images(_folder(tmp_path / "empty", {"cat": 3, "dog": 0}, {"cat": 2}))
+
+
+def test_a_limit_takes_every_class_in_proportion_seeded(tmp_path):
+    """A folder lists its images class by class: a limit of 6 out of 3 classes of 10 takes 2 of each (not 6 of a),
+    the same ones each time."""
+    cfg = _folder(tmp_path, {"a": 10, "b": 10, "c": 10}, {"a": 4, "b": 4, "c": 4})
+    data = load_images(cfg.model_copy(update={"train_limit": 6, "test_limit": 3}))
+    assert data.train["labels"].tolist() == [0, 0, 1, 1, 2, 2] and data.test["labels"].tolist() == [0, 1, 2]
+    again = load_images(cfg.model_copy(update={"train_limit": 6, "test_limit": 3}))
+    assert torch.equal(again.train["inputs"], data.train["inputs"])
+    from distill.data.images import stratified
+
+    picked = stratified(torch.tensor([0] * 10 + [1] * 10 + [2] * 20), 8)
+    assert torch.bincount(torch.tensor([0] * 10 + [1] * 10 + [2] * 20)[picked]).tolist() == [2, 2, 4]
+    assert stratified(torch.tensor([0, 1]), 5).tolist() == [0, 1]
 
 
 def test_tensor_file(tensor_file):

@@ -53,8 +53,10 @@ class ImageData(Section):
     )
     channels: Literal[1, 3] = Field(1, description="folder: 1 = grayscale, 3 = RGB")
     image_size: int | None = Field(None, gt=0, description="folder: resize to this square size")
-    train_limit: int | None = Field(None, gt=0, description="use only the first N training images")
-    test_limit: int | None = Field(None, gt=0, description="use only the first N test images")
+    train_limit: int | None = Field(
+        None, gt=0, description="use N training images: a seeded subset with every class in proportion"
+    )
+    test_limit: int | None = Field(None, gt=0, description="use N test images, chosen as train_limit's are")
     val_images: int = Field(
         0,
         ge=0,
@@ -96,8 +98,9 @@ def load_images(cfg: ImageData) -> ImageSplits:
         "tensors": _tensor_file,
     }
     train_x, train_y, test_x, test_y, classes, *domains = loaders[cfg.source](cfg)
-    train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
-    test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    keep_train, keep_test = stratified(train_y, cfg.train_limit), stratified(test_y, cfg.test_limit)
+    train_x, train_y, test_x, test_y = train_x[keep_train], train_y[keep_train], test_x[keep_test], test_y[keep_test]
+    domains = [domains[0][keep_train], domains[1][keep_test]] if domains else []
     if cfg.val_images >= len(train_y):
         raise DistillError(f"data.val_images={cfg.val_images} leaves no training images (there are {len(train_y)})")
     n = len(train_y) - cfg.val_images
@@ -114,12 +117,30 @@ def load_images(cfg: ImageData) -> ImageSplits:
         val={"inputs": (val_x - mean) / std, "labels": val_y} if cfg.val_images else None,
     )
     if domains:  # per-sample teacher indices from a tensor file, for teacher[routed]
-        train_d = domains[0][: cfg.train_limit]
-        splits.train["domain"] = train_d[:n]
+        splits.train["domain"] = domains[0][:n]
         if splits.val is not None:
-            splits.val["domain"] = train_d[n:]
-        splits.test["domain"] = domains[1][: cfg.test_limit]
+            splits.val["domain"] = domains[0][n:]
+        splits.test["domain"] = domains[1]
     return splits
+
+
+def stratified(labels: Tensor, limit: int | None, seed: int = 0) -> Tensor:
+    """Indices of a seeded subset of `limit` samples with every class in proportion (largest remainders), in their
+    original order; all of them when `limit` is None or not smaller. A folder's images come class by class, so
+    the first N would hold the first classes only."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts.double() * limit / n
+    take = quota.floor().long()
+    take[torch.argsort(quota - take, descending=True)[: limit - int(take.sum())]] += 1
+    g = torch.Generator().manual_seed(seed)
+    chosen: list[Tensor] = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(chosen).sort().values
 
 
 def _idx(path: Path, offset: int) -> np.ndarray:
@@ -152,8 +173,11 @@ def _folder(cfg: ImageData):
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise DistillError(f"{root} must hold train/ and test/, each with one subfolder per class")
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    if not classes:
-        raise DistillError(f"{root / 'train'} has no class subfolders")
+    if len(classes) < 2:
+        raise DistillError(f"{root / 'train'} has {len(classes)} class subfolders; a classifier needs two or more")
+    unseen = sorted({d.name for d in (root / "test").iterdir() if d.is_dir()} - set(classes))
+    if unseen:
+        raise DistillError(f"{root / 'test'} has classes that {root / 'train'} lacks: {unseen}")
     mode = "L" if cfg.channels == 1 else "RGB"
 
     def split(name: str) -> tuple[Tensor, Tensor]:
@@ -166,6 +190,10 @@ def _folder(cfg: ImageData):
                         img = img.resize((cfg.image_size, cfg.image_size))
                     xs.append(np.asarray(img, dtype=np.float32).reshape(img.height, img.width, -1) / 255.0)
                     ys.append(label)
+        seen = set(ys)
+        empty = [c for label, c in enumerate(classes) if label not in seen and name == "train"]
+        if empty:  # a head for a class it never saw
+            raise DistillError(f"{root / name}: class folders {empty} hold no images; remove them or add images")
         if not xs:
             raise DistillError(f"{root / name} has no images under its class subfolders")
         shapes = {x.shape for x in xs}
