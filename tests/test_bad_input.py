@@ -204,3 +204,25 @@ def test_label_resume_of_a_finished_run_needs_no_server(tmp_path, capsys):
     capsys.readouterr()
     assert main(["label", "--resume", str(tmp_path / "r")]) == 0  # the server is gone: nothing is missing
     assert asked == 4 and "| pool |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "edit, word",
+    [
+        (("seed: 0", "seed: 1"), "run.seed: 0 -> 1"),
+        (
+            ("channels:\n    - 4\n    - 8\n    - 8", "channels:\n    - 4\n    - 8\n    - 16"),
+            "student.args.channels: [4, 8, 8] -> [4, 8, 16]",
+        ),
+    ],
+)
+def test_resume_of_an_edited_config_is_refused(edit, word, tensor_file, tmp_path, capsys):
+    """A changed seed would train half the steps on each seed; a changed shape would not fit the checkpoint."""
+    assert main(["kd", *tiny_overrides(tensor_file, tmp_path)]) == 0
+    config = tmp_path / "tiny" / "config.yaml"
+    assert edit[0] in config.read_text()
+    config.write_text(config.read_text().replace(*edit))
+    before = {p: p.read_bytes() for p in (tmp_path / "tiny").rglob("*") if p.is_file()}
+    err = _one_line(capsys, 2, word, ["kd", "--resume", str(tmp_path / "tiny")])
+    assert "was edited after the run started" in err
+    assert {p: p.read_bytes() for p in (tmp_path / "tiny").rglob("*") if p.is_file()} == before

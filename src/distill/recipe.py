@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from pydantic import BaseModel, Field
@@ -159,6 +160,32 @@ class Context:
         return result
 
 
+STARTED = ".config-started.yaml"  # the config a run started with, beside the config.yaml a user may edit
+
+
+def unchanged(run: RunDir, cfg: BaseModel) -> None:
+    """Refuse, in one line, to resume a run whose config.yaml was edited since it started (a changed seed would
+    train half the steps on each seed; a changed shape would not fit the checkpoint)."""
+    started = run.path / STARTED
+    if not started.is_file():  # a run from before this check
+        return
+    before, now = _flat(yaml.safe_load(started.read_text())), _flat(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in before.keys() & now.keys() if before[k] != now[k])  # a field added since: its default
+    if changed:
+        shown = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise DistillError(
+            f"{run.path / 'config.yaml'} was edited after the run started ({shown}{more}); a run resumes with what "
+            f"it started with: restore those values, or start a new run with the new ones"
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Path | None = None) -> Context:
     """Processes (accelerate), the run directory (new, or the one resumed) with its config saved."""
     # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
@@ -173,12 +200,14 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
     main = accelerator.is_main_process
     if resume is not None:
         run = RunDir.open(resume, main).lock()
+        unchanged(run, cfg)
     else:
         # the main process names the run; the others must use the same directory
         name = [str(RunDir.create(runtime.output_dir, runtime.run_name or new_run_name(recipe), main).path)]
         if accelerator.num_processes > 1:
             broadcast_object_list(name)
         run = RunDir(name[0], main).lock()
+        run.write_text(STARTED, dump(cfg))  # what the checkpoints are made with: a resume must match it
         run.write_text("config.yaml", dump(cfg))
     accelerator.wait_for_everyone()
     return Context(run, accelerator, runtime.seed)
