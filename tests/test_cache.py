@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from distill.cli import main
 from distill.data.text import TextData, token_splits
 from distill.errors import DistillError
 from distill.kd import Distiller, Term
-from distill.kd.cache import CacheConfig, TeacherCache, capture, describe, from_cache, top_k
+from distill.kd.cache import CacheConfig, TeacherCache, capture, describe, from_cache, open_or_capture, top_k
 from distill.losses import kl_div, sparse_kl
 from llm_fixtures import char_tokenizer, save_corpus, save_tiny_llama
 
@@ -107,6 +109,73 @@ def test_a_cache_of_another_teacher_tokenizer_or_corpus_is_refused(corpus, tmp_p
         assert len(str(e.value).splitlines()) == 1
     with pytest.raises(DistillError, match="captured with another k"):  # finishing it with another k
         capture(teacher, train, tmp_path / "c", manifest, CacheConfig(k=8, shard_rows=64), progress=False)
+
+
+def _captured(corpus, path: Path):
+    from accelerate import Accelerator
+
+    teacher, train = corpus
+    cfg = CacheConfig(k=4, shard_rows=8)
+    make = lambda: open_or_capture(path, teacher, char_tokenizer(), train, cfg, Accelerator(cpu=True))  # noqa: E731
+    make()
+    return make
+
+
+def _edit_manifest(path: Path, **changes) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+
+
+def test_an_edited_or_broken_manifest_is_one_line(corpus, tmp_path):
+    make = _captured(corpus, tmp_path / "c")
+    rows = json.loads((tmp_path / "c" / "manifest.json").read_text())["rows"]
+    cases = [(lambda p: _edit_manifest(p, rows=rows // 2), f"captured with another rows ({rows // 2} != {rows})"),
+             (lambda p: _edit_manifest(p, k=8), "shard-00000.safetensors disagrees with the manifest (8 rows x 4 "
+                                                "top-k, the manifest says 8 x 8); was manifest.json edited?"),
+             (lambda p: (p / "manifest.json").write_text('{"rows": 3'), "manifest.json is damaged (JSONDecodeError")]  # fmt: skip
+    for i, (edit, message) in enumerate(cases):
+        path = tmp_path / f"e{i}"
+        shutil.copytree(tmp_path / "c", path)
+        edit(path)
+        with pytest.raises(DistillError, match=re.escape(message)) as e:
+            _captured(corpus, path)
+        assert len(str(e.value).splitlines()) == 1
+    assert make().n == rows
+
+
+def test_a_damaged_shard_is_found_by_its_checksum_and_recomputed_alone(corpus, tmp_path):
+    make = _captured(corpus, tmp_path / "c")
+    shards = sorted((tmp_path / "c").glob("shard-*.safetensors"))
+    whole = {p.name: p.read_bytes() for p in shards}
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+    truncated, flipped = shards[1], shards[2]
+    truncated.write_bytes(whole[truncated.name][:-50])
+    data = bytearray(whole[flipped.name])
+    data[-3] ^= 0xFF  # same size, one byte changed: only the checksum can tell
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(DistillError, match=r"is not whole \(2 of \d+ shards missing or damaged; shard-00001"):
+        TeacherCache(tmp_path / "c")
+    cache = make()
+    assert cache.captured["tokens"] == 2 * 8 * 16
+    for p in shards:
+        assert p.read_bytes() == whole[p.name], p.name
+        assert (p.stat().st_mtime_ns == stamps[p.name]) == (p not in (truncated, flipped)), p.name
+
+
+@pytest.mark.slow
+def test_two_captures_into_one_cache_compute_each_shard_once(tmp_path):
+    model, corpus_file = save_tiny_llama(tmp_path / "teacher"), save_corpus(tmp_path / "corpus.txt")
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = lambda name: [sys.executable, "-m", "distill.cli", "capture", f"teacher.path={model}",  # noqa: E731
+                        "data.source=files", f"data.paths=[{corpus_file}]", "data.seq_len=8", f"cache={tmp_path / 'c'}",
+                        "capture.k=6", "capture.shard_rows=1", "capture.batch_size=1",
+                        f"run.output_dir={tmp_path / 'runs'}", f"run.run_name={name}"]  # fmt: skip
+    procs = [subprocess.Popen(cmd(n), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for n in "ab"]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    made = [json.loads((tmp_path / "runs" / n / "results.json").read_text())["rows"][0] for n in "ab"]
+    cache = TeacherCache(tmp_path / "c")
+    assert made[0]["captured_now"] + made[1]["captured_now"] == len(cache) * 8  # no shard twice
+    assert min(m["captured_now"] for m in made) > 0, "the two ran one after the other: nothing was tested"
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from pydantic import Field
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -41,7 +42,7 @@ MANIFEST = "manifest.json"
 VERSION = 1
 COLUMNS = ("input_ids", "labels", "topk_ids", "topk_logprobs", "rest_logprob")
 # what a student's run must share with the cache (k may differ: any k trains a student)
-MUST_MATCH = ("teacher", "tokenizer", "seq_len", "corpus")
+MUST_MATCH = ("teacher", "tokenizer", "seq_len", "corpus", "rows")
 
 
 class CacheConfig(Section):
@@ -103,6 +104,23 @@ def top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return ids, values, rest.clamp_min(1e-30).log().float()
 
 
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The cache's manifest (None when there is none yet); one line when it is not a manifest."""
+    if (path / MANIFEST).is_dir() or (path.exists() and not path.is_dir()):
+        raise DistillError(f"teacher cache {path} must be a directory (with {MANIFEST} in it)")
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        int(manifest["rows"]), int(manifest["shard_rows"]), int(manifest["k"]), int(manifest["seq_len"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DistillError(
+            f"teacher cache {path}: {MANIFEST} is damaged ({type(e).__name__}: {str(e)[:80]}); remove the directory "
+            "and capture again"
+        ) from None
+    return manifest
+
+
 def check_manifest(path: Path, found: dict[str, Any], expected: dict[str, Any], keys: tuple[str, ...]) -> None:
     """One line naming the first property in which the cache differs from what the run needs."""
     for key in keys:
@@ -133,8 +151,8 @@ def capture(
     path = Path(path)
     manifest = {**manifest, "k": cfg.k, "shard_rows": cfg.shard_rows, "rows": len(rows["input_ids"]),
                 "version": VERSION}  # fmt: skip
-    if (path / MANIFEST).is_file():
-        check_manifest(path, json.loads((path / MANIFEST).read_text()), manifest, (*MUST_MATCH, "k", "shard_rows"))
+    if (found := read_manifest(path)) is not None:
+        check_manifest(path, found, manifest, (*MUST_MATCH, "k", "shard_rows"))
     else:
         atomic_write(path / MANIFEST, json.dumps(manifest, indent=1))
     n, seq_len = manifest["rows"], manifest["seq_len"]
@@ -144,10 +162,22 @@ def capture(
     bar = tqdm(total=sum(b - a for _, a, b in mine) * seq_len, unit="tok", unit_scale=True, desc="capture",
                disable=not progress)  # fmt: skip
     computed, seconds = 0, 0.0
+    pending = list(mine)
     with torch.inference_mode():  # the teacher's forward builds no graph
-        for j, a, b in mine:
+        while pending:
+            j, a, b = pending.pop(0)
             out = path / shard_name(j)
-            if out.is_file():
+            if shard_problem(path, j, manifest) is None:
+                bar.update((b - a) * seq_len)
+                continue
+            lock = FileLock(str(path / f".{out.name}.lock"))
+            try:
+                lock.acquire(timeout=0 if pending else -1)  # another capture is on it: come back to it last
+            except Timeout:
+                pending.append((j, a, b))
+                continue
+            if shard_problem(path, j, manifest) is None:  # the other capture finished it meanwhile
+                lock.release()
                 bar.update((b - a) * seq_len)
                 continue
             t0 = time.perf_counter()
@@ -164,6 +194,8 @@ def capture(
             tmp = out.with_name(f".{out.name}.tmp")
             save_file({c: torch.cat(v).contiguous() for c, v in parts.items()}, str(tmp))
             os.replace(tmp, out)  # a shard exists whole or not at all
+            atomic_write(_checksum(out), _sha256(out) + "\n")  # written after the shard: proof it is whole
+            lock.release()
             computed += (b - a) * seq_len
             seconds += time.perf_counter() - t0
     bar.close()
@@ -174,10 +206,45 @@ def shard_name(j: int) -> str:
     return f"shard-{j:05d}.safetensors"
 
 
+def _checksum(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_problem(path: Path, j: int, manifest: dict[str, Any]) -> str | None:
+    """Why shard `j` cannot be used (missing, damaged, or not what the manifest says), or None when it is whole."""
+    out = path / shard_name(j)
+    if not out.is_file():
+        return "missing"
+    sums = _checksum(out)
+    if not sums.is_file() or sums.read_text().strip() != _sha256(out):
+        return "damaged (its bytes do not match the checksum written with it)"
+    rows = min(manifest["shard_rows"], manifest["rows"] - j * manifest["shard_rows"])
+    try:
+        with safe_open(str(out), framework="pt") as f:
+            shape = tuple(f.get_slice("topk_ids").get_shape())
+    except Exception as e:  # noqa: BLE001 - a file that is not safetensors fails in many ways
+        return f"unreadable ({str(e)[:60]})"
+    if shape != (rows, manifest["seq_len"], manifest["k"]):
+        return f"{DISAGREES} ({shape[0]} rows x {shape[2]} top-k, the manifest says {rows} x {manifest['k']})"
+    return None
+
+
+DISAGREES = "disagrees with the manifest"  # whole, but not what the manifest says: the manifest was edited
+
+
 def describe(teacher: nn.Module, tokenizer, rows: Mapping[str, Any]) -> dict[str, Any]:
     """What a cache of `teacher` over `rows` must match: fingerprints and the sequence length."""
     return {"teacher": model_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tokenizer),
-            "corpus": rows_fingerprint(rows), "seq_len": int(rows["input_ids"][0].shape[-1])}  # fmt: skip
+            "corpus": rows_fingerprint(rows), "seq_len": int(rows["input_ids"][0].shape[-1]),
+            "rows": len(rows["input_ids"])}  # fmt: skip
 
 
 class TeacherCache(RowStore):
@@ -187,17 +254,19 @@ class TeacherCache(RowStore):
 
     def __init__(self, path: str | Path, expected: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
+        manifest = read_manifest(self.path)
+        if manifest is None:
             raise DistillError(f"{self.path} is not a teacher cache (no {MANIFEST}); make one with `distill capture`")
-        self.manifest = json.loads((self.path / MANIFEST).read_text())
+        self.manifest = manifest
         if expected is not None:
             check_manifest(self.path, self.manifest, expected, MUST_MATCH)
         n, per = self.manifest["rows"], self.manifest["shard_rows"]
         count = math.ceil(n / per)
-        if missing := _missing(self.path, self.manifest):
+        if problems := _problems(self.path, self.manifest):
+            (first, why), *_ = problems.items()
             raise DistillError(
-                f"teacher cache {self.path} is unfinished ({len(missing)} of {count} shards missing); "
-                "run the capture again to complete it"
+                f"teacher cache {self.path} is not whole ({len(problems)} of {count} shards missing or damaged; "
+                f"{first}: {why}); run the capture again to recompute them"
             )
         self.files = [safe_open(str(self.path / shard_name(j)), framework="pt") for j in range(count)]
         self.starts = [j * per for j in range(count)] + [n]
@@ -238,7 +307,12 @@ def open_or_capture(
     expected = expected or check_cache(path, teacher, tokenizer, rows)
     path = Path(path)
     stats = {"tokens": 0, "seconds": 0.0}
-    if not (path / MANIFEST).is_file() or _missing(path, json.loads((path / MANIFEST).read_text())):
+    manifest = read_manifest(path)
+    problems = _problems(path, manifest) if manifest is not None else {}
+    if any(why.startswith(DISAGREES) for why in problems.values()):
+        name, why = next((n, w) for n, w in problems.items() if w.startswith(DISAGREES))
+        raise DistillError(f"teacher cache {path}: {name} {why}; was {MANIFEST} edited? restore it or capture anew")
+    if manifest is None or problems:  # missing or damaged shards are computed (again)
         stats = capture(teacher, rows, path, expected, cfg, accelerator.device, accelerator.is_main_process,
                         accelerator.process_index, accelerator.num_processes)  # fmt: skip
     accelerator.wait_for_everyone()
@@ -250,15 +324,16 @@ def open_or_capture(
 def check_cache(path: str | Path, teacher: nn.Module, tokenizer, rows: Mapping[str, Any]) -> dict[str, Any]:
     """What a cache at `path` must match; refused at once (before any work) when one there does not."""
     expected = describe(teacher, tokenizer, rows)
-    if (Path(path) / MANIFEST).is_file():
-        check_manifest(Path(path), json.loads((Path(path) / MANIFEST).read_text()), expected, MUST_MATCH)
+    if (found := read_manifest(Path(path))) is not None:
+        check_manifest(Path(path), found, expected, MUST_MATCH)
     return expected
 
 
-def _missing(path: Path, manifest: dict[str, Any]) -> list[str]:
-    """The shard files a manifest promises that are not (yet) in `path`."""
-    names = [shard_name(j) for j in range(math.ceil(manifest["rows"] / manifest["shard_rows"]))]
-    return [n for n in names if not (path / n).is_file()]
+def _problems(path: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """The shards a manifest promises that are missing or damaged, with why."""
+    count = math.ceil(manifest["rows"] / manifest["shard_rows"])
+    found = {shard_name(j): shard_problem(path, j, manifest) for j in range(count)}
+    return {name: why for name, why in found.items() if why is not None}
 
 
 def from_cache(terms: list[Term]) -> list[Term]:
