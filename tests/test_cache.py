@@ -126,13 +126,17 @@ def _edit_manifest(path: Path, **changes) -> None:
     (path / "manifest.json").write_text(json.dumps({**manifest, **changes}))
 
 
+def _broken_json(path: Path) -> None:
+    (path / "manifest.json").write_text('{"rows": 3')
+
+
 def test_an_edited_or_broken_manifest_is_one_line(corpus, tmp_path):
     make = _captured(corpus, tmp_path / "c")
     rows = json.loads((tmp_path / "c" / "manifest.json").read_text())["rows"]
     cases = [(lambda p: _edit_manifest(p, rows=rows // 2), f"captured with another rows ({rows // 2} != {rows})"),
              (lambda p: _edit_manifest(p, k=8), "shard-00000.safetensors disagrees with the manifest (8 rows x 4 "
                                                 "top-k, the manifest says 8 x 8); was manifest.json edited?"),
-             (lambda p: (p / "manifest.json").write_text('{"rows": 3'), "manifest.json is damaged (JSONDecodeError")]  # fmt: skip
+             (_broken_json, "manifest.json is damaged (JSONDecodeError")]  # fmt: skip
     for i, (edit, message) in enumerate(cases):
         path = tmp_path / f"e{i}"
         shutil.copytree(tmp_path / "c", path)
