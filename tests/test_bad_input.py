@@ -147,6 +147,11 @@ CASES = {
     "HF dir: corrupt config.json": (_hf(lambda d: (d / "config.json").write_text('{"model_type": "llama",')), 2, "config.json is not a readable JSON config"),
     "HF dir: no tokenizer": (_hf(_no_tokenizer), 2, "has no usable tokenizer"),
     "HF dir: no weights": (_hf(lambda d: (d / "model.safetensors").unlink()), 2, "cannot be loaded as a model"),
+    "checkpoint is a text file": (lambda t: _tiny_kd(f"student.checkpoint={_write('w.pt', 'not weights')(t)}")(t), 2, "w.pt is not a weights file"),
+    "checkpoint is a directory": (lambda t: _tiny_kd(f"student.checkpoint={t}")(t), 2, "is a directory; give a .safetensors or .pt file"),
+    "cache directory is a file": (lambda t: ["minitron", f"teacher.cache={_write('cache', 'x')(t)}"], 2, "must be a directory (with manifest.json in it)"),
+    "cp into a missing directory": (lambda t: ["cp", "kd/hinton", str(t / "nonexistent" / "h.yaml")], 2, "nonexistent is not a directory; create it first"),
+    "run name too long": (_tiny_kd("run.run_name=" + "x" * 300), 2, "(File name too long: 300 bytes); choose a shorter run.run_name"),
     # checked before training starts
     "MLP on other images": (_tiny_kd("student.arch=mlp", "student.args={in_features: 784, hidden: [8]}"), 2, "student (mlp) does not take inputs of shape (1, 12, 12)"),
     "batch larger than the data": (_tiny_kd("train.batch_size=512"), 2, "train: 256 samples make no full step of batch_size 512"),
@@ -226,3 +231,29 @@ def test_resume_of_an_edited_config_is_refused(edit, word, tensor_file, tmp_path
     err = _one_line(capsys, 2, word, ["kd", "--resume", str(tmp_path / "tiny")])
     assert "was edited after the run started" in err
     assert {p: p.read_bytes() for p in (tmp_path / "tiny").rglob("*") if p.is_file()} == before
+
+
+def test_a_full_disk_is_one_line_and_what_was_saved_resumes(tensor_file, tmp_path, capsys, monkeypatch):
+    """The disk fills up while the student saves its second checkpoint: one line naming the path, exit 1; the
+    first checkpoint is whole, and once there is room the run resumes from it."""
+    import errno
+
+    import distill.checkpoint
+
+    write = distill.checkpoint.atomic_write
+    saved = []
+
+    def filling(path, data):
+        if len(saved) >= 2:  # the first checkpoint and its checksum went through
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        saved.append(path)
+        write(path, data)
+
+    monkeypatch.setattr(distill.checkpoint, "atomic_write", filling)
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.save_every=3"]
+    err = _one_line(capsys, 1, "No space left on device (", ["kd", *over])
+    assert err.endswith(f"; free some space, then continue with --resume {tmp_path / 'tiny'}"), err
+    monkeypatch.setattr(distill.checkpoint, "atomic_write", write)
+    saved = sorted(str(p.relative_to(tmp_path / "tiny")) for p in (tmp_path / "tiny").rglob("step-*.pt*"))
+    assert saved == ["checkpoints/teacher/step-00000008.pt", "checkpoints/teacher/step-00000008.pt.sha256"]
+    assert main(["kd", "--resume", str(tmp_path / "tiny")]) == 0

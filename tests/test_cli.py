@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,20 @@ def _same_outcome(tmp_path: Path, name: str) -> None:
     a, b = (json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("straight", name))
     assert a == b
     assert strip(read_metrics(tmp_path / name)) == strip(read_metrics(tmp_path / "straight"))
+    # TensorBoard holds each step once, as metrics.jsonl does (a resume once appended the dropped steps again)
+    assert tensorboard(tmp_path / name, "student/loss") == tensorboard(tmp_path / "straight", "student/loss")
+
+
+def tensorboard(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every point of `tag` in the run's TensorBoard events, in the order they were written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for f in sorted((run / "events").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        points += [(e.step, round(e.value, 6)) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return points
 
 
 @pytest.mark.slow
@@ -299,3 +315,32 @@ def test_two_teachers_with_routing_by_domain(tmp_path, capsys, monkeypatch):
     assert {"kd", "ce"} <= set(
         next(r for r in read_metrics(tmp_path / "tiny") if r["stage"] == "student" and "kd" in r)
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_names_itself(sig, code, tensor_file, tmp_path):
+    """SIGTERM (a scheduler's stop) and Ctrl-C end in one line naming the run to resume, and leave it unlocked."""
+    from distill.run import RunDir
+
+    over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=400", "train.save_every=8"]
+    proc = subprocess.Popen([*DISTILL, "kd", *over], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    run = tmp_path / "tiny"
+    deadline = time.time() + 120
+    while not list(run.glob("checkpoints/student/step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1].strip()
+    assert proc.returncode == code and err == f"distill: interrupted; continue with --resume {run}", err
+    RunDir.open(run).lock().close()
+
+
+def test_a_resume_removes_what_an_interrupted_save_left(tensor_file, tmp_path):
+    assert main(["kd", *tiny_overrides(tensor_file, tmp_path)]) == 0
+    left = [tmp_path / "tiny" / "checkpoints" / "student" / ".step-00000099.pt.x1y2.tmp",
+            tmp_path / "tiny" / ".results.json.k3j4.tmp"]  # fmt: skip
+    for p in left:
+        p.write_bytes(b"half a file")
+    assert main(["kd", "--resume", str(tmp_path / "tiny")]) == 0
+    assert not any(p.exists() for p in left)

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from distill.config import CONFIGS, describe, load_config, named_configs
@@ -109,13 +113,45 @@ def _cp(rest: list[str], known: dict[str, Recipe]) -> int:
         dest = dest / source.name
     if dest.exists():
         raise DistillError(f"{dest} exists already; remove it or choose another destination")
+    if not dest.parent.is_dir():
+        raise DistillError(f"{dest.parent} is not a directory; create it first or choose another destination")
     shutil.copyfile(source, dest)
     print(dest)
     return 0
 
 
+FIXES = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EROFS: "choose a writable run.output_dir",
+    errno.EACCES: "choose a writable run.output_dir (or fix the permissions)",
+    errno.EPERM: "choose a writable run.output_dir (or fix the permissions)",
+    errno.ENAMETOOLONG: "choose a shorter run.run_name or run.output_dir",
+}
+
+
+def os_problem(e: OSError) -> str:
+    """An OSError as one line: what the system said, where, and what to do about it."""
+    where = f" ({e.filename})" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    fix = FIXES.get(e.errno or -1)
+    if RunDir.active is not None:  # what was saved before is whole: atomic writes
+        fix = f"{fix + ', then ' if fix else ''}continue with --resume {RunDir.active}"
+    return f"{what}{where}" + (f"; {fix}" if fix else "")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`): unwound like Ctrl-C, so files are closed and the lock released."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals are set in the main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         known = recipes()
         if not argv or argv[0] in ("-h", "--help"):
@@ -140,9 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     except DistillError as e:
         print(f"distill: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("distill: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+    except OSError as e:  # the file system's refusals: a full disk, a read-only folder, a name too long
+        if os.environ.get("DISTILL_TRACEBACK"):
+            raise
+        print(f"distill: error: {os_problem(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see _terminate)
+        where = f"continue with --resume {RunDir.active}" if RunDir.active else "nothing was saved yet"
+        print(f"distill: interrupted; {where}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,8 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
     if resume is not None:
         run = RunDir.open(resume, main).lock()
         unchanged(run, cfg)
+        if main:
+            run.remove_partial_files()
     else:
         # the main process names the run; the others must use the same directory
         name = [str(RunDir.create(runtime.output_dir, runtime.run_name or new_run_name(recipe), main).path)]

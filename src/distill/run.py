@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -50,6 +51,8 @@ def new_run_name(recipe: str) -> str:
 class RunDir:
     """A run's directory. `is_main=False` makes every write a no-op (non-main DDP processes)."""
 
+    active: Path | None = None  # the run this process holds the lock of (what an interrupted CLI names)
+
     def __init__(self, path: str | Path, is_main: bool = True) -> None:
         self.path = Path(path)
         self.is_main = is_main
@@ -60,10 +63,19 @@ class RunDir:
                 raise DistillError(
                     f"{self.path} is a file, not a run directory; choose another run.output_dir / run_name"
                 )
+            made = [p for p in (self.path, *self.path.parents) if not p.exists()]
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except (NotADirectoryError, FileExistsError):
                 raise DistillError(f"{self.path} cannot be a run directory: a part of its path is a file") from None
+            except OSError as e:  # a name too long, a read-only or full file system: leave nothing behind
+                for p in made:
+                    if p.is_dir() and not any(p.iterdir()):
+                        p.rmdir()
+                raise DistillError(
+                    f"cannot make the run directory {self.path}: {e.strerror}; choose another run.output_dir or a "
+                    "shorter run.run_name"
+                ) from None
 
     def lock(self) -> RunDir:
         """Hold the run's lock until `close()` (or the process's end, a kill included): one writer per run."""
@@ -77,12 +89,18 @@ class RunDir:
                 f"{self.path} is in use by another distill process; wait for it to end (or stop it) and resume then"
             ) from None
         self._lock = lock
+        RunDir.active = self.path
         return self
 
     # --- creation and reopening -------------------------------------------------------
     @classmethod
     def create(cls, root: str | Path, name: str, is_main: bool = True) -> RunDir:
         path = Path(root) / name
+        if len(name.encode()) > 255:  # the common file systems' limit on one name
+            raise DistillError(
+                f"cannot make the run directory {name[:40]}... (File name too long: {len(name.encode())} bytes); "
+                "choose a shorter run.run_name"
+            )
         if is_main and (path / "config.yaml").exists():
             # two runs started in the same second: never reuse (and clobber) a run directory
             i = 1
@@ -121,13 +139,18 @@ class RunDir:
         record = {"time": round(time.time(), 3), **record}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._scalars([record])
+
+    def _scalars(self, records: Iterable[dict[str, Any]]) -> None:
         writer = self._tensorboard()
-        if writer is not None:
+        if writer is None:
+            return
+        for record in records:
             stage, step = record.get("stage", "run"), int(record.get("step", 0))
             for key, value in record.items():
                 if key not in ("time", "stage", "step", "epoch") and isinstance(value, (int, float)):
-                    writer.add_scalar(f"{stage}/{key}", value, step)
-            writer.flush()
+                    writer.add_scalar(f"{stage}/{key}", value, step, walltime=record.get("time"))
+        writer.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -147,8 +170,14 @@ class RunDir:
         """Drop what a killed run logged after the checkpoint it resumes from."""
         if not self.is_main:
             return
-        kept = _records_until(self.metrics(), stage, step)
+        records = self.metrics()
+        kept = _records_until(records, stage, step)
         atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        events = self.path / "events"
+        if len(kept) < len(records) and events.is_dir():  # TensorBoard would show the dropped steps twice
+            self.close_tensorboard()
+            shutil.rmtree(events)
+            self._scalars(kept)  # the events again, from what metrics.jsonl keeps
 
     def _tensorboard(self):
         if self._writer is None:
@@ -160,13 +189,25 @@ class RunDir:
             self._writer = SummaryWriter(str(self.path / "events"))
         return self._writer or None
 
-    def close(self) -> None:
+    def close_tensorboard(self) -> None:
         if self._writer:
             self._writer.close()
         self._writer = None
+
+    def remove_partial_files(self) -> list[Path]:
+        """Remove what an interrupted atomic write left behind (`.NAME.*.tmp` files and folders); the run must be
+        locked by this process, so no write of another is under way."""
+        left = sorted(self.path.rglob(".*.tmp"))
+        for p in left:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        return left
+
+    def close(self) -> None:
+        self.close_tensorboard()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+            RunDir.active = None
 
 
 def _records_until(records: Iterable[dict[str, Any]], stage: str, step: int) -> list[dict[str, Any]]:

@@ -72,15 +72,23 @@ def build_model(spec: ModelSpec, **defaults: Any) -> nn.Module:
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise DistillError(f"checkpoint {path} is a directory; give a .safetensors or .pt file of weights")
     if not path.is_file():
         raise DistillError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state) if isinstance(state, dict) else state
+    except Exception as e:  # noqa: BLE001 - a file that is not weights fails in many ways inside the reader
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise DistillError(f"checkpoint {path} is not a weights file ({detail})") from None
+    if not isinstance(state, dict):
+        raise DistillError(f"checkpoint {path} holds a {type(state).__name__}, not a mapping of named tensors")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
