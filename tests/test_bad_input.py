@@ -125,6 +125,7 @@ CASES = {
     # config files and commands
     "unknown named config": (lambda t: ["kd", "--config", "nosuch"], 2, "config file nosuch does not exist; the named configs of kd: ["),
     "YAML syntax error": (lambda t: ["kd", "--config", str(_write("bad.yaml", "train:\n  lr: 0.1\n  epochs: [1, 2\n")(t))], 2, "is not valid YAML at line 4, column 1"),
+    "YAML key given twice": (lambda t: ["kd", "--config", str(_write("twice.yaml", "train:\n  lr: 0.1\ntrain:\n  epochs: 2\n")(t))], 2, "at line 3, column 1: 'train' is given twice in one mapping (the first would be dropped)"),
     "config is binary": (lambda t: ["kd", "--config", str(_write("bin.yaml", b"\xff\xfe\x00")(t))], 2, "is not UTF-8 text"),
     "cp of an unknown config": (lambda t: ["cp", "kd/nosuch", str(t / "x.yaml")], 2, "kd has no named config 'nosuch'"),
     "ls of an unknown recipe": (lambda t: ["ls", "nosuch"], 2, "unknown recipe 'nosuch'"),
@@ -257,3 +258,12 @@ def test_a_full_disk_is_one_line_and_what_was_saved_resumes(tensor_file, tmp_pat
     saved = sorted(str(p.relative_to(tmp_path / "tiny")) for p in (tmp_path / "tiny").rglob("step-*.pt*"))
     assert saved == ["checkpoints/teacher/step-00000008.pt", "checkpoints/teacher/step-00000008.pt.sha256"]
     assert main(["kd", "--resume", str(tmp_path / "tiny")]) == 0
+
+
+def test_resuming_another_recipes_run_names_its_recipe(tensor_file, tmp_path, capsys):
+    assert main(["kd", *tiny_overrides(tensor_file, tmp_path)]) == 0
+    run = tmp_path / "tiny"
+    err = _one_line(
+        capsys, 2, f"is a run of distill kd; resume it with distill kd --resume {run}", ["mtt", "--resume", str(run)]
+    )
+    assert err == f"distill: error: {run} is a run of distill kd; resume it with distill kd --resume {run}"

@@ -342,6 +342,7 @@ def test_experts_are_reused_from_another_run(small_set, tmp_path, capsys):
     ]
     assert main(bad) == 2
     assert "trajectories stop at epoch 3" in capsys.readouterr().err
+    assert not (tmp_path / "third").exists(), "a run refused after its start, with nothing in it yet, is removed"
 
 
 @pytest.mark.parametrize(

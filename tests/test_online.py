@@ -179,3 +179,15 @@ def test_killed_online_run_resumes_to_the_same_teacher_and_students(tiny, tmp_pa
         a, b = (load_file(str(runs / n / "online" / f"{member}.safetensors")) for n in ("straight", "killed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), member
     assert strip(read_metrics(runs / "killed")) == strip(read_metrics(runs / "straight"))
+
+
+def test_a_vocabulary_larger_than_the_corpus_yields_is_said_and_reported(tiny, tmp_path, capsys):
+    over = [o for o in tiny if not o.startswith("teacher.path")]
+    over += ["tokenizer_vocab=100000", f"teacher.shape={STUDENT}", "relation.weight=0"]
+    over += [f"students=[{{name: s, shape: {STUDENT}}}]"]
+    capsys.readouterr()
+    assert main(["online", *over]) == 0
+    vocabulary = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["info"]["vocabulary"]
+    assert 256 < vocabulary < 1000  # a tiny corpus: the byte alphabet and a few hundred merges
+    err = capsys.readouterr().err
+    assert f"the corpus yields {vocabulary:,} tokens, fewer than tokenizer_vocab=100,000; the models use" in err

@@ -342,3 +342,22 @@ def test_target_lm_is_cross_entropy_on_the_target_tokens_alone(tmp_path):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and terms["ce"] == loss.detach()
+
+
+class Rambler(FakeServer):
+    """A teacher that never writes a parseable decomposition."""
+
+    def answer(self, body: dict) -> str:
+        return "Sure! Let me think about this problem step by step."
+
+
+def test_no_kept_decomposition_is_one_line_and_leaves_no_run(tmp_path, capsys):
+    with Rambler() as server:
+        args = tiny_args(tmp_path, server.url)
+        capsys.readouterr()
+        assert main(["socratic", *args, "teacher_accuracy=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the annotation's progress bar
+    store = tmp_path / "runs" / "r" / "teacher.sqlite"
+    assert err == f"distill: error: no decomposition was kept (22 rejected: unparsed: 22); see the teacher's " \
+                  f"replies in {store}"  # fmt: skip
+    assert LabelStore(store).count() == 22, "the teacher's replies are kept"

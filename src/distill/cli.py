@@ -76,6 +76,9 @@ def _run_recipe(name: str, recipe: Recipe, argv: list[str]) -> int:
         if args.config or args.overrides:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")
         run = RunDir.open(args.resume)  # a clear error for a path that is not a run
+        if run.recipe() not in (None, name):
+            raise DistillError(f"{run.path} is a run of distill {run.recipe()}; resume it with "
+                               f"distill {run.recipe()} --resume {run.path}")  # fmt: skip
         cfg = load_config(recipe.Config, run.path / "config.yaml")
     else:
         cfg = load_config(recipe.Config, args.config, args.overrides, recipe=name)
@@ -135,9 +138,20 @@ def os_problem(e: OSError) -> str:
     where = f" ({e.filename})" if e.filename else ""
     what = e.strerror or str(e) or type(e).__name__
     fix = FIXES.get(e.errno or -1)
-    if RunDir.active is not None:  # what was saved before is whole: atomic writes
-        fix = f"{fix + ', then ' if fix else ''}continue with --resume {RunDir.active}"
+    if RunDir.active is not None and not _discard_empty_run():  # what was saved before is whole: atomic writes
+        fix = f"{fix + ', then ' if fix else ''}continue with --resume {RunDir.active.path}"
     return f"{what}{where}" + (f"; {fix}" if fix else "")
+
+
+def _discard_empty_run() -> bool:
+    """Remove the run this process made when it failed before writing anything but its config (a refusal found
+    after the start: a bad cache, no kept decomposition); True when it did."""
+    run = RunDir.active
+    if run is None or not getattr(run, "fresh", False) or not run.holds_nothing_yet():
+        return False
+    run.close()
+    shutil.rmtree(run.path, ignore_errors=True)
+    return True
 
 
 class Terminated(KeyboardInterrupt):
@@ -174,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DistillError(f"unknown command {command!r}; choose one of {sorted(known)}, 'report', 'ls' or 'cp'")
         return _run_recipe(command, known[command], rest)
     except DistillError as e:
+        _discard_empty_run()
         print(f"distill: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system's refusals: a full disk, a read-only folder, a name too long
@@ -182,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill: error: {os_problem(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see _terminate)
-        where = f"continue with --resume {RunDir.active}" if RunDir.active else "nothing was saved yet"
+        saved = RunDir.active is not None and not _discard_empty_run()
+        where = f"continue with --resume {RunDir.active.path}" if saved else "nothing was saved yet"
         print(f"distill: interrupted; {where}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if RunDir.active is not None:  # a run that ended in an error: its lock is free for the resume
+            RunDir.active.close()
 
 
 if __name__ == "__main__":

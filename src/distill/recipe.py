@@ -210,6 +210,8 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
             broadcast_object_list(name)
         run = RunDir(name[0], main).lock()
         run.write_text(STARTED, dump(cfg))  # what the checkpoints are made with: a resume must match it
+        run.write_text(".recipe", recipe + "\n")
+        run.fresh = True  # made by this process: removed again if it fails before writing anything else
         run.write_text("config.yaml", dump(cfg))
     accelerator.wait_for_everyone()
     return Context(run, accelerator, runtime.seed)

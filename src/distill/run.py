@@ -51,13 +51,15 @@ def new_run_name(recipe: str) -> str:
 class RunDir:
     """A run's directory. `is_main=False` makes every write a no-op (non-main DDP processes)."""
 
-    active: Path | None = None  # the run this process holds the lock of (what an interrupted CLI names)
+    active: RunDir | None = None  # the run this process holds the lock of (what an interrupted CLI names)
+    BOOKKEEPING = {".lock", "config.yaml", ".config-started.yaml", ".recipe"}  # what start() writes
 
     def __init__(self, path: str | Path, is_main: bool = True) -> None:
         self.path = Path(path)
         self.is_main = is_main
         self._writer = None
         self._lock = None
+        self.fresh = False  # made by this process's start() (set there)
         if is_main:
             if self.path.exists() and not self.path.is_dir():
                 raise DistillError(
@@ -89,7 +91,7 @@ class RunDir:
                 f"{self.path} is in use by another distill process; wait for it to end (or stop it) and resume then"
             ) from None
         self._lock = lock
-        RunDir.active = self.path
+        RunDir.active = self
         return self
 
     # --- creation and reopening -------------------------------------------------------
@@ -201,6 +203,15 @@ class RunDir:
         for p in left:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         return left
+
+    def holds_nothing_yet(self) -> bool:
+        """Whether the run holds only what start() wrote (a run that failed before its first result)."""
+        return all(p.name in self.BOOKKEEPING for p in self.path.iterdir())
+
+    def recipe(self) -> str | None:
+        """The recipe that made this run (None for a run from before this was kept)."""
+        p = self.path / ".recipe"
+        return p.read_text().strip() if p.is_file() else None
 
     def close(self) -> None:
         self.close_tensorboard()

@@ -17,6 +17,7 @@ Stages, in order:
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,7 +183,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             m.save_pretrained(ctx.run.path / "models" / n)
             tokenizer.save_pretrained(ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
-    info = {"mode": cfg.mode, "teacher_steps": cfg.train.max_steps, "student_steps": student_steps,
+    info = {"mode": cfg.mode, "vocabulary": len(tokenizer), "teacher_steps": cfg.train.max_steps,
+            "student_steps": student_steps,
             "distill_every": cfg.distill_every, "tokens_per_sample": cfg.data.seq_len,
             "teacher_forwards": sum(forwards.values())}  # fmt: skip
     return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
@@ -285,7 +287,11 @@ def _tokenizer(cfg: Config, resume: str | Path | None):
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(saved)  # the one this run learned, not a new draw
-        return train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
+        tokenizer = train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
+        if len(tokenizer) < cfg.tokenizer_vocab:  # BPE stops when the corpus has no pair left to merge
+            print(f"distill: online: the corpus yields {len(tokenizer):,} tokens, fewer than tokenizer_vocab="
+                  f"{cfg.tokenizer_vocab:,}; the models use {len(tokenizer):,}", file=sys.stderr)  # fmt: skip
+        return tokenizer
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
 

@@ -106,6 +106,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     yield_row = {"problems": len(train), "kept": len(decomps), "yield": round(len(decomps) / len(train), 4),
                  **{r: reasons.get(r, 0) for r in REASONS},
                  "minutes": round((time.perf_counter() - t0) / 60, 1)}  # fmt: skip
+    if not decomps:
+        why = ", ".join(f"{r}: {reasons[r]}" for r in REASONS if reasons.get(r))
+        raise DistillError(f"no decomposition was kept ({len(train)} rejected: {why}); see the teacher's replies in "
+                           f"{store.path}")  # fmt: skip
     check_fits(len(decomps), cfg.students.train, "students.train (the problems kept after annotation)")
 
     # 3. the teacher's own accuracy
