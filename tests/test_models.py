@@ -69,3 +69,30 @@ def test_two_processes_converting_one_gguf_both_succeed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == sorted(
         [os.path.basename(entry), os.path.basename(entry) + ".lock"]
     )
+
+
+def test_a_gguf_of_another_architecture_is_one_line(tmp_path, capsys, monkeypatch):
+    """A mamba GGUF: transformers printed a 22-line report before its error; now one line (after the conversion's
+    progress bar)."""
+    import gguf
+    import numpy as np
+
+    import distill.models.llm
+    from distill.cli import main
+
+    monkeypatch.setattr(distill.models.llm, "CACHE", tmp_path / "cache")
+    w = gguf.GGUFWriter(str(tmp_path / "mamba.gguf"), "mamba")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), np.float32))
+    for write in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        write()
+    capsys.readouterr()
+    assert main(["minitron", f"teacher.path={tmp_path / 'mamba.gguf'}", f"run.output_dir={tmp_path / 'runs'}"]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("Converting")]
+    assert len(lines) == 1, captured.err
+    assert lines[0].endswith("mamba.gguf cannot be read as a GGUF language model (architecture mamba: its weights do "
+                             "not fit the model transformers builds for it)"), lines[0]  # fmt: skip
+    assert captured.out == "" and not (tmp_path / "runs").exists()

@@ -77,7 +77,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
                 tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except Exception as e:  # a damaged or foreign file fails deep inside the GGUF reader, in many ways
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise DistillError(f"{gguf} cannot be read as a GGUF language model ({detail})") from None
+            if "ignore_mismatched_sizes" in detail:  # transformers' pointer to a report it printed (silenced here)
+                detail = "its weights do not fit the model transformers builds for it"
+            raise DistillError(
+                f"{gguf} cannot be read as a GGUF language model ({_architecture(gguf)}{detail})"
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
         model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
@@ -90,6 +94,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             tmp.rename(out)  # the cache entry appears whole or not at all
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _architecture(gguf: Path) -> str:
+    """'architecture NAME: ' from the file's metadata, or '' when it cannot be read."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(gguf)).fields["general.architecture"]
+        return f"architecture {bytes(field.parts[field.data[0]]).decode()}: "
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return ""
 
 
 def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
