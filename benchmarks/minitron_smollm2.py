@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, mean_std, write  # noqa: E402
+from common import machine, mean_std, reading, t_interval, write  # noqa: E402
 from distill.data.text import TextData, token_splits  # noqa: E402
 from distill.engine import TrainConfig  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
@@ -147,12 +147,14 @@ def main() -> None:
     p = arguments(seeds=2)
     p.add_argument("--k", type=int, default=64, help="top-k of the teacher cache")
     p.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON")
+    p.add_argument("--variants", default="abcde", help="which of a-e to run (e.g. ab: KD against CE after pruning)")
+    p.add_argument("--name", default="minitron_smollm2", help="results file name (benchmarks/results/NAME.{json,md})")
     args = parse(p)
     if args.render:
         from common import RESULTS
 
-        res = json.loads((RESULTS / "minitron_smollm2.json").read_text())
-        return write("minitron_smollm2", res, markdown(res))
+        res = json.loads((RESULTS / f"{args.name}.json").read_text())
+        return write(args.name, res, markdown(res))
     t_start = time.perf_counter()
     teacher, tok, train, val, ood, ctx = setup(args)
     dev = ctx.accelerator.device
@@ -187,7 +189,21 @@ def main() -> None:
     variants = {"a: prune(width) + KD": (width, imp, KD), "b: prune(width) + CE": (width, imp, CE),
                 "c: random init + KD": (width, None, KD), "d: random init + CE": (width, None, CE),
                 "e: prune(depth) + KD": (depth, imp, KD)}  # fmt: skip
+    variants = {k: v for k, v in variants.items() if k[0] in args.variants}
     results: dict[str, dict] = {}
+
+    def report() -> dict:
+        """The results so far, written at once: each finished run lands in the results files."""
+        res = {"budget": {"tokens": args.tokens, "steps": steps, "batch": args.batch, "seq_len": args.seq_len,
+                          "lr": args.lr, "seeds": args.seeds, "k": args.k, "calibration_sequences": args.calibration,
+                          "val_sequences": len(val["labels"]), "ood_sequences": len(ood["labels"]),
+                          "quick": args.quick, "variants": args.variants, "name": args.name},
+               "machine": machine(), "teacher": {"params": shape.params(), **teacher_row},
+               "importance_seconds": importance_s, "capture": capture, "right_after_pruning": right_after,
+               "runs": results, "wall_s_this_invocation": time.perf_counter() - t_start}  # fmt: skip
+        write(args.name, res, markdown(res))
+        return res
+
     for name, (target, scores, term) in variants.items():
         for seed in range(1 if name.startswith("d") else args.seeds):
             key = f"{name[0]}-s{seed}"
@@ -211,17 +227,11 @@ def main() -> None:
             atomic_write(saved, json.dumps(out))
             results.setdefault(name, {})[seed] = out
             print(f"{key}: held-out {out['val_loss']:.3f}, out-of-domain {out['ood_loss']:.3f}", flush=True)
+            report()
 
-    res = {"budget": {"tokens": args.tokens, "steps": steps, "batch": args.batch, "seq_len": args.seq_len,
-                      "lr": args.lr, "seeds": args.seeds, "k": args.k, "calibration_sequences": args.calibration,
-                      "val_sequences": len(val["labels"]), "ood_sequences": len(ood["labels"]), "quick": args.quick},
-           "machine": machine(), "teacher": {"params": shape.params(), **teacher_row},
-           "importance_seconds": importance_s, "capture": capture, "right_after_pruning": right_after,
-           "runs": results, "wall_s_this_invocation": time.perf_counter() - t_start}  # fmt: skip
-    md = markdown(res)
-    write("minitron_smollm2", res, md)
-    _plot(res)
-    print(md)
+    res = report()
+    _plot(res, args.name)
+    print(markdown(res))
 
 
 def summary(res: dict) -> dict[str, dict]:
@@ -234,13 +244,20 @@ def summary(res: dict) -> dict[str, dict]:
     return out
 
 
-def compare(s: dict, better: str, worse: str, what: str) -> tuple[str, str, str]:
-    """held when `better` is lower than `worse` by more than the larger of their seed ranges; a tie when the
-    difference is inside it; did not hold when it is reversed beyond it."""
+def compare(s: dict, better: str, worse: str, what: str) -> tuple[str, str, str] | None:
+    """Decided on the held-out loss paired by seed (the variants of one seed see the same batches), with a 95% t
+    interval at n-1 degrees of freedom: held when the whole interval favours `better`, did not hold when it
+    favours `worse`, a tie when it holds 0. None until both have a run."""
+    if better not in s or worse not in s:
+        return None
     a, b = s[better], s[worse]
-    diff, spread = b["val"][0] - a["val"][0], max(a["range"], b["range"])
-    verdict = "held" if diff > spread else ("tie (inside the seed spread)" if abs(diff) <= spread else "did not hold")
-    return what, verdict, f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: margin {diff:+.3f}, seed spread {spread:.3f}"
+    seeds = sorted(set(a["per_seed"]) & set(b["per_seed"]))
+    if len(seeds) < 2:  # one seed, no interval: the difference is shown, not decided
+        diff = b["val"][0] - a["val"][0]
+        return what, "undecided (fewer than 2 paired seeds)", f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: {diff:+.3f}"
+    m, h = t_interval([b["per_seed"][i] - a["per_seed"][i] for i in seeds])
+    verdict = reading(m, h, "did not hold", "held")
+    return what, verdict, f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: {m:+.3f} +- {h:.3f} paired over {len(seeds)} seeds"
 
 
 def markdown(res: dict) -> str:
@@ -278,26 +295,28 @@ def markdown(res: dict) -> str:
     ra = res["right_after_pruning"]
     for name in ("width", "depth"):
         lines.append(f"| {name} | {ra[f'{name}/importance']:.3f} | {ra[f'{name}/random']:.3f} |")
-    lines += ["", "The paper's claims, here (held: better by more than the larger seed range of the two):", ""]
+    lines += ["", "The paper's claims, here (held-out loss, paired by seed, 95% t interval with n-1 df):", ""]
     checks = [compare(s, "a", "b", "(a) prune + KD beats (b) prune + CE"),
               compare(s, "b", "c", "(b) prune + CE beats (c) random init + KD"),
               compare(s, "a", "e", "width pruning beats depth pruning after retraining (a vs e)")]  # fmt: skip
-    lines += [f"- {what}: **{verdict}** ({figures})" for what, verdict, figures in checks]
+    lines += [f"- {what}: **{verdict}** ({figures})" for what, verdict, figures in filter(None, checks)]
     for name in ("width", "depth"):
         imp, rnd = ra[f"{name}/importance"], ra[f"{name}/random"]
         lines.append(f"- importance beats random selection right after pruning ({name}): "
                      f"**{'held' if imp < rnd else 'did not hold'}** ({imp:.3f} vs {rnd:.3f}; one draw)")  # fmt: skip
+    if "a" not in s:
+        return "\n".join(lines) + "\n"
     kept = 100 * (math.exp(t["ood_loss"]) / math.exp(s["a"]["ood"][0]))
     lines += ["", f"General ability kept (out-of-domain): the best student (a) reaches perplexity "
               f"{math.exp(s['a']['ood'][0]):.1f} against the teacher's {math.exp(t['ood_loss']):.1f} "
               f"({kept:.0f}% of the teacher's inverse perplexity).", "",
               "What the teacher cache costs against a live teacher: [`topk_cache.md`](topk_cache.md) (its H200 rows "
               "hold this benchmark's variant a, seeds 0 and 1).", "",
-              "![held-out loss vs tokens](minitron_smollm2.png)", ""]  # fmt: skip
+              f"![held-out loss vs tokens]({res['budget'].get('name', 'minitron_smollm2')}.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 
-def _plot(res: dict) -> None:
+def _plot(res: dict, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,7 +334,7 @@ def _plot(res: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "minitron_smollm2.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
 if __name__ == "__main__":
