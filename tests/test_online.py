@@ -63,6 +63,28 @@ def test_students_reuse_the_teachers_forward_every_k_steps():
     assert seen == [1, 3, 5]  # steps 0, 2, 4 (the counter has moved on when the member runs)
 
 
+@pytest.mark.parametrize("every, steps", [(2, [0, 2, 4]), (3, [0, 3])])
+def test_with_accumulation_students_take_whole_optimizer_steps(every, steps):
+    """grad_accum 2: a student takes part in both micro-batches of every `every`-th optimizer step (it once counted
+    micro-batches, and so stepped on half a batch in every step)."""
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    teacher = new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok)
+    student = new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok)
+    cohort = Cohort({"teacher": Member(teacher, [CE]), "s": Member(student, [KL], ["teacher"])}, every, grad_accum=2)
+    seen = []
+    cohort.members["s"].student.register_forward_hook(lambda *_: seen.append(int(cohort.steps) - 1))
+    data = {k: v.repeat(6, 1) for k, v in batch(4).items()}
+    cfg = TrainConfig(max_steps=6, batch_size=2, grad_accum=2, lr=1e-2, progress=False)
+    fit(cohort, data, cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0)
+    assert seen == [m for step in steps for m in (2 * step, 2 * step + 1)]  # the micro-batches of those steps
+    assert cohort.forward_counts() == {"teacher": 12, "s": 2 * len(steps)}
+
+
 def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys, monkeypatch):
     import distill.recipes.online
 
@@ -122,6 +144,13 @@ def test_online_offline_and_alone_students_see_the_same_batches(tiny, tmp_path, 
         got = [b["input_ids"] for b in seen[stage]]
         assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, students)), stage
     assert all(torch.equal(a["input_ids"], b) for a, b in zip(seen["teacher"], online))  # offline teacher too
+    # accumulating 2 micro-batches of 2: the students' steps 0 and 2 are micro-batches 0, 1, 4, 5 of the cohort
+    over = [*tiny, "distill_every=2", "alone=true", "train.batch_size=2", "train.grad_accum=2"]
+    assert main(["online", *over, "run.run_name=r3"]) == 0
+    online = [b["input_ids"] for b in seen["online"]]
+    assert len(online) == 12
+    got = [b["input_ids"] for b in seen["alone/small"]]
+    assert len(got) == 6 and all(torch.equal(a, online[m]) for a, m in zip(got, [0, 1, 4, 5, 8, 9]))
 
 
 def test_a_teacher_assistant_chain(tiny, tmp_path):

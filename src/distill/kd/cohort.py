@@ -33,16 +33,19 @@ class Member:
 class Cohort(nn.Module):
     """`Cohort(batch) -> (sum of the members' losses, {member/term: value})`; members run in the order given.
 
-    `every`: members that learn from others (those with sources) take part in one training step out of
-    `every` (ERNIE 3.0 Titan's distillation interval); the others, e.g. a teacher on its own objective,
-    in every step. A member left out of a step runs no forward, so its parameters get no gradient and
-    the optimizer leaves them be. `forwards` counts each member's training forwards (checkpointed).
+    `every`: members that learn from others (those with sources) take part in one optimizer step out of
+    `every` (ERNIE 3.0 Titan's distillation interval), with every micro-batch of it when the stage
+    accumulates `grad_accum` of them; the others, e.g. a teacher on its own objective, in every step. A
+    member left out of a step runs no forward, so its parameters get no gradient and the optimizer leaves
+    them be. `forwards` counts each member's training forwards (checkpointed).
     """
 
-    def __init__(self, members: dict[str, Member], every: int = 1) -> None:
+    def __init__(self, members: dict[str, Member], every: int = 1, grad_accum: int = 1) -> None:
         super().__init__()
-        if every < 1:
-            raise ConfigError(f"a cohort's distillation interval must be >= 1, got {every}")
+        if every < 1 or grad_accum < 1:
+            raise ConfigError(
+                f"a cohort's distillation interval and accumulation must be >= 1, got {every}, {grad_accum}"
+            )
         seen: list[str] = []
         for name, m in members.items():
             late = [s for s in m.sources if s not in seen]
@@ -61,8 +64,8 @@ class Cohort(nn.Module):
         self.members = nn.ModuleDict(
             {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
         )
-        self.every = every
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.every, self.grad_accum = every, grad_accum
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # micro-batches seen (checkpointed)
         self.register_buffer("forwards", torch.zeros(len(members), dtype=torch.long))
 
     def forward_counts(self) -> dict[str, int]:
@@ -97,7 +100,8 @@ class Cohort(nn.Module):
         total: Tensor | float = 0.0
         terms: dict[str, Tensor] = {}
         out: dict[str, Signals] = {}
-        learning = int(self.steps) % self.every == 0  # a step in which the members with sources take part
+        # an optimizer step in which the members with sources take part: all of its micro-batches, or none
+        learning = (int(self.steps) // self.grad_accum) % self.every == 0
         self.steps += 1
         for i, (name, d) in enumerate(self.members.items()):
             if self.sources[name] and not learning:

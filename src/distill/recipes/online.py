@@ -195,7 +195,7 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
     members = {"teacher": Member(models["teacher"], [LM_CE])}
     members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
                     for s in cfg.students})  # fmt: skip
-    cohort = Cohort(members, every=cfg.distill_every).to(ctx.accelerator.device)
+    cohort = Cohort(members, every=cfg.distill_every, grad_accum=cfg.train.grad_accum).to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
     counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
     metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products, seed_from=BATCHES,
@@ -224,15 +224,17 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
 
 
 def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dict[str, Tensor]:
-    """The micro-batches an online student trains on (one in every `distill_every` of the teacher's), in their
-    order, laid out so that an unshuffled stage (`student_train`) on every process reads them as they came:
-    the offline and alone students see the samples the online students saw, in the same order."""
+    """The micro-batches an online student trains on (those of one optimizer step in every `distill_every` of
+    the teacher's), in their order, laid out so that an unshuffled stage (`student_train`) on every process
+    reads them as they came: the offline and alone students see what the online students saw, in order."""
     n, t, world = len(train["input_ids"]), cfg.train, ctx.accelerator.num_processes
     per_epoch = check_fits(n, t, "train", world) * t.grad_accum  # micro-batches per epoch
     seed = stage_seed(ctx.seed, BATCHES)
     epochs: dict[int, list[list[Tensor]]] = {}
     picked = []  # (micro-batches, ranks) of index batches
-    for micro in range(0, t.max_steps * t.grad_accum, cfg.distill_every):
+    for micro in range(t.max_steps * t.grad_accum):
+        if (micro // t.grad_accum) % cfg.distill_every:  # not a step the students take part in
+            continue
         epoch, i = divmod(micro, per_epoch)
         if epoch not in epochs:
             epochs[epoch] = [epoch_batches(n, t.batch_size, seed, epoch, r, world) for r in range(world)]
