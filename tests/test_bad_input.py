@@ -267,3 +267,23 @@ def test_resuming_another_recipes_run_names_its_recipe(tensor_file, tmp_path, ca
         capsys, 2, f"is a run of distill kd; resume it with distill kd --resume {run}", ["mtt", "--resume", str(run)]
     )
     assert err == f"distill: error: {run} is a run of distill kd; resume it with distill kd --resume {run}"
+
+
+def test_a_read_only_output_directory_is_one_line_and_leaves_nothing(tensor_file, tmp_path, capsys, monkeypatch):
+    """As root a chmod does not stop writes, so the file system's refusal is simulated where the run directory is
+    made: one line, exit 2, and no folder of the path left behind."""
+    import errno
+
+    mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "readonly" in str(self):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "readonly" / "runs"
+    err = _one_line(capsys, 2, "Read-only file system; choose another run.output_dir",
+                    ["kd", *tiny_overrides(tensor_file, out)])  # fmt: skip
+    assert err.startswith(f"distill: error: cannot make the run directory {out / 'tiny'}: "), err
+    assert not (tmp_path / "readonly").exists()
