@@ -85,6 +85,55 @@ def test_with_accumulation_students_take_whole_optimizer_steps(every, steps):
     assert cohort.forward_counts() == {"teacher": 12, "s": 2 * len(steps)}
 
 
+def test_a_student_joining_late_takes_no_step_before_it():
+    """students_from_step 2, every 2, 6 steps: the student runs in steps 2 and 4 only, and its forwards count from
+    there."""
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    teacher, student = (new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok) for _ in range(2))
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    moved = []
+    cohort = Cohort({"teacher": Member(teacher, [CE]), "s": Member(student, [KL], ["teacher"])}, 2, 1, start=2)
+    seen = []
+    cohort.members["s"].student.register_forward_hook(lambda *_: seen.append(int(cohort.steps) - 1))
+    on_step = lambda product, step: moved.append(  # noqa: E731
+        any(not torch.equal(v, start[k]) for k, v in product["s"].state_dict().items())
+    )
+    data = {k: v.repeat(6, 1) for k, v in batch(4).items()}
+    cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-2, progress=False)
+    from distill.engine import Callbacks
+
+    fit(cohort, data, cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0,
+        callbacks=Callbacks(on_step=on_step), product=cohort.products)  # fmt: skip
+    assert seen == [2, 4] and cohort.forward_counts() == {"teacher": 6, "s": 2}
+    assert moved == [False, False, True, True, True, True]  # untouched by the steps before it joined
+
+
+def test_students_from_step_through_the_recipe_and_the_premise_reported(tiny, tmp_path, capsys, monkeypatch):
+    seen = batches_by_stage(monkeypatch)
+    over = [*tiny, "students_from_step=2", "distill_every=2", "alone=true"]
+    assert main(["online", *over]) == 0
+    result = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["small"]["steps"] == rows["small alone"]["steps"] == 2
+    online = [b["input_ids"] for b in seen["online"]]
+    assert all(torch.equal(a["input_ids"], online[m]) for a, m in zip(seen["alone/small"], [2, 4], strict=True))
+    # a random tiny teacher is no better than the students alone: the run completes and says so
+    premise = result["info"]["premise"]
+    assert premise["holds"] is False and premise["teacher_start"] == rows["teacher at the start"]["val_loss"]
+    assert "premise (the teacher at the start 0.3 nats or more below every student alone): does NOT hold" in (
+        capsys.readouterr().out
+    )
+    # the teacher loaded from its weights starts the same in another variant (here: offline)
+    assert main(["online", *tiny, "mode=offline", "run.run_name=r2"]) == 0
+    again = json.loads((tmp_path / "runs" / "r2" / "teacher_start.json").read_text())
+    assert again == json.loads((tmp_path / "runs" / "r" / "teacher_start.json").read_text())
+
+
 def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys, monkeypatch):
     import distill.recipes.online
 
@@ -160,7 +209,7 @@ def test_a_teacher_assistant_chain(tiny, tmp_path):
     metrics = read_metrics(tmp_path / "runs" / "r")
     assert any("small/kl" in r for r in metrics) and any("ta/kl" in r for r in metrics)
     result = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
-    assert [r["trained"] for r in result["rows"][1:]] == ["online from teacher", "online from ta"]
+    assert [r["trained"] for r in result["rows"][2:]] == ["online from teacher", "online from ta"]
 
 
 @pytest.mark.parametrize(

@@ -35,12 +35,13 @@ class Cohort(nn.Module):
 
     `every`: members that learn from others (those with sources) take part in one optimizer step out of
     `every` (ERNIE 3.0 Titan's distillation interval), with every micro-batch of it when the stage
-    accumulates `grad_accum` of them; the others, e.g. a teacher on its own objective, in every step. A
+    accumulates `grad_accum` of them, from optimizer step `start` on (students joining a teacher that has
+    trained for a while); the others, e.g. a teacher on its own objective, in every step. A
     member left out of a step runs no forward, so its parameters get no gradient and the optimizer leaves
     them be. `forwards` counts each member's training forwards (checkpointed).
     """
 
-    def __init__(self, members: dict[str, Member], every: int = 1, grad_accum: int = 1) -> None:
+    def __init__(self, members: dict[str, Member], every: int = 1, grad_accum: int = 1, start: int = 0) -> None:
         super().__init__()
         if every < 1 or grad_accum < 1:
             raise ConfigError(
@@ -64,7 +65,7 @@ class Cohort(nn.Module):
         self.members = nn.ModuleDict(
             {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
         )
-        self.every, self.grad_accum = every, grad_accum
+        self.every, self.grad_accum, self.start = every, grad_accum, start
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # micro-batches seen (checkpointed)
         self.register_buffer("forwards", torch.zeros(len(members), dtype=torch.long))
 
@@ -101,7 +102,8 @@ class Cohort(nn.Module):
         terms: dict[str, Tensor] = {}
         out: dict[str, Signals] = {}
         # an optimizer step in which the members with sources take part: all of its micro-batches, or none
-        learning = (int(self.steps) // self.grad_accum) % self.every == 0
+        step = int(self.steps) // self.grad_accum - self.start
+        learning = step >= 0 and step % self.every == 0
         self.steps += 1
         for i, (name, d) in enumerate(self.members.items()):
             if self.sources[name] and not learning:

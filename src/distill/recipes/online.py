@@ -16,6 +16,7 @@ Stages, in order:
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 name = "online"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}
+PREMISE_NATS = 0.3  # how much better than the students alone a teacher must start, for distillation to show
 BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
 
 
@@ -100,6 +102,10 @@ class Config(Section):
         ],
     )
     distill_every: int = Field(1, gt=0, description="students step once every this many teacher steps")
+    students_from_step: int = Field(
+        0, ge=0, description="the teacher's optimizer step at which the students join it (Titan's students join a "
+        "teacher that has trained for a while); they take no step before it",
+    )  # fmt: skip
     kl: KLConfig = Field(default_factory=KLConfig)
     relation: RelationConfig = Field(default_factory=RelationConfig)
     student_ce: float = Field(0.0, ge=0, description="weight of the students' own LM loss beside distillation")
@@ -129,6 +135,9 @@ class Config(Section):
     def _budget(self) -> Config:
         if self.train.max_steps is None:
             raise ValueError("train.max_steps must be set: the teacher's steps, shared with the students")
+        if self.students_from_step >= self.train.max_steps:
+            raise ValueError(f"students_from_step={self.students_from_step} leaves the students no step of the "
+                             f"teacher's {self.train.max_steps}")  # fmt: skip
         if self.kl.weight == 0 and self.relation.weight == 0 and self.student_ce == 0:
             raise ValueError("the students learn nothing: kl.weight, relation.weight and student_ce are all 0")
         return self
@@ -138,7 +147,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 1-2. data, tokenizer and models: everything a user can get wrong fails before the run directory exists
     tokenizer = _tokenizer(cfg, resume)
     train, val = token_splits(cfg.data, tokenizer)
-    student_steps = -(-cfg.train.max_steps // cfg.distill_every)  # steps 0, k, 2k, ... of the teacher's
+    student_steps = student_step_count(cfg)
     check_fits(len(train["input_ids"]), cfg.train, "train")
     shapes = {"teacher": _shape(cfg.teacher, tokenizer)}
     shapes.update({s.name: _shape(s, tokenizer) for s in cfg.students})
@@ -156,6 +165,12 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 3. the teacher and the students, each initialised from its own stage seed
     models = {"teacher": _lm(cfg.teacher, tokenizer, ctx)}
     models.update({s.name: OnlineStudent(_lm(s, tokenizer, ctx), s.auxiliary_layer) for s in cfg.students})
+    start_file = ctx.run.path / "teacher_start.json"  # measured once, before the teacher trains (kept for a resume)
+    if start_file.is_file():
+        teacher_start = json.loads(start_file.read_text())["val_loss"]
+    else:
+        teacher_start = held_out(models["teacher"])
+        ctx.run.write_json("teacher_start.json", {"val_loss": teacher_start})
     forwards = (online if cfg.mode == "online" else offline)(cfg, ctx, models, train, evaluate, student_steps)
 
     # 4. each student alone, the same number of student steps, the same initialisation and batches
@@ -169,7 +184,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     # 5-6. evaluate and export
     t_steps = cfg.train.max_steps
-    rows = [_row("teacher", models["teacher"], "-", held_out(models["teacher"]), forwards["teacher"], t_steps)]
+    teacher_end = held_out(models["teacher"])
+    rows = [_row("teacher at the start", models["teacher"], "-", teacher_start, 0, 0),
+            _row("teacher", models["teacher"], "-", teacher_end, forwards["teacher"], t_steps)]  # fmt: skip
     for s in cfg.students:
         how = f"{cfg.mode} from {s.source}"
         rows.append(_row(s.name, models[s.name], how, held_out(models[s.name]), forwards.get(s.name, 0), student_steps))
@@ -184,9 +201,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             tokenizer.save_pretrained(ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
     info = {"mode": cfg.mode, "vocabulary": len(tokenizer), "teacher_steps": cfg.train.max_steps,
-            "student_steps": student_steps,
+            "student_steps": student_steps, "students_from_step": cfg.students_from_step,
             "distill_every": cfg.distill_every, "tokens_per_sample": cfg.data.seq_len,
             "teacher_forwards": sum(forwards.values())}  # fmt: skip
+    if alone:  # the premise of distillation: a teacher clearly better than what the students reach alone
+        best = min(r["val_loss"] for r in rows if r["model"].endswith(" alone"))
+        info["premise"] = {"teacher_start": round(teacher_start, 4), "best_alone": best, "needed": PREMISE_NATS,
+                           "holds": best - teacher_start >= PREMISE_NATS}  # fmt: skip
     return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
 
 
@@ -195,7 +216,8 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
     members = {"teacher": Member(models["teacher"], [LM_CE])}
     members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
                     for s in cfg.students})  # fmt: skip
-    cohort = Cohort(members, every=cfg.distill_every, grad_accum=cfg.train.grad_accum).to(ctx.accelerator.device)
+    cohort = Cohort(members, cfg.distill_every, cfg.train.grad_accum, cfg.students_from_step)
+    cohort.to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
     counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
     metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products, seed_from=BATCHES,
@@ -233,7 +255,7 @@ def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dic
     epochs: dict[int, list[list[Tensor]]] = {}
     picked = []  # (micro-batches, ranks) of index batches
     for micro in range(t.max_steps * t.grad_accum):
-        if (micro // t.grad_accum) % cfg.distill_every:  # not a step the students take part in
+        if not students_step(cfg, micro // t.grad_accum):
             continue
         epoch, i = divmod(micro, per_epoch)
         if epoch not in epochs:
@@ -241,6 +263,16 @@ def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dic
         picked.append(torch.stack([epochs[epoch][r][i] for r in range(world)]))
     order = torch.stack(picked).permute(0, 2, 1).reshape(-1)  # rank r reads every world-th item from r on
     return {k: v[order] for k, v in train.items()}
+
+
+def students_step(cfg: Config, step: int) -> bool:
+    """Whether the students take part in the teacher's optimizer step `step` (as the cohort decides)."""
+    return step >= cfg.students_from_step and (step - cfg.students_from_step) % cfg.distill_every == 0
+
+
+def student_step_count(cfg: Config) -> int:
+    """The students' optimizer steps: from `students_from_step` on, one in every `distill_every`."""
+    return -(-(cfg.train.max_steps - cfg.students_from_step) // cfg.distill_every)
 
 
 def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
@@ -352,5 +384,10 @@ def table(result: Result) -> str:
                      f"{r['val_loss']:.4f} | {r['ppl']:.2f} | {r['teacher_forwards']} |")  # fmt: skip
     i = result.info
     lines += ["", f"{i['mode']}: teacher {i['teacher_steps']} steps, students {i['student_steps']} (every "
-              f"{i['distill_every']}); teacher forward passes in all: {i['teacher_forwards']}"]  # fmt: skip
+              f"{i['distill_every']}, from step {i.get('students_from_step', 0)}); teacher forward passes in all: "
+              f"{i['teacher_forwards']}"]  # fmt: skip
+    if p := i.get("premise"):
+        verdict = "holds" if p["holds"] else "does NOT hold: the distilled students cannot show what the method gives"
+        lines.append(f"premise (the teacher at the start {p['needed']} nats or more below every student alone): "
+                     f"{verdict} (teacher {p['teacher_start']:.4f}, best alone {p['best_alone']:.4f})")  # fmt: skip
     return "\n".join(lines)
