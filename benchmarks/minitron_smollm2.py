@@ -204,30 +204,30 @@ def main() -> None:
         write(args.name, res, markdown(res))
         return res
 
-    for name, (target, scores, term) in variants.items():
-        for seed in range(1 if name.startswith("d") else args.seeds):
-            key = f"{name[0]}-s{seed}"
-            saved = done_dir / f"{key}.json"
-            if saved.is_file():
-                results.setdefault(name, {})[seed] = json.loads(saved.read_text())
-                continue
-            torch.manual_seed(seed)
-            student = (
-                type(teacher)(target.apply_to(teacher.config)) if scores is None else prune(teacher, scores, target)
-            )
-            out = student_fit(ctx, key, teacher, student.to(dev), term, cache if term is KD else train, tcfg, seed,
-                              evaluate)  # fmt: skip
-            out.update(
-                val_loss=evaluate(student),
-                ood_loss=lm_loss(student, ood, ctx.accelerator, 8),
-                params=target.params(),
-                shape=target.as_dict(),
-                tokens_per_s=args.tokens / out["seconds"],
-            )
-            atomic_write(saved, json.dumps(out))
-            results.setdefault(name, {})[seed] = out
-            print(f"{key}: held-out {out['val_loss']:.3f}, out-of-domain {out['ood_loss']:.3f}", flush=True)
-            report()
+    # seed by seed, so that the variants' paired comparisons land as early as the runs do
+    jobs = [(seed, name) for seed in range(args.seeds) for name in variants if seed == 0 or not name.startswith("d")]
+    for seed, name in jobs:
+        target, scores, term = variants[name]
+        key = f"{name[0]}-s{seed}"
+        saved = done_dir / f"{key}.json"
+        if saved.is_file():
+            results.setdefault(name, {})[seed] = json.loads(saved.read_text())
+            continue
+        torch.manual_seed(seed)
+        student = type(teacher)(target.apply_to(teacher.config)) if scores is None else prune(teacher, scores, target)
+        out = student_fit(ctx, key, teacher, student.to(dev), term, cache if term is KD else train, tcfg, seed,
+                          evaluate)  # fmt: skip
+        out.update(
+            val_loss=evaluate(student),
+            ood_loss=lm_loss(student, ood, ctx.accelerator, 8),
+            params=target.params(),
+            shape=target.as_dict(),
+            tokens_per_s=args.tokens / out["seconds"],
+        )
+        atomic_write(saved, json.dumps(out))
+        results.setdefault(name, {})[seed] = out
+        print(f"{key}: held-out {out['val_loss']:.3f}, out-of-domain {out['ood_loss']:.3f}", flush=True)
+        report()
 
     res = report()
     _plot(res, args.name)
