@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
-from pydantic import Field
+from pydantic import Field, field_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -62,6 +62,13 @@ class CachedTeacher(LlmSpec):
         "every step (captured there first when missing or unfinished)",
     )
     capture: CacheConfig = Field(default_factory=CacheConfig, description="how the cache is captured")
+
+    @field_validator("cache")
+    @classmethod
+    def _a_directory(cls, cache: str | None) -> str | None:
+        if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+            raise ValueError(f"teacher cache {cache} must be a directory (with {MANIFEST} in it), not a file")
+        return cache
 
 
 def model_fingerprint(model: nn.Module) -> str:
