@@ -77,8 +77,10 @@ def _run_recipe(name: str, recipe: Recipe, argv: list[str]) -> int:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")
         run = RunDir.open(args.resume)  # a clear error for a path that is not a run
         if run.recipe() not in (None, name):
-            raise DistillError(f"{run.path} is a run of distill {run.recipe()}; resume it with "
-                               f"distill {run.recipe()} --resume {run.path}")  # fmt: skip
+            raise DistillError(
+                f"{run.path} is a run of distill {run.recipe()}; resume it with "
+                f"distill {run.recipe()} --resume {run.path}"
+            )
         cfg = load_config(recipe.Config, run.path / "config.yaml")
     else:
         cfg = load_config(recipe.Config, args.config, args.overrides, recipe=name)

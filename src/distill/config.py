@@ -260,8 +260,10 @@ def describe(
             for variant in variants:
                 kind = variant.model_fields[disc].default
                 shown = value if isinstance(value, variant) else None
-                rows += [(k, t, d, f"[{disc}={kind}] {x}".strip())
-                         for k, t, d, x in describe(variant, key + ".", shown, _open)]  # fmt: skip
+                rows += [
+                    (k, t, d, f"[{disc}={kind}] {x}".strip())
+                    for k, t, d, x in describe(variant, key + ".", shown, _open)
+                ]
         elif item is not None:
             shown = "" if value is None else _short(value)
             desc = field.description or ""

@@ -324,8 +324,12 @@ class _Window:
         self.restart()
 
     def state(self) -> dict[str, Any]:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count, "samples": self.samples,
-                "tokens": self.tokens}  # fmt: skip
+        return {
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "count": self.count,
+            "samples": self.samples,
+            "tokens": self.tokens,
+        }
 
     def restart(self) -> None:
         self.t0 = time.perf_counter()

@@ -36,8 +36,13 @@ def sharded_mean(
 
 def accuracy(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 1000) -> float:
     """Top-1 accuracy of a classifier."""
-    return sharded_mean(model, data, accelerator, batch_size,
-                        lambda logits, b: ((logits.argmax(-1) == b["labels"]).sum(), len(b["labels"])))  # fmt: skip
+    return sharded_mean(
+        model,
+        data,
+        accelerator,
+        batch_size,
+        lambda logits, b: ((logits.argmax(-1) == b["labels"]).sum(), len(b["labels"])),
+    )
 
 
 def lm_loss(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 8) -> float:

@@ -28,8 +28,12 @@ def image_grid(path: str | Path, pixels: Tensor, labels: Tensor, classes: list[s
                 side.set_visible(False)
             if j < len(idx):
                 img = pixels[idx[j]].detach().cpu().float().permute(1, 2, 0).numpy()
-                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                          vmin=0, vmax=1)  # fmt: skip
+                ax.imshow(
+                    img[..., 0] if img.shape[-1] == 1 else img,
+                    cmap="gray" if img.shape[-1] == 1 else None,
+                    vmin=0,
+                    vmax=1,
+                )
             if j == 0:
                 ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout(pad=0.2)

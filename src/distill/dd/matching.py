@@ -50,8 +50,10 @@ class StudentNet:
         self.ce = ce
         if compile:
             self._grad = torch.compile(torch.func.grad(ce))
-            self._vjp = {soft: torch.compile(torch.func.grad_and_value(dot, argnums=(0, 1, 2) if soft else (0, 1)))
-                         for soft in (False, True)}  # fmt: skip
+            self._vjp = {
+                soft: torch.compile(torch.func.grad_and_value(dot, argnums=(0, 1, 2) if soft else (0, 1)))
+                for soft in (False, True)
+            }
 
     def grad(self, params: list[Tensor], x: Tensor, t: Tensor) -> list[Tensor]:
         """d ce / d params."""
@@ -84,8 +86,9 @@ class StudentSteps:
     dsa_cfg: DSAConfig
 
     @classmethod
-    def draw(cls, student: StudentNet, n: int, steps: int, batch_size: int, dsa_cfg: DSAConfig,
-             device: torch.device) -> StudentSteps:  # fmt: skip
+    def draw(
+        cls, student: StudentNet, n: int, steps: int, batch_size: int, dsa_cfg: DSAConfig, device: torch.device
+    ) -> StudentSteps:
         """Mini-batches walk through random permutations of the set, as in the paper."""
         plan, chunks = [], []
         for _ in range(steps):
@@ -100,8 +103,9 @@ class StudentSteps:
         return dsa(images[idx], self.dsa_cfg, torch.Generator().manual_seed(seed)), targets[idx]
 
 
-def unroll(steps: StudentSteps, start: list[Tensor], images: Tensor, targets: Tensor, lr: Tensor,
-           memory: Memory = "unrolled") -> list[Tensor]:  # fmt: skip
+def unroll(
+    steps: StudentSteps, start: list[Tensor], images: Tensor, targets: Tensor, lr: Tensor, memory: Memory = "unrolled"
+) -> list[Tensor]:
     """The student's parameters after the steps, differentiable in images, soft targets and lr."""
     if memory == "constant":
         return list(_ConstantMemory.apply(steps, images, targets, lr, *start))
@@ -193,8 +197,9 @@ class TrajectoryMatcher(nn.Module):
         t = int(batch["start"][0])
         start, target = trajectory[t], trajectory[t + self.expert_epochs]
         syn, names = self.synthetic, self._student[0].names
-        steps = StudentSteps.draw(self._student[0], len(syn.images), self.syn_steps, self.batch_syn, self.dsa_cfg,
-                                  syn.images.device)  # fmt: skip
+        steps = StudentSteps.draw(
+            self._student[0], len(syn.images), self.syn_steps, self.batch_syn, self.dsa_cfg, syn.images.device
+        )
         end = unroll(steps, [start[n] for n in names], syn.images, syn.targets, syn.lr, self.memory)
         loss = trajectory_matching(end, [start[n] for n in names], [target[n] for n in names])
         return loss, {"param/syn_lr": syn.lr.detach()}

@@ -71,6 +71,7 @@ def evaluate_set(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + i)
             net = build_model(spec, **shape)
-            accs.append(train_and_test(net, images, labels, test, cfg, dsa_cfg=dsa_cfg, accelerator=accelerator,
-                                       seed=seed + i))  # fmt: skip
+            accs.append(
+                train_and_test(net, images, labels, test, cfg, dsa_cfg=dsa_cfg, accelerator=accelerator, seed=seed + i)
+            )
     return accs

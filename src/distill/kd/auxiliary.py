@@ -31,12 +31,14 @@ class OnlineStudent(nn.Module):
         if auxiliary:
             c = lm.config
             head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-            self.aux = nn.ModuleDict({
-                "norm": LlamaRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
-                "q_proj": nn.Linear(c.hidden_size, c.num_attention_heads * head_dim, bias=False),
-                "k_proj": nn.Linear(c.hidden_size, c.num_key_value_heads * head_dim, bias=False),
-                "v_proj": nn.Linear(c.hidden_size, c.num_key_value_heads * head_dim, bias=False),
-            })  # fmt: skip
+            self.aux = nn.ModuleDict(
+                {
+                    "norm": LlamaRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
+                    "q_proj": nn.Linear(c.hidden_size, c.num_attention_heads * head_dim, bias=False),
+                    "k_proj": nn.Linear(c.hidden_size, c.num_key_value_heads * head_dim, bias=False),
+                    "v_proj": nn.Linear(c.hidden_size, c.num_key_value_heads * head_dim, bias=False),
+                }
+            )
             self._last: list[Tensor] = []
             lm.model.layers[-1].register_forward_hook(self._keep_last)
 

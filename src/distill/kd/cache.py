@@ -156,18 +156,30 @@ def capture(
     {"tokens": ..., "seconds": ...} for the shards this process computed now.
     """
     path = Path(path)
-    manifest = {**manifest, "k": cfg.k, "shard_rows": cfg.shard_rows, "rows": len(rows["input_ids"]),
-                "version": VERSION}  # fmt: skip
+    manifest = {
+        **manifest,
+        "k": cfg.k,
+        "shard_rows": cfg.shard_rows,
+        "rows": len(rows["input_ids"]),
+        "version": VERSION,
+    }
     if (found := read_manifest(path)) is not None:
         check_manifest(path, found, manifest, (*MUST_MATCH, "k", "shard_rows"))
     else:
         atomic_write(path / MANIFEST, json.dumps(manifest, indent=1))
     n, seq_len = manifest["rows"], manifest["seq_len"]
     model.eval()
-    mine = [(j, j * cfg.shard_rows, min(n, (j + 1) * cfg.shard_rows))
-            for j in range(rank, math.ceil(n / cfg.shard_rows), world)]  # fmt: skip
-    bar = tqdm(total=sum(b - a for _, a, b in mine) * seq_len, unit="tok", unit_scale=True, desc="capture",
-               disable=not progress)  # fmt: skip
+    mine = [
+        (j, j * cfg.shard_rows, min(n, (j + 1) * cfg.shard_rows))
+        for j in range(rank, math.ceil(n / cfg.shard_rows), world)
+    ]
+    bar = tqdm(
+        total=sum(b - a for _, a, b in mine) * seq_len,
+        unit="tok",
+        unit_scale=True,
+        desc="capture",
+        disable=not progress,
+    )
     computed, seconds = 0, 0.0
     pending = list(mine)
     with torch.inference_mode():  # the teacher's forward builds no graph
@@ -249,9 +261,13 @@ DISAGREES = "disagrees with the manifest"  # whole, but not what the manifest sa
 
 def describe(teacher: nn.Module, tokenizer, rows: Mapping[str, Any]) -> dict[str, Any]:
     """What a cache of `teacher` over `rows` must match: fingerprints and the sequence length."""
-    return {"teacher": model_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tokenizer),
-            "corpus": rows_fingerprint(rows), "seq_len": int(rows["input_ids"][0].shape[-1]),
-            "rows": len(rows["input_ids"])}  # fmt: skip
+    return {
+        "teacher": model_fingerprint(teacher),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "corpus": rows_fingerprint(rows),
+        "seq_len": int(rows["input_ids"][0].shape[-1]),
+        "rows": len(rows["input_ids"]),
+    }
 
 
 class TeacherCache(RowStore):
@@ -320,8 +336,17 @@ def open_or_capture(
         name, why = next((n, w) for n, w in problems.items() if w.startswith(DISAGREES))
         raise DistillError(f"teacher cache {path}: {name} {why}; was {MANIFEST} edited? restore it or capture anew")
     if manifest is None or problems:  # missing or damaged shards are computed (again)
-        stats = capture(teacher, rows, path, expected, cfg, accelerator.device, accelerator.is_main_process,
-                        accelerator.process_index, accelerator.num_processes)  # fmt: skip
+        stats = capture(
+            teacher,
+            rows,
+            path,
+            expected,
+            cfg,
+            accelerator.device,
+            accelerator.is_main_process,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
     accelerator.wait_for_everyone()
     cache = TeacherCache(path, expected)
     cache.captured = stats

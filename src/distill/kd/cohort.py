@@ -60,8 +60,10 @@ class Cohort(nn.Module):
             for src, taps in teacher_taps.items():
                 wanted[src] += taps
         self.sources = {n: list(m.sources) for n, m in members.items()}
-        self.options = {n: {k: v for k, v in (("lr", m.lr), ("weight_decay", m.weight_decay)) if v is not None}
-                        for n, m in members.items()}  # fmt: skip
+        self.options = {
+            n: {k: v for k, v in (("lr", m.lr), ("weight_decay", m.weight_decay)) if v is not None}
+            for n, m in members.items()
+        }
         self.members = nn.ModuleDict(
             {n: Distiller(m.model, m.objective, sources=m.sources, extra_taps=wanted[n]) for n, m in members.items()}
         )

@@ -54,9 +54,11 @@ class ServerTeacher(Section):
     concurrency: int = Field(4, gt=0, description="requests in flight at once")
     timeout_s: float = Field(120.0, gt=0, description="per request")
     retries: int = Field(
-        3, ge=0, description="retries of a failed request (connection errors, timeouts, 408/409/429/5xx), with the "
+        3,
+        ge=0,
+        description="retries of a failed request (connection errors, timeouts, 408/409/429/5xx), with the "
         "openai client's exponential backoff (0.5 s doubling to 8 s, jittered; Retry-After honoured)",
-    )  # fmt: skip
+    )
     logprobs: int = Field(0, ge=0, le=20, description="top logprobs per token to ask for (0: none)")
 
     @property
@@ -208,8 +210,9 @@ def _generation(out: Any, endpoint: str, t0: float) -> Generation:
         raise _Malformed("no choices") from None
     logprobs = choice.logprobs.model_dump() if getattr(choice, "logprobs", None) is not None else None
     usage = getattr(out, "usage", None)
-    return Generation(text or "", time.perf_counter() - t0, usage and usage.prompt_tokens,
-                      usage and usage.completion_tokens, logprobs)  # fmt: skip
+    return Generation(
+        text or "", time.perf_counter() - t0, usage and usage.prompt_tokens, usage and usage.completion_tokens, logprobs
+    )
 
 
 # --- a local transformers model -------------------------------------------------------------------
@@ -250,13 +253,20 @@ class LocalClient:
     def batch(self, requests: list[Request]) -> list[Generation]:
         """One generate() call; requests in a batch share temperature and max_tokens."""
         first = requests[0]
-        enc = self.tok([self._prompt(r.messages) for r in requests], return_tensors="pt", padding=True,
-                       add_special_tokens=False)  # fmt: skip
+        enc = self.tok(
+            [self._prompt(r.messages) for r in requests], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         # greedy decoding over logits that a sampler has already narrowed to the token it drew: each row
         # draws from its own generator, seeded by its (prompt, sample), so an answer does not depend on the
         # batch it was in (plain temperature sampling; no top-k / top-p from the model's defaults)
-        kwargs: dict[str, Any] = dict(max_new_tokens=first.max_tokens, pad_token_id=self.tok.pad_token_id,
-                                      do_sample=False, temperature=None, top_k=None, top_p=None)  # fmt: skip
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=first.max_tokens,
+            pad_token_id=self.tok.pad_token_id,
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+        )
         if first.temperature > 0:
             kwargs["logits_processor"] = [SeededSampler([r.seed for r in requests], first.temperature)]
         t0 = time.perf_counter()

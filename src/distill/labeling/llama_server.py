@@ -27,27 +27,64 @@ def free_port() -> int:
 
 
 @contextmanager
-def llama_cpp_server(gguf: str | Path, alias: str, log: str | Path, n_ctx: int = 2048, threads: int | None = None,
-                     timeout_s: float = 120.0, port: int | None = None, binary: str | Path | None = None,
-                     parallel: int = 1) -> Iterator[str]:  # fmt: skip
+def llama_cpp_server(
+    gguf: str | Path,
+    alias: str,
+    log: str | Path,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
+    port: int | None = None,
+    binary: str | Path | None = None,
+    parallel: int = 1,
+) -> Iterator[str]:
     """Serve `gguf` as model `alias` (on `port`, default a free one); yields the base URL once /v1/models
     answers; stops the server after. `binary`: a llama-server executable to run instead of llama-cpp-python's
     server, with `parallel` slots of `n_ctx` tokens each."""
     port = port or free_port()
     if binary is None:
         if parallel != 1:
-            raise DistillError("llama-cpp-python's server answers one request at a time: parallel slots need "
-                               "llama.cpp's own llama-server (binary=)")  # fmt: skip
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]  # fmt: skip
+            raise DistillError(
+                "llama-cpp-python's server answers one request at a time: parallel slots need "
+                "llama.cpp's own llama-server (binary=)"
+            )
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(n_ctx),
+            "--model_alias",
+            alias,
+        ]
         thread_flags = ["--n_threads", "--n_threads_batch"]
     else:
         if not Path(binary).is_file():
             raise DistillError(f"no llama-server executable at {binary}")
         # --kv-unified: one KV buffer for every slot (llama.cpp's own default only when it picks the slot count)
-        cmd = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--alias", alias,
-               "--no-webui"]  # fmt: skip
+        cmd = [
+            str(binary),
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ctx-size",
+            str(n_ctx * parallel),
+            "--parallel",
+            str(parallel),
+            "--kv-unified",
+            "--alias",
+            alias,
+            "--no-webui",
+        ]
         thread_flags = ["--threads", "--threads-batch"]
     if threads:  # prompt processing too: its own default is every core, which a shared machine cannot spare
         cmd += [thread_flags[0], str(threads), thread_flags[1], str(threads)]

@@ -89,8 +89,21 @@ def ask(
     with tqdm(total=len(todo), initial=len(todo) - len(pending), desc=desc, unit="answer", dynamic_ncols=True) as bar:
         for r, gen in client.generate([r for _, r in pending]):
             item = by_request[id(r)]
-            store.put(Response(teacher, r.key, r.sample, item.id, mode, gen.text, parse(gen.text),
-                               gen.latency_s, gen.prompt_tokens, gen.completion_tokens, gen.logprobs))  # fmt: skip
+            store.put(
+                Response(
+                    teacher,
+                    r.key,
+                    r.sample,
+                    item.id,
+                    mode,
+                    gen.text,
+                    parse(gen.text),
+                    gen.latency_s,
+                    gen.prompt_tokens,
+                    gen.completion_tokens,
+                    gen.logprobs,
+                )
+            )
             bar.update(1)
     seconds = time.perf_counter() - t0
     # this call's answers, parsed again from the stored replies: the parser may have learned a form since

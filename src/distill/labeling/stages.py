@@ -56,8 +56,9 @@ def prepare(
     if unknown:
         raise DistillError(f"gold labels {sorted(unknown)} are not labels of task {task.name!r} {task.names}")
     if need_gold and (not test or any(i.gold is None for i in test)):
-        raise DistillError("students are scored on gold labels: the test texts need them (data.label_field, "
-                           "data.test_fraction > 0)")  # fmt: skip
+        raise DistillError(
+            "students are scored on gold labels: the test texts need them (data.label_field, data.test_fraction > 0)"
+        )
     if resume is None:
         teacher = client(cfg.teacher)
         teacher.check()  # an unreachable server stops a new run before its directory exists
@@ -98,6 +99,10 @@ def label_split(cfg, task, items, teacher, store, name: str) -> tuple[dict[str, 
         "texts_per_s": round(done.new / cfg.sampling.samples / done.seconds, 3) if done.new else None,
     }
     if items and all(i.gold is not None for i in items):
-        row.update({f"teacher_{k}": round(v, 4) for k, v in scores([v.label for v in votes], [i.gold for i in items],
-                                                                   task.names).items()})  # fmt: skip
+        row.update(
+            {
+                f"teacher_{k}": round(v, 4)
+                for k, v in scores([v.label for v in votes], [i.gold for i in items], task.names).items()
+            }
+        )
     return row, votes

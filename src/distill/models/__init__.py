@@ -16,8 +16,13 @@ from distill.errors import DistillError
 from distill.models.recognizer import Recognizer
 from distill.models.vision import MLP, ConvNet, DCConvNet, ResNet
 
-ARCHS: dict[str, type[nn.Module]] = {"convnet": ConvNet, "mlp": MLP, "dc_convnet": DCConvNet, "resnet": ResNet,
-                                   "recognizer": Recognizer}  # fmt: skip
+ARCHS: dict[str, type[nn.Module]] = {
+    "convnet": ConvNet,
+    "mlp": MLP,
+    "dc_convnet": DCConvNet,
+    "resnet": ResNet,
+    "recognizer": Recognizer,
+}
 
 
 class ModelSpec(Section):

@@ -81,6 +81,8 @@ def predict(model: nn.Module, data: dict[str, Tensor], batch_size: int = 64) -> 
     keys = ("input_ids", "attention_mask", "token_type_ids")
     n = len(data["input_ids"])
     device = next(model.parameters()).device
-    outs = [model(**{k: data[k][i : i + batch_size].to(device) for k in keys if k in data}).logits.float().cpu()
-            for i in range(0, n, batch_size)]  # fmt: skip
+    outs = [
+        model(**{k: data[k][i : i + batch_size].to(device) for k in keys if k in data}).logits.float().cpu()
+        for i in range(0, n, batch_size)
+    ]
     return torch.cat(outs) if outs else torch.zeros(0, 1)

@@ -51,8 +51,10 @@ def load_pretrained(auto_cls: Any, d: Path, new_ok: tuple[str, ...] = (), **kwar
     for names, what in problems:
         if names:
             kind = type(model).__name__
-            raise DistillError(f"{d} {what} ({kind}, as its config.json says): {_names(names)}; "
-                               "check that config.json and the weight files belong together")  # fmt: skip
+            raise DistillError(
+                f"{d} {what} ({kind}, as its config.json says): {_names(names)}; "
+                "check that config.json and the weight files belong together"
+            )
     return model
 
 

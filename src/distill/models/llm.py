@@ -144,11 +144,18 @@ def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
     if shape.hidden % shape.heads or shape.heads % kv:
         raise DistillError(f"shape {shape.model_dump()}: hidden must be a multiple of heads, heads of kv_heads")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.ffn,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=kv,
-        max_position_embeddings=shape.max_positions, tie_word_embeddings=shape.tied,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=shape.tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config)
 
 

@@ -134,8 +134,12 @@ def compute_importance(
     if depth_batches:
         depth = batches[:depth_batches]
         base = _mean_loss(model, depth)
-        drop = torch.tensor([_mean_loss(model, depth, skip=i) - base for i in
-                             tqdm(range(len(layers)), desc="layer drop", disable=not progress)])  # fmt: skip
+        drop = torch.tensor(
+            [
+                _mean_loss(model, depth, skip=i) - base
+                for i in tqdm(range(len(layers)), desc="layer drop", disable=not progress)
+            ]
+        )
     else:  # not scored (a target that keeps every layer needs no depth ranking): NaN, never read as a score
         drop = torch.full((len(layers),), float("nan"))
     return Importance(
@@ -154,8 +158,9 @@ def _mean_loss(model: nn.Module, batches: list[Tensor], skip: int | None = None)
     handle = None
     if skip is not None:
         layer = _decoder_layers(model)[skip]
-        handle = layer.register_forward_hook(lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"],
-                                             with_kwargs=True)  # fmt: skip
+        handle = layer.register_forward_hook(
+            lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True
+        )
     try:
         losses = [model(input_ids=ids, labels=ids).loss.item() * len(ids) for ids in batches]
     finally:

@@ -39,8 +39,10 @@ def head_groups(scores: Tensor, kv_heads: int, keep: int) -> Tensor:
 def layers_to_keep(imp: Importance, keep: int, metric: DepthMetric) -> Tensor:
     scores = imp.layer_drop_loss if metric == "lm_loss" else imp.block
     if keep < len(scores) and scores.isnan().any():
-        raise DistillError(f"dropping layers by {metric} needs layer-drop scores, which these importance "
-                           "scores lack (depth_batches=0): set depth_batches > 0 or depth_metric block")  # fmt: skip
+        raise DistillError(
+            f"dropping layers by {metric} needs layer-drop scores, which these importance "
+            "scores lack (depth_batches=0): set depth_batches > 0 or depth_metric block"
+        )
     return top_k_sorted(scores, keep)
 
 

@@ -25,18 +25,28 @@ SELF = (
     "final answer."
 )
 EXEMPLARS = [  # (problem, solution steps, sub-questions): GSM8K's first two training problems
-    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
-     "clips did Natalia sell altogether in April and May?",
-     ["Natalia sold 48/2 = 24 clips in May.", "Natalia sold 48+24 = 72 clips altogether in April and May."],
-     ["How many clips did Natalia sell in May?", "How many clips did Natalia sell altogether in April and May?"]),
-    ("Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her "
-     "parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How "
-     "much more money does Betty need to buy the wallet?",
-     ["In the beginning, Betty has only 100 / 2 = $50.", "Betty's grandparents gave her 15 * 2 = $30.",
-      "This means, Betty needs 100 - 50 - 30 - 15 = $5 more."],
-     ["How much money does Betty have in the beginning?", "How much money did Betty's grandparents give her?",
-      "How much more money does Betty need to buy the wallet?"]),
-]  # fmt: skip
+    (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
+        "clips did Natalia sell altogether in April and May?",
+        ["Natalia sold 48/2 = 24 clips in May.", "Natalia sold 48+24 = 72 clips altogether in April and May."],
+        ["How many clips did Natalia sell in May?", "How many clips did Natalia sell altogether in April and May?"],
+    ),
+    (
+        "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her "
+        "parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How "
+        "much more money does Betty need to buy the wallet?",
+        [
+            "In the beginning, Betty has only 100 / 2 = $50.",
+            "Betty's grandparents gave her 15 * 2 = $30.",
+            "This means, Betty needs 100 - 50 - 30 - 15 = $5 more.",
+        ],
+        [
+            "How much money does Betty have in the beginning?",
+            "How much money did Betty's grandparents give her?",
+            "How much more money does Betty need to buy the wallet?",
+        ],
+    ),
+]
 EXEMPLAR_ANSWERS = [72, 5]
 LINE = re.compile(r"^\s*([QA])(\d+)\s*[:.)]\s*(.*\S)\s*$")
 REASONS = ["unparsed", "step count", "not a question", "repeated", "wrong answer"]
@@ -63,12 +73,16 @@ def messages(problem: Problem) -> Messages:
     for (question, steps, subqs), answer in zip(EXEMPLARS, EXEMPLAR_ANSWERS):
         if paired:
             reply = "\n".join(f"Q{i}: {q}" for i, q in enumerate(subqs, 1))
-            chat += [{"role": "user", "content": _paired_user(question, steps)},
-                     {"role": "assistant", "content": reply}]  # fmt: skip
+            chat += [
+                {"role": "user", "content": _paired_user(question, steps)},
+                {"role": "assistant", "content": reply},
+            ]
         else:
             reply = "\n".join(f"Q{i}: {q}\nA{i}: {s}" for i, (q, s) in enumerate(zip(subqs, steps), 1))
-            chat += [{"role": "user", "content": f"Problem: {question}"},
-                     {"role": "assistant", "content": f"{reply}\n{FINAL} {answer}"}]  # fmt: skip
+            chat += [
+                {"role": "user", "content": f"Problem: {question}"},
+                {"role": "assistant", "content": f"{reply}\n{FINAL} {answer}"},
+            ]
     user = _paired_user(problem.question, problem.steps) if paired else f"Problem: {problem.question}"
     return [*chat, {"role": "user", "content": user}]
 
@@ -135,8 +149,9 @@ def annotate(
     reasons: Counter = Counter()
     if not asked:
         return kept, reasons
-    done = ask(store, client, teacher, prompt_requests([(p, messages(p)) for p in asked], sampling), parse,
-               "decompose", desc)  # fmt: skip
+    done = ask(
+        store, client, teacher, prompt_requests([(p, messages(p)) for p in asked], sampling), parse, "decompose", desc
+    )
     for p in asked:
         for parsed in done.labels[p.id]:
             d, why = check(p, parsed)

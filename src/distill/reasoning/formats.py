@@ -67,8 +67,10 @@ def encode(tok, decomps: list[Decomposition], variant: str, max_length: int) -> 
         raise DistillError(f"no problems to train the {variant} student on")
     n = max(len(ids) for ids, _ in rows) - 1
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = {k: torch.full((len(rows), n), v, dtype=torch.long) for k, v in
-           [("input_ids", pad), ("attention_mask", 0), ("labels", -100)]}  # fmt: skip
+    out = {
+        k: torch.full((len(rows), n), v, dtype=torch.long)
+        for k, v in [("input_ids", pad), ("attention_mask", 0), ("labels", -100)]
+    }
     for i, (ids, is_target) in enumerate(rows):
         m = len(ids) - 1
         out["input_ids"][i, :m] = torch.tensor(ids[:-1])

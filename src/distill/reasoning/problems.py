@@ -57,8 +57,10 @@ def load_problems(cfg: ProblemData) -> dict[str, list[Problem]]:
     """{"train", "val", "test"}: the problems shuffled by the seed, test first, then validation."""
     problems = read_problems(Path(cfg.path)) if cfg.source == "jsonl" else generate(cfg.size, cfg.seed)
     if len(problems) < cfg.test + cfg.val + 1:
-        raise DistillError(f"{len(problems)} problems cannot hold {cfg.test} test and {cfg.val} validation "
-                           "problems and train on any; lower data.test / data.val")  # fmt: skip
+        raise DistillError(
+            f"{len(problems)} problems cannot hold {cfg.test} test and {cfg.val} validation "
+            "problems and train on any; lower data.test / data.val"
+        )
     order = list(problems)
     random.Random(cfg.seed).shuffle(order)
     test, val, train = order[: cfg.test], order[cfg.test : cfg.test + cfg.val], order[cfg.test + cfg.val :]
@@ -72,8 +74,14 @@ def generate(size: int, seed: int) -> list[Problem]:
         raise DistillError("data.source=gsm_symbolic needs reasoning-gym: pip install reasoning-gym") from None
     out = []
     for i, x in enumerate(reasoning_gym.create_dataset("gsm_symbolic", size=size, seed=seed)):
-        out.append(Problem(f"gsm{seed}-{i}", " ".join(x["question"].split()), parse_number(str(x["answer"])),
-                           x["metadata"]["answer_cot"]))  # fmt: skip
+        out.append(
+            Problem(
+                f"gsm{seed}-{i}",
+                " ".join(x["question"].split()),
+                parse_number(str(x["answer"])),
+                x["metadata"]["answer_cot"],
+            )
+        )
     return out
 
 
@@ -97,8 +105,15 @@ def read_problems(path: Path) -> list[Problem]:
                 raise DistillError(f"{where}: subquestions must be a list of non-empty strings")
             if solution is None or len(subqs) != len(solution_steps(solution)):
                 raise DistillError(f"{where}: subquestions need a solution with one step per sub-question")
-        out.append(Problem(str(rec.get("id", rec["_line"])), " ".join(str(rec["question"]).split()), answer,
-                           solution, tuple(q.strip() for q in subqs) if subqs else None))  # fmt: skip
+        out.append(
+            Problem(
+                str(rec.get("id", rec["_line"])),
+                " ".join(str(rec["question"]).split()),
+                answer,
+                solution,
+                tuple(q.strip() for q in subqs) if subqs else None,
+            )
+        )
     if not out:
         raise DistillError(f"problems file {path} holds no problems")
     return out

@@ -67,8 +67,16 @@ def lines(lm: Lm, prompts: list[str], max_tokens: int, batch_size: int) -> list[
         enc = lm.tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         start = enc["input_ids"].shape[1]
         stop = StoppingCriteriaList([_LineEnd(lm.newline, lm.tok.eos_token_id, start)])
-        gen = lm.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None,
-                                top_k=None, stopping_criteria=stop, pad_token_id=lm.tok.pad_token_id)  # fmt: skip
+        gen = lm.model.generate(
+            **enc,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            stopping_criteria=stop,
+            pad_token_id=lm.tok.pad_token_id,
+        )
         for i, row in zip(idx, gen[:, start:].tolist()):
             n = next((k + 1 for k, t in enumerate(row) if t in lm.newline or t == lm.tok.eos_token_id), len(row))
             text = lm.tok.decode(row[:n], skip_special_tokens=True)
@@ -76,9 +84,18 @@ def lines(lm: Lm, prompts: list[str], max_tokens: int, batch_size: int) -> list[
     return out
 
 
-def solve(problems: list[Problem], variant: str, qg: Lm, qa: Lm | None = None, *, max_steps: int = 8,
-          max_tokens: int = 96, calculator: bool = True, batch_size: int = 16,
-          desc: str | None = None) -> list[Trace]:  # fmt: skip
+def solve(
+    problems: list[Problem],
+    variant: str,
+    qg: Lm,
+    qa: Lm | None = None,
+    *,
+    max_steps: int = 8,
+    max_tokens: int = 96,
+    calculator: bool = True,
+    batch_size: int = 16,
+    desc: str | None = None,
+) -> list[Trace]:
     """Each problem solved by `variant`: answer | cot (qg alone) | socratic (qg asks, qa answers; qa=None
     makes qg both, the unified model). At most `max_steps` steps (lines, or question-answer pairs)."""
     traces = [Trace(p) for p in problems]

@@ -45,9 +45,15 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     cache = open_or_capture(cfg.cache, teacher, tokenizer, train, cfg.capture, ctx.accelerator, expected)
     stats, seq_len = cache.captured, cache.manifest["seq_len"]
     size = sum(f.stat().st_size for f in Path(cfg.cache).iterdir())
-    row = {"rows": len(cache), "tokens": len(cache) * seq_len, "k": cache.k, "shards": len(cache.files),
-           "mb_on_disk": round(size / 2**20, 1), "captured_now": stats["tokens"],
-           "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None}  # fmt: skip
+    row = {
+        "rows": len(cache),
+        "tokens": len(cache) * seq_len,
+        "k": cache.k,
+        "shards": len(cache.files),
+        "mb_on_disk": round(size / 2**20, 1),
+        "captured_now": stats["tokens"],
+        "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None,
+    }
     return ctx.finish(Result(name, ctx.run.path, [row], products={"cache": str(cfg.cache)}, info=cache.manifest))
 
 

@@ -134,8 +134,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if cfg.baseline:
         ctx.seed_stage("student/init")  # the same initial weights as the distilled student
         alone = build_model(cfg.student, **shape)
-        rows.append(_row("student alone", alone, train_supervised(ctx, alone, data.train, cfg.train,
-                                                                  "student-alone", evaluate)))  # fmt: skip
+        rows.append(
+            _row("student alone", alone, train_supervised(ctx, alone, data.train, cfg.train, "student-alone", evaluate))
+        )
 
     ctx.seed_stage("student/init")
     student = build_model(cfg.student, **shape)
@@ -164,8 +165,9 @@ def check(cfg: Config, data: ImageSplits, shape: dict[str, int]) -> None:
     nets = [("student", cfg.student)] + [(f"teachers.{i}.model", t.model) for i, t in enumerate(cfg.teachers)]
     for where, spec in nets:
         check_accepts(build_model(spec, **shape), sample, f"{where} ({spec.arch})")
-    stages = [("train", cfg.train)] + [(f"teachers.{i}.train", t.train) for i, t in enumerate(cfg.teachers)
-                                       if not t.model.checkpoint]  # fmt: skip
+    stages = [("train", cfg.train)] + [
+        (f"teachers.{i}.train", t.train) for i, t in enumerate(cfg.teachers) if not t.model.checkpoint
+    ]
     if cfg.hint_stage is not None:
         stages.append(("hint_stage", cfg.hint_stage))
     for where, tcfg in stages:
@@ -202,8 +204,10 @@ def _row(name: str, model: nn.Module, scores: dict[str, float]) -> dict[str, Any
 def table(result: Result) -> str:
     """The result rows as a markdown table."""
     val = any("val_accuracy" in r for r in result.rows)
-    lines = ["| model | params | test accuracy |" + (" validation accuracy |" if val else ""),
-             "|---|---:|---:|" + ("---:|" if val else "")]  # fmt: skip
+    lines = [
+        "| model | params | test accuracy |" + (" validation accuracy |" if val else ""),
+        "|---|---:|---:|" + ("---:|" if val else ""),
+    ]
     for r in result.rows:
         extra = f" {r['val_accuracy']:.4f} |" if val else ""
         lines.append(f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |{extra}")

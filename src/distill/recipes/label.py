@@ -40,8 +40,16 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         store.export(ctx.run.path / f"responses{suffix}", cfg.export, teacher=cfg.teacher.name)
         products["responses"] = f"responses{suffix}"
     store.close()
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products, tables={"coverage_precision": curve},
-                             info={"teacher": cfg.teacher.name, "task": task.name}))  # fmt: skip
+    return ctx.finish(
+        Result(
+            name,
+            ctx.run.path,
+            rows,
+            products=products,
+            tables={"coverage_precision": curve},
+            info={"teacher": cfg.teacher.name, "task": task.name},
+        )
+    )
 
 
 def table(result: Result) -> str:

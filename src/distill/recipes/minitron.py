@@ -116,7 +116,7 @@ class Config(Section):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             max_steps=200, batch_size=8, lr=1e-4, warmup_steps=10, log_every=10, eval_every=50, clip_grad_norm=1.0
-        ),  # fmt: skip
+        ),
         description="how the pruned student is distilled",
     )
     hidden_loss: float = Field(
@@ -151,9 +151,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if not cfg.depth_batches and cfg.target.depth_metric == "lm_loss":
         dropping = [s for s in ([target] if target else shapes) if s.layers < shape.layers]
         if dropping:
-            raise DistillError(f"depth_batches=0 skips the layer-drop scores, but a target of {dropping[0].layers} "
-                               f"layers (the teacher has {shape.layers}) drops layers by them: set depth_batches > 0 "
-                               "or target.depth_metric=block")  # fmt: skip
+            raise DistillError(
+                f"depth_batches=0 skips the layer-drop scores, but a target of {dropping[0].layers} "
+                f"layers (the teacher has {shape.layers}) drops layers by them: set depth_batches > 0 "
+                "or target.depth_metric=block"
+            )
     train, val = token_splits(cfg.data, tokenizer)
     search_train = cfg.search.train.model_copy(update={"max_steps": cfg.search.steps(cfg.data.seq_len)})
     for where, tcfg in [("train", cfg.train), ("search.train", search_train), ("correction", cfg.correction)]:
@@ -171,14 +173,16 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return {"val_loss": loss, "ppl": math.exp(min(loss, 50))}
 
     if cfg.correction is not None:
-        ctx.fit(Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", eval_fn=evaluate,
-                product=teacher)  # fmt: skip
+        ctx.fit(
+            Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", eval_fn=evaluate, product=teacher
+        )
         teacher.eval().requires_grad_(False)
 
     imp = importance(cfg, ctx, teacher, train)
     if cfg.teacher.cache:  # after the correction: the cache holds the teacher the students learn from
-        train = open_or_capture(cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator,
-                                expected)  # fmt: skip
+        train = open_or_capture(
+            cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator, expected
+        )
     teachers = {} if cfg.teacher.cache else {"teacher": teacher}
     table: list[dict[str, Any]] = []
     if target is None:
@@ -202,10 +206,14 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             student = whole_copy(student, ctx.run.path / "student" / "model.safetensors")
         student.save_pretrained(export)
         tokenizer.save_pretrained(export)
-    info = {"target": target.as_dict(), "tokens_per_sample": cfg.data.seq_len,
-            "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx)}  # fmt: skip
-    return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, tables={"search": table},
-                             info=info))  # fmt: skip
+    info = {
+        "target": target.as_dict(),
+        "tokens_per_sample": cfg.data.seq_len,
+        "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
+    }
+    return ctx.finish(
+        Result(name, ctx.run.path, rows, products={"model": "model"}, tables={"search": table}, info=info)
+    )
 
 
 def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
@@ -230,10 +238,16 @@ def hidden_terms(cfg: Config, imp: Importance, target: LlmShape) -> list[Term]:
         return []
     kept = layers_to_keep(imp, target.layers, cfg.target.depth_metric).tolist()
     return [
-        Term(name=f"hidden{i}", loss="hint", weight=cfg.hidden_loss / len(kept), args={"kind": "cosine"},
-             inputs=[f"student.model.layers.{i}", f"teacher.model.layers.{k}"], balance_with=cfg.objective[0].name)
+        Term(
+            name=f"hidden{i}",
+            loss="hint",
+            weight=cfg.hidden_loss / len(kept),
+            args={"kind": "cosine"},
+            inputs=[f"student.model.layers.{i}", f"teacher.model.layers.{k}"],
+            balance_with=cfg.objective[0].name,
+        )
         for i, k in enumerate(kept)
-    ]  # fmt: skip
+    ]
 
 
 def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
@@ -283,9 +297,12 @@ def _generate(model: nn.Module, tokenizer, cfg: Config) -> tuple[float, list[str
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
         t0 = time.perf_counter()
         out = model.generate(
-            ids, max_new_tokens=cfg.sample_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+            ids,
+            max_new_tokens=cfg.sample_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
             repetition_penalty=cfg.sample_repetition_penalty,
-        )  # fmt: skip
+        )
         seconds += time.perf_counter() - t0
         new_tokens += out.shape[1] - ids.shape[1]
         texts.append(tokenizer.decode(out[0], skip_special_tokens=True))
@@ -304,6 +321,9 @@ def table(result: Result) -> str:
         tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
         lines.append(f"| {r['model']} | {r['params']:,} | {r['val_loss']:.4f} | {r['ppl']:.2f} | {tps} |")
     t = result.info["target"]
-    lines += ["", f"pruned shape: layers {t['layers']}, hidden {t['hidden']}, ffn {t['ffn']}, heads {t['heads']}",
-              f"exported model: {result.run_dir / result.products['model']}"]  # fmt: skip
+    lines += [
+        "",
+        f"pruned shape: layers {t['layers']}, hidden {t['hidden']}, ffn {t['ffn']}, heads {t['heads']}",
+        f"exported model: {result.run_dir / result.products['model']}",
+    ]
     return "\n".join(lines)

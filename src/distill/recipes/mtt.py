@@ -204,8 +204,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     )
 
     def evaluate_during(syn: SyntheticSet) -> dict[str, float]:
-        accs = _evaluate(ctx, cfg, "during", cfg.model, shape, syn.images, syn.targets.detach(), float(syn.lr), data,
-                         d.eval_nets)  # fmt: skip
+        accs = _evaluate(
+            ctx, cfg, "during", cfg.model, shape, syn.images, syn.targets.detach(), float(syn.lr), data, d.eval_nets
+        )
         return {"accuracy": sum(accs) / len(accs)}
 
     plan = schedule(d.train.max_steps, len(trajectories), d.max_start_epoch, seed)
@@ -242,10 +243,24 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if ctx.run.is_main:
         atomic_write(ctx.run.path / "synthetic.safetensors", save(tensors))
         image_grid(ctx.run.path / "plots" / "synthetic.png", pixels, synthetic.labels, data.classes)
-    info = {"ipc": d.ipc, "iterations": d.train.max_steps, "experts": len(trajectories),
-            "expert_epochs_saved": len(trajectories[0]) - 1, "learned_lr": alpha, "seed": cfg.run.seed}  # fmt: skip
-    return ctx.finish(Result(name, ctx.run.path, rows, figures=["plots/synthetic.png"],
-                             products={"synthetic": "synthetic.safetensors"}, info=info))  # fmt: skip
+    info = {
+        "ipc": d.ipc,
+        "iterations": d.train.max_steps,
+        "experts": len(trajectories),
+        "expert_epochs_saved": len(trajectories[0]) - 1,
+        "learned_lr": alpha,
+        "seed": cfg.run.seed,
+    }
+    return ctx.finish(
+        Result(
+            name,
+            ctx.run.path,
+            rows,
+            figures=["plots/synthetic.png"],
+            products={"synthetic": "synthetic.safetensors"},
+            info=info,
+        )
+    )
 
 
 def train_experts(ctx: Context, cfg: Config, data: ImageSplits, shape: dict[str, int]) -> None:
@@ -262,16 +277,31 @@ def train_experts(ctx: Context, cfg: Config, data: ImageSplits, shape: dict[str,
             if ctx.run.is_main:
                 save_epoch(ctx.run.path, k, epoch, trained)
 
-        ctx.fit(Classifier(net, cfg.dsa), data.train, cfg.buffer.train, stage=stage, product=net,
-                eval_fn=lambda trained: {"accuracy": accuracy(trained, test, ctx.accelerator)},
-                callbacks=Callbacks(on_epoch_end=record))  # fmt: skip
+        ctx.fit(
+            Classifier(net, cfg.dsa),
+            data.train,
+            cfg.buffer.train,
+            stage=stage,
+            product=net,
+            eval_fn=lambda trained: {"accuracy": accuracy(trained, test, ctx.accelerator)},
+            callbacks=Callbacks(on_epoch_end=record),
+        )
 
 
 def _evaluate(ctx, cfg, tag, spec, shape, images, labels, lr, data, nets) -> list[float]:
     """Fresh nets of `spec` trained on one small set at step size `lr`; seeds derived from the set's tag."""
-    return evaluate_set(spec, shape, images, labels, data.test, cfg.eval.train.model_copy(update={"lr": lr}),
-                        nets=nets, dsa_cfg=cfg.dsa, accelerator=ctx.accelerator,
-                        seed=stage_seed(cfg.run.seed, f"evaluate/{tag}"))  # fmt: skip
+    return evaluate_set(
+        spec,
+        shape,
+        images,
+        labels,
+        data.test,
+        cfg.eval.train.model_copy(update={"lr": lr}),
+        nets=nets,
+        dsa_cfg=cfg.dsa,
+        accelerator=ctx.accelerator,
+        seed=stage_seed(cfg.run.seed, f"evaluate/{tag}"),
+    )
 
 
 def _evaluation_row(ctx, cfg, set_name, spec, shape, the_set, data) -> dict[str, Any]:

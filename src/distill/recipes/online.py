@@ -88,8 +88,11 @@ class Config(Section):
 
     run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
     data: TextData = Field(default_factory=lambda: TextData(seq_len=128), description="the corpus")
-    tokenizer: str | None = Field(None, description="an HF directory / .gguf / bundled name (null: the teacher's, "
-                                  "or the bundled SmolLM2's for a teacher from scratch)")  # fmt: skip
+    tokenizer: str | None = Field(
+        None,
+        description="an HF directory / .gguf / bundled name (null: the teacher's, "
+        "or the bundled SmolLM2's for a teacher from scratch)",
+    )
     tokenizer_vocab: int | None = Field(None, gt=255, description="learn a byte-level BPE of this size on the corpus")
     mode: Literal["online", "offline"] = Field(
         "online", description="students learn while the teacher trains, or after"
@@ -103,16 +106,18 @@ class Config(Section):
     )
     distill_every: int = Field(1, gt=0, description="students step once every this many teacher steps")
     students_from_step: int = Field(
-        0, ge=0, description="the teacher's optimizer step at which the students join it (Titan's students join a "
+        0,
+        ge=0,
+        description="the teacher's optimizer step at which the students join it (Titan's students join a "
         "teacher that has trained for a while); they take no step before it",
-    )  # fmt: skip
+    )
     kl: KLConfig = Field(default_factory=KLConfig)
     relation: RelationConfig = Field(default_factory=RelationConfig)
     student_ce: float = Field(0.0, ge=0, description="weight of the students' own LM loss beside distillation")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             max_steps=400, batch_size=8, lr=1e-3, warmup_steps=20, log_every=20, eval_every=100, clip_grad_norm=1.0
-        ),  # fmt: skip
+        ),
         description="the teacher's training (and, online, the cohort's); students take max_steps / distill_every steps",
     )
     alone: bool = Field(False, description="also train each student alone on the LM loss for the same steps")
@@ -126,8 +131,10 @@ class Config(Section):
             if s.name in seen:
                 raise ValueError(f"student name {s.name!r} is used twice (or is 'teacher')")
             if s.source not in seen:
-                raise ValueError(f"student {s.name!r} learns from {s.source!r}, which is neither 'teacher' nor a "
-                                 f"student listed before it ({seen})")  # fmt: skip
+                raise ValueError(
+                    f"student {s.name!r} learns from {s.source!r}, which is neither 'teacher' nor a "
+                    f"student listed before it ({seen})"
+                )
             seen.append(s.name)
         return students
 
@@ -136,8 +143,10 @@ class Config(Section):
         if self.train.max_steps is None:
             raise ValueError("train.max_steps must be set: the teacher's steps, shared with the students")
         if self.students_from_step >= self.train.max_steps:
-            raise ValueError(f"students_from_step={self.students_from_step} leaves the students no step of the "
-                             f"teacher's {self.train.max_steps}")  # fmt: skip
+            raise ValueError(
+                f"students_from_step={self.students_from_step} leaves the students no step of the "
+                f"teacher's {self.train.max_steps}"
+            )
         if self.kl.weight == 0 and self.relation.weight == 0 and self.student_ce == 0:
             raise ValueError("the students learn nothing: kl.weight, relation.weight and student_ce are all 0")
         return self
@@ -179,14 +188,23 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     for s in cfg.students if cfg.alone else []:
         alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
         tcfg = student_train(cfg, s, student_steps)
-        ctx.fit(Distiller(alone[s.name], [LM_CE]), seen, tcfg, stage=f"alone/{s.name}", product=alone[s.name],
-                seed_from=BATCHES, eval_fn=lambda m, n=s.name: evaluate({n: m}))  # fmt: skip
+        ctx.fit(
+            Distiller(alone[s.name], [LM_CE]),
+            seen,
+            tcfg,
+            stage=f"alone/{s.name}",
+            product=alone[s.name],
+            seed_from=BATCHES,
+            eval_fn=lambda m, n=s.name: evaluate({n: m}),
+        )
 
     # 5-6. evaluate and export
     t_steps = cfg.train.max_steps
     teacher_end = held_out(models["teacher"])
-    rows = [_row("teacher at the start", models["teacher"], "-", teacher_start, 0, 0),
-            _row("teacher", models["teacher"], "-", teacher_end, forwards["teacher"], t_steps)]  # fmt: skip
+    rows = [
+        _row("teacher at the start", models["teacher"], "-", teacher_start, 0, 0),
+        _row("teacher", models["teacher"], "-", teacher_end, forwards["teacher"], t_steps),
+    ]
     for s in cfg.students:
         how = f"{cfg.mode} from {s.source}"
         rows.append(_row(s.name, models[s.name], how, held_out(models[s.name]), forwards.get(s.name, 0), student_steps))
@@ -200,35 +218,63 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             m.save_pretrained(ctx.run.path / "models" / n)
             tokenizer.save_pretrained(ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
-    info = {"mode": cfg.mode, "vocabulary": len(tokenizer), "teacher_steps": cfg.train.max_steps,
-            "student_steps": student_steps, "students_from_step": cfg.students_from_step,
-            "distill_every": cfg.distill_every, "tokens_per_sample": cfg.data.seq_len,
-            "teacher_forwards": sum(forwards.values())}  # fmt: skip
+    info = {
+        "mode": cfg.mode,
+        "vocabulary": len(tokenizer),
+        "teacher_steps": cfg.train.max_steps,
+        "student_steps": student_steps,
+        "students_from_step": cfg.students_from_step,
+        "distill_every": cfg.distill_every,
+        "tokens_per_sample": cfg.data.seq_len,
+        "teacher_forwards": sum(forwards.values()),
+    }
     if alone:  # the premise of distillation: a teacher clearly better than what the students reach alone
         best = min(r["val_loss"] for r in rows if r["model"].endswith(" alone"))
-        info["premise"] = {"teacher_start": round(teacher_start, 4), "best_alone": best, "needed": PREMISE_NATS,
-                           "holds": best - teacher_start >= PREMISE_NATS}  # fmt: skip
+        info["premise"] = {
+            "teacher_start": round(teacher_start, 4),
+            "best_alone": best,
+            "needed": PREMISE_NATS,
+            "holds": best - teacher_start >= PREMISE_NATS,
+        }
     return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
 
 
 def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
     members = {"teacher": Member(models["teacher"], [LM_CE])}
-    members.update({s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
-                    for s in cfg.students})  # fmt: skip
+    members.update(
+        {
+            s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
+            for s in cfg.students
+        }
+    )
     cohort = Cohort(members, cfg.distill_every, cfg.train.grad_accum, cfg.students_from_step)
     cohort.to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
     counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
-    metrics = ctx.fit(cohort, train, cfg.train, stage="online", product=cohort.products, seed_from=BATCHES,
-                      eval_fn=lambda products: {**evaluate(products), **counts()})  # fmt: skip
+    metrics = ctx.fit(
+        cohort,
+        train,
+        cfg.train,
+        stage="online",
+        product=cohort.products,
+        seed_from=BATCHES,
+        eval_fn=lambda products: {**evaluate(products), **counts()},
+    )
     return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
 
 
 def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """The teacher first; then each student from its finished, frozen source over the same batches."""
-    ctx.fit(Distiller(models["teacher"], [LM_CE]), train, cfg.train, stage="teacher", product=models["teacher"],
-            seed_from=BATCHES, eval_fn=lambda m: evaluate({"teacher": m}))  # fmt: skip
+    ctx.fit(
+        Distiller(models["teacher"], [LM_CE]),
+        train,
+        cfg.train,
+        stage="teacher",
+        product=models["teacher"],
+        seed_from=BATCHES,
+        eval_fn=lambda m: evaluate({"teacher": m}),
+    )
     forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
     seen = students_batches(cfg, train, ctx)
     for s in cfg.students:
@@ -280,8 +326,14 @@ def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
     students' batches in their order (`students_batches`)."""
     warmup = -(-cfg.train.warmup_steps // cfg.distill_every)
     own = {"lr": s.lr, "weight_decay": s.weight_decay}
-    return cfg.train.model_copy(update={"max_steps": steps, "warmup_steps": warmup, "shuffle": False,
-                                        **{k: v for k, v in own.items() if v is not None}})  # fmt: skip
+    return cfg.train.model_copy(
+        update={
+            "max_steps": steps,
+            "warmup_steps": warmup,
+            "shuffle": False,
+            **{k: v for k, v in own.items() if v is not None},
+        }
+    )
 
 
 def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -> list[Term]:
@@ -289,16 +341,29 @@ def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -
     ref = "teacher" if s.source == "teacher" else f"teacher[{s.source}]"
     terms = []
     if cfg.kl.weight:
-        terms.append(Term(name="kl", loss="kl", weight=cfg.kl.weight, inputs=["student.logits", f"{ref}.logits"],
-                          args={"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size}))  # fmt: skip
+        terms.append(
+            Term(
+                name="kl",
+                loss="kl",
+                weight=cfg.kl.weight,
+                inputs=["student.logits", f"{ref}.logits"],
+                args={"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size},
+            )
+        )
     if cfg.relation.weight:
         src = _layer_path(models[s.source], cfg.relation.source_layer)
         own = "aux" if s.auxiliary_layer else _layer_path(models[s.name], cfg.relation.student_layer) + ".self_attn"
         for rel in cfg.relation.relations:
             proj = RELATIONS[rel]
-            terms.append(Term(name=f"rel_{rel}", loss="attention_relation", weight=cfg.relation.weight,
-                              inputs=[f"student.{own}.{proj}", f"{ref}.{src}.self_attn.{proj}"],
-                              args={"heads": cfg.relation.heads}))  # fmt: skip
+            terms.append(
+                Term(
+                    name=f"rel_{rel}",
+                    loss="attention_relation",
+                    weight=cfg.relation.weight,
+                    inputs=[f"student.{own}.{proj}", f"{ref}.{src}.self_attn.{proj}"],
+                    args={"heads": cfg.relation.heads},
+                )
+            )
     if cfg.student_ce:
         terms.append(LM_CE.model_copy(update={"weight": cfg.student_ce}))
     return terms
@@ -323,8 +388,11 @@ def _tokenizer(cfg: Config, resume: str | Path | None):
             return AutoTokenizer.from_pretrained(saved)  # the one this run learned, not a new draw
         tokenizer = train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
         if len(tokenizer) < cfg.tokenizer_vocab:  # BPE stops when the corpus has no pair left to merge
-            print(f"distill: online: the corpus yields {len(tokenizer):,} tokens, fewer than tokenizer_vocab="
-                  f"{cfg.tokenizer_vocab:,}; the models use {len(tokenizer):,}", file=sys.stderr)  # fmt: skip
+            print(
+                f"distill: online: the corpus yields {len(tokenizer):,} tokens, fewer than tokenizer_vocab="
+                f"{cfg.tokenizer_vocab:,}; the models use {len(tokenizer):,}",
+                file=sys.stderr,
+            )
         return tokenizer
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
@@ -334,13 +402,19 @@ def _shape(spec: ModelConfig, tokenizer) -> dict[str, Any]:
     if spec.path is None:
         return spec.shape.model_dump()
     if not same_vocabulary(load_tokenizer(spec.path), tokenizer):
-        raise DistillError(f"{getattr(spec, 'name', 'teacher')} ({spec.path}) has another tokenizer than the run's; "
-                           "teacher and students must share one vocabulary")  # fmt: skip
+        raise DistillError(
+            f"{getattr(spec, 'name', 'teacher')} ({spec.path}) has another tokenizer than the run's; "
+            "teacher and students must share one vocabulary"
+        )
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(hf_dir(spec.path))
-    return {"hidden": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-            "layers": c.num_hidden_layers}  # fmt: skip
+    return {
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "layers": c.num_hidden_layers,
+    }
 
 
 def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
@@ -362,8 +436,10 @@ def _check_relations(cfg: Config, shapes: dict[str, dict[str, Any]]) -> None:
         for rel in cfg.relation.relations:
             w = widths[RELATIONS[rel]]
             if w % cfg.relation.heads:
-                raise DistillError(f"relation.heads={cfg.relation.heads} does not divide {n}'s {RELATIONS[rel]} width "
-                                   f"{w}; choose a divisor of every width")  # fmt: skip
+                raise DistillError(
+                    f"relation.heads={cfg.relation.heads} does not divide {n}'s {RELATIONS[rel]} width "
+                    f"{w}; choose a divisor of every width"
+                )
 
 
 def _probe(train: dict, ctx: Context) -> dict:
@@ -371,23 +447,37 @@ def _probe(train: dict, ctx: Context) -> dict:
 
 
 def _row(model: str, lm: nn.Module, trained: str, loss: float, forwards: int | None, steps: int) -> dict[str, Any]:
-    return {"model": model, "layers": _lm_of(lm).config.num_hidden_layers, "params": count_parameters(_lm_of(lm)),
-            "trained": trained, "steps": steps, "val_loss": round(loss, 4), "ppl": round(math.exp(min(loss, 50)), 2),
-            "teacher_forwards": forwards}  # fmt: skip
+    return {
+        "model": model,
+        "layers": _lm_of(lm).config.num_hidden_layers,
+        "params": count_parameters(_lm_of(lm)),
+        "trained": trained,
+        "steps": steps,
+        "val_loss": round(loss, 4),
+        "ppl": round(math.exp(min(loss, 50)), 2),
+        "teacher_forwards": forwards,
+    }
 
 
 def table(result: Result) -> str:
     head = "| model | layers | params | trained | steps | held-out loss | perplexity | teacher forwards |"
     lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in result.rows:
-        lines.append(f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['trained']} | {r['steps']} | "
-                     f"{r['val_loss']:.4f} | {r['ppl']:.2f} | {r['teacher_forwards']} |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['trained']} | {r['steps']} | "
+            f"{r['val_loss']:.4f} | {r['ppl']:.2f} | {r['teacher_forwards']} |"
+        )
     i = result.info
-    lines += ["", f"{i['mode']}: teacher {i['teacher_steps']} steps, students {i['student_steps']} (every "
-              f"{i['distill_every']}, from step {i.get('students_from_step', 0)}); teacher forward passes in all: "
-              f"{i['teacher_forwards']}"]  # fmt: skip
+    lines += [
+        "",
+        f"{i['mode']}: teacher {i['teacher_steps']} steps, students {i['student_steps']} (every "
+        f"{i['distill_every']}, from step {i.get('students_from_step', 0)}); teacher forward passes in all: "
+        f"{i['teacher_forwards']}",
+    ]
     if p := i.get("premise"):
         verdict = "holds" if p["holds"] else "does NOT hold: the distilled students cannot show what the method gives"
-        lines.append(f"premise (the teacher at the start {p['needed']} nats or more below every student alone): "
-                     f"{verdict} (teacher {p['teacher_start']:.4f}, best alone {p['best_alone']:.4f})")  # fmt: skip
+        lines.append(
+            f"premise (the teacher at the start {p['needed']} nats or more below every student alone): "
+            f"{verdict} (teacher {p['teacher_start']:.4f}, best alone {p['best_alone']:.4f})"
+        )
     return "\n".join(lines)

@@ -63,7 +63,7 @@ class Students(Section):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             epochs=3, batch_size=8, lr=5e-5, weight_decay=0.0, schedule="linear", warmup_steps=5, log_every=10
-        )  # fmt: skip
+        )
     )
 
 
@@ -103,21 +103,34 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 2. the teacher's decompositions
     t0 = time.perf_counter()
     decomps, reasons = annotate(store, teacher, cfg.teacher.name if cfg.teacher else "gold", train, cfg.annotation)
-    yield_row = {"problems": len(train), "kept": len(decomps), "yield": round(len(decomps) / len(train), 4),
-                 **{r: reasons.get(r, 0) for r in REASONS},
-                 "minutes": round((time.perf_counter() - t0) / 60, 1)}  # fmt: skip
+    yield_row = {
+        "problems": len(train),
+        "kept": len(decomps),
+        "yield": round(len(decomps) / len(train), 4),
+        **{r: reasons.get(r, 0) for r in REASONS},
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+    }
     if not decomps:
         why = ", ".join(f"{r}: {reasons[r]}" for r in REASONS if reasons.get(r))
-        raise DistillError(f"no decomposition was kept ({len(train)} rejected: {why}); see the teacher's replies in "
-                           f"{store.path}")  # fmt: skip
+        raise DistillError(
+            f"no decomposition was kept ({len(train)} rejected: {why}); see the teacher's replies in {store.path}"
+        )
     check_fits(len(decomps), cfg.students.train, "students.train (the problems kept after annotation)")
 
     # 3. the teacher's own accuracy
     rows: list[dict[str, Any]] = []
     if cfg.teacher is not None and cfg.teacher_accuracy:
-        done = ask_teacher(store, teacher, cfg.teacher.name, prompt_requests([(p, solve_messages(p)) for p in test],
-                   Sampling(mode="cot", samples=1, temperature=0.0, max_tokens=320)), parse_final, "solve",
-                   "teacher solves")  # fmt: skip
+        done = ask_teacher(
+            store,
+            teacher,
+            cfg.teacher.name,
+            prompt_requests(
+                [(p, solve_messages(p)) for p in test], Sampling(mode="cot", samples=1, temperature=0.0, max_tokens=320)
+            ),
+            parse_final,
+            "solve",
+            "teacher solves",
+        )
         answers = [parse_number(done.labels[p.id][0] or "") for p in test]
         rows.append(_row(f"teacher ({cfg.teacher.name})", "-", [same(a, p.answer) for a, p in zip(answers, test)]))
     store.close()
@@ -136,11 +149,24 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     ctx.run.write_text("traces.jsonl", "".join(json.dumps(r) + "\n" for r in per_problem))
     steps_table = [{"solution steps": n, **v} for n, v in sorted(by_steps.items())]
     products = {r: f"students/{r}" for v in cfg.students.variants for r in ROLES[v]}
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products,
-                             tables={"annotation": [yield_row], "accuracy by solution steps": steps_table,
-                                     "example solutions": examples},
-                             info={"teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
-                                   "train_problems": len(train), "test_problems": len(test)}))  # fmt: skip
+    return ctx.finish(
+        Result(
+            name,
+            ctx.run.path,
+            rows,
+            products=products,
+            tables={
+                "annotation": [yield_row],
+                "accuracy by solution steps": steps_table,
+                "example solutions": examples,
+            },
+            info={
+                "teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
+                "train_problems": len(train),
+                "test_problems": len(test),
+            },
+        )
+    )
 
 
 def evaluate(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tuple[list[Trace], float]:
@@ -161,8 +187,15 @@ def evaluate(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tu
 
 
 def _record(t: Trace) -> dict[str, Any]:
-    return {"id": t.problem.id, "steps": len(t.problem.steps), "gold": t.problem.answer, "answer": t.answer,
-            "tokens": t.tokens, "calls": t.calls, "text": t.text}  # fmt: skip
+    return {
+        "id": t.problem.id,
+        "steps": len(t.problem.steps),
+        "gold": t.problem.answer,
+        "answer": t.answer,
+        "tokens": t.tokens,
+        "calls": t.calls,
+        "text": t.text,
+    }
 
 
 def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
@@ -183,8 +216,9 @@ def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
     return Lm(model.eval(), tok)
 
 
-def _row(model: str, trained_on: Any, correct: list[bool], traces: list[Trace] | None = None,
-         seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+def _row(
+    model: str, trained_on: Any, correct: list[bool], traces: list[Trace] | None = None, seconds: float | None = None
+) -> dict[str, Any]:
     n, k = len(correct), sum(correct)
     lo, hi = wilson(k, n)
     row = {"model": model, "trained_on": trained_on, "accuracy": round(k / n, 4), "ci95": f"{lo:.3f}-{hi:.3f}"}

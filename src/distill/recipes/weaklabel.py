@@ -88,8 +88,14 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     rows = []
     if "teacher_accuracy" in scored:
         where = "" if scored["split"] == "test" else ", on the pool"
-        rows.append({"model": f"teacher ({cfg.sampling.mode}, K={cfg.sampling.samples}){where}", "trained_on": "-",
-                     "accuracy": scored["teacher_accuracy"], "f1": scored["teacher_f1"]})  # fmt: skip
+        rows.append(
+            {
+                "model": f"teacher ({cfg.sampling.mode}, K={cfg.sampling.samples}){where}",
+                "trained_on": "-",
+                "accuracy": scored["teacher_accuracy"],
+                "f1": scored["teacher_f1"],
+            }
+        )
 
     # 3-4. students
     s = cfg.student
@@ -108,15 +114,36 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         texts, labels = [i.text for i in pool if i.gold], [i.gold for i in pool if i.gold]
         rows.append(train_student(ctx, cfg, task, "student-gold", "cls", texts, labels, test_data, gold, tok))
 
-    products = {r["model"]: f"{r['model']}/model.safetensors" for r in rows if r["model"].startswith("student")
-                and r["accuracy"] is not None}  # fmt: skip
+    products = {
+        r["model"]: f"{r['model']}/model.safetensors"
+        for r in rows
+        if r["model"].startswith("student") and r["accuracy"] is not None
+    }
     tables = {"labelling": [row for row, _ in labelled]}
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products, tables=tables,
-                             info={"teacher": cfg.teacher.name, "task": task.name}))  # fmt: skip
+    return ctx.finish(
+        Result(
+            name,
+            ctx.run.path,
+            rows,
+            products=products,
+            tables=tables,
+            info={"teacher": cfg.teacher.name, "task": task.name},
+        )
+    )
 
 
-def train_student(ctx: Context, cfg: Config, task: Task, stage: str, objective: str, texts: list[str],
-                  targets: list, test_data: dict, gold: list[str], tok) -> dict[str, Any]:  # fmt: skip
+def train_student(
+    ctx: Context,
+    cfg: Config,
+    task: Task,
+    stage: str,
+    objective: str,
+    texts: list[str],
+    targets: list,
+    test_data: dict,
+    gold: list[str],
+    tok,
+) -> dict[str, Any]:
     """Fine-tune a fresh encoder on (texts, targets) through the engine; score it on the gold test set."""
     s = cfg.student
     row = {"model": stage, "trained_on": len(texts), "accuracy": None, "f1": None}

@@ -50,9 +50,12 @@ def readings_figure(path: str | Path, images: Tensor, truth: list[str], readings
     models = list(readings)
     n = len(models)
     fig, axes = plt.subplots(
-        len(images), 2, figsize=(2.6 + 1.3 * n, 0.62 * len(images) + 0.6),
-        gridspec_kw={"width_ratios": [2.4, 1.3 * n]}, squeeze=False,
-    )  # fmt: skip
+        len(images),
+        2,
+        figsize=(2.6 + 1.3 * n, 0.62 * len(images) + 0.6),
+        gridspec_kw={"width_ratios": [2.4, 1.3 * n]},
+        squeeze=False,
+    )
     for r, (img, text) in enumerate(zip(images, truth)):
         left, right = axes[r]
         left.imshow(img[0].float().numpy(), cmap="gray", vmin=0, vmax=255)
