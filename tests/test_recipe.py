@@ -31,7 +31,7 @@ CORE = [
     "bundled",
     "system",
 ]
-METHODS = ["kd", "dd", "pruning", "labeling", "recipes"]
+METHODS = ["kd", "dd", "pruning", "labeling", "textrec", "reasoning", "recipes"]
 
 THIRD_PARTY = '''
 """A recipe from another package: it doubles a number."""

@@ -11,7 +11,7 @@ from typing import Any
 from distill.plots import save_figure
 from distill.run import RunDir, atomic_write
 
-SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s", "samples_seen"}
+SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s", "tokens_per_s", "samples_seen"}  # not loss terms
 Series = dict[str, tuple[list[float], list[float]]]
 
 
@@ -99,7 +99,8 @@ def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sampl
     if train:
         last = train[-1]
         lines += [
-            f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s.",
+            f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s"
+            + (f", {last['tokens_per_s']:.0f} tokens/s." if "tokens_per_s" in last else "."),
             "",
         ]
     if evals:

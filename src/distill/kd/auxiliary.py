@@ -12,7 +12,12 @@ its attention output and MLP would receive no gradient and are not built.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
+
+from distill.errors import DistillError
+from distill.kd.objective import Term
 
 
 class OnlineStudent(nn.Module):
@@ -52,3 +57,59 @@ class OnlineStudent(nn.Module):
             for name in ("q_proj", "k_proj", "v_proj"):
                 self.aux[name](x)
         return out
+
+
+RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}  # MiniLMv2's relations and the projections they read
+
+
+def lm_of(model: nn.Module) -> nn.Module:
+    """The causal LM itself (an OnlineStudent's `lm`)."""
+    return model.lm if isinstance(model, OnlineStudent) else model
+
+
+def layer_path(model: nn.Module, index: int) -> str:
+    """The module path of decoder layer `index` (negative: from the top) of a causal LM or an OnlineStudent."""
+    prefix = "lm." if isinstance(model, OnlineStudent) else ""
+    return f"{prefix}model.layers.{index % lm_of(model).config.num_hidden_layers}"
+
+
+def relation_terms(
+    source: nn.Module,
+    student: nn.Module,
+    ref: str,
+    relations: list[str],
+    weight: float,
+    heads: int,
+    source_layer: int = -1,
+    student_layer: int = -1,
+) -> list[Term]:
+    """MiniLMv2 self-attention relation terms between one layer of `source` (read as `ref`, e.g. `teacher`) and
+    the student's auxiliary layer when it has one, else its layer `student_layer`. The relations read the query /
+    key / value projections' outputs, before rotary embedding."""
+    src = layer_path(source, source_layer)
+    aux = isinstance(student, OnlineStudent) and student.aux is not None
+    own = "aux" if aux else layer_path(student, student_layer) + ".self_attn"
+    return [
+        Term(
+            name=f"rel_{rel}",
+            loss="attention_relation",
+            weight=weight,
+            args={"heads": heads},
+            inputs=[f"student.{own}.{RELATIONS[rel]}", f"{ref}.{src}.self_attn.{RELATIONS[rel]}"],
+        )
+        for rel in relations
+    ]
+
+
+def check_relation_heads(shapes: dict[str, dict[str, Any]], relations: list[str], heads: int) -> None:
+    """Relation heads must divide the width of every projection they split (shapes: hidden, heads, kv_heads)."""
+    for n, shape in shapes.items():
+        head_dim = shape["hidden"] // shape["heads"]
+        widths = {"q_proj": shape["heads"] * head_dim, "k_proj": (shape["kv_heads"] or shape["heads"]) * head_dim}
+        widths["v_proj"] = widths["k_proj"]
+        for rel in relations:
+            if widths[RELATIONS[rel]] % heads:
+                raise DistillError(
+                    f"relation.heads={heads} does not divide {n}'s {RELATIONS[rel]} width {widths[RELATIONS[rel]]}; "
+                    "choose a divisor of every width"
+                )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from distill.engine import TrainConfig, check_fits, epoch_batches
 from distill.errors import ConfigError
 from distill.kd.distiller import Distiller, Signals
 from distill.kd.objective import Objective, Term
@@ -104,8 +105,7 @@ class Cohort(nn.Module):
         terms: dict[str, Tensor] = {}
         out: dict[str, Signals] = {}
         # an optimizer step in which the members with sources take part: all of its micro-batches, or none
-        step = int(self.steps) // self.grad_accum - self.start
-        learning = step >= 0 and step % self.every == 0
+        learning = takes_part(int(self.steps) // self.grad_accum, self.every, self.start)
         self.steps += 1
         for i, (name, d) in enumerate(self.members.items()):
             if self.sources[name] and not learning:
@@ -122,3 +122,30 @@ class Cohort(nn.Module):
 def _detached(signals: Signals) -> Signals:
     """A member's own signals as its readers get them: no gradient path back into it."""
     return {k: v.detach() if isinstance(v, Tensor) else v for k, v in signals["student"].items()}
+
+
+def takes_part(step: int, every: int, start: int = 0) -> bool:
+    """Whether members with sources take part in optimizer step `step`: one in every `every`, from `start` on."""
+    return step >= start and (step - start) % every == 0
+
+
+def learner_steps(total: int, every: int, start: int = 0) -> int:
+    """How many of `total` optimizer steps members with sources take part in."""
+    return -(-(total - start) // every)
+
+
+def learner_batches(n: int, cfg: TrainConfig, seed: int, every: int, start: int = 0, world: int = 1) -> Tensor:
+    """Indices of the micro-batches members with sources train on in a cohort's stage (`cfg`, drawn from `seed`),
+    in their order and laid out so that an unshuffled stage on every process reads them as they came: the data of
+    a baseline that must see what the cohort's learners saw."""
+    per_epoch = check_fits(n, cfg, "train", world) * cfg.grad_accum  # micro-batches per epoch
+    epochs: dict[int, list[list[Tensor]]] = {}
+    picked = []  # (micro-batches, ranks) of index batches
+    for micro in range(cfg.max_steps * cfg.grad_accum):
+        if not takes_part(micro // cfg.grad_accum, every, start):
+            continue
+        epoch, i = divmod(micro, per_epoch)
+        if epoch not in epochs:
+            epochs[epoch] = [epoch_batches(n, cfg.batch_size, seed, epoch, r, world) for r in range(world)]
+        picked.append(torch.stack([epochs[epoch][r][i] for r in range(world)]))
+    return torch.stack(picked).permute(0, 2, 1).reshape(-1)  # rank r reads every world-th item from r on

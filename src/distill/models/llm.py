@@ -159,6 +159,22 @@ def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
     return LlamaForCausalLM(config)
 
 
+def widths(path: str, tokenizer, name: str = "model") -> dict[str, Any]:
+    """hidden / heads / kv_heads / layers of the model at `path`, read from its config before any weight; refused
+    in one line when its tokenizer is not `tokenizer` (distilling logits needs one vocabulary)."""
+    if not same_vocabulary(load_tokenizer(path), tokenizer):
+        raise DistillError(
+            f"{name} ({path}) has another tokenizer than the run's; teacher and students must share one vocabulary"
+        )
+    c = read_config(hf_dir(path))
+    return {
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "layers": c.num_hidden_layers,
+    }
+
+
 def load_tokenizer(path: str):
     """The tokenizer of an HF directory, a .gguf file or a bundled model."""
     return load_tokenizer_of(hf_dir(path))

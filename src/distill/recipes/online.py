@@ -22,24 +22,23 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from distill.config import Section
 from distill.data.text import TextData, read_texts, token_splits, train_tokenizer
-from distill.engine import TrainConfig, check_fits, epoch_batches
-from distill.errors import DistillError
+from distill.engine import TrainConfig, check_fits
 from distill.evaluate import lm_loss
 from distill.kd import Cohort, Distiller, Member, Term
-from distill.kd.auxiliary import OnlineStudent
+from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, relation_terms
+from distill.kd.cohort import learner_batches, learner_steps
 from distill.models import count_parameters
-from distill.models.llm import LlamaShape, LlmSpec, hf_dir, load_causal_lm, load_tokenizer, new_llama, same_vocabulary
+from distill.models.llm import LlamaShape, LlmSpec, load_causal_lm, load_tokenizer, new_llama, widths
 from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
+from distill.report import markdown_table
 
 name = "online"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
-RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}
 PREMISE_NATS = 0.3  # how much better than the students alone a teacher must start, for distillation to show
 BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
 
@@ -156,17 +155,18 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 1-2. data, tokenizer and models: everything a user can get wrong fails before the run directory exists
     tokenizer = _tokenizer(cfg, resume)
     train, val = token_splits(cfg.data, tokenizer)
-    student_steps = student_step_count(cfg)
+    student_steps = learner_steps(cfg.train.max_steps, cfg.distill_every, cfg.students_from_step)
     check_fits(len(train["input_ids"]), cfg.train, "train")
     shapes = {"teacher": _shape(cfg.teacher, tokenizer)}
     shapes.update({s.name: _shape(s, tokenizer) for s in cfg.students})
-    _check_relations(cfg, shapes)
+    if cfg.relation.weight:
+        check_relation_heads(shapes, cfg.relation.relations, cfg.relation.heads)
     ctx = start(name, cfg, cfg.run, resume)
     if ctx.run.is_main and cfg.tokenizer_vocab:
         tokenizer.save_pretrained(ctx.run.path / "tokenizer")
 
     def held_out(model: nn.Module) -> float:
-        return lm_loss(_lm_of(model), val, ctx.accelerator, cfg.eval_batch_size)
+        return lm_loss(lm_of(model), val, ctx.accelerator, cfg.eval_batch_size)
 
     def evaluate(models: dict[str, nn.Module]) -> dict[str, float]:
         return {f"{n}/val_loss": held_out(m) for n, m in models.items()}
@@ -214,7 +214,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             )
     products = {}
     if ctx.accelerator.is_main_process:
-        for n, m in [("teacher", models["teacher"])] + [(s.name, _lm_of(models[s.name])) for s in cfg.students]:
+        for n, m in [("teacher", models["teacher"])] + [(s.name, lm_of(models[s.name])) for s in cfg.students]:
             m.save_pretrained(ctx.run.path / "models" / n)
             tokenizer.save_pretrained(ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
@@ -292,33 +292,11 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
 
 
 def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dict[str, Tensor]:
-    """The micro-batches an online student trains on (those of one optimizer step in every `distill_every` of
-    the teacher's), in their order, laid out so that an unshuffled stage (`student_train`) on every process
-    reads them as they came: the offline and alone students see what the online students saw, in order."""
-    n, t, world = len(train["input_ids"]), cfg.train, ctx.accelerator.num_processes
-    per_epoch = check_fits(n, t, "train", world) * t.grad_accum  # micro-batches per epoch
-    seed = stage_seed(ctx.seed, BATCHES)
-    epochs: dict[int, list[list[Tensor]]] = {}
-    picked = []  # (micro-batches, ranks) of index batches
-    for micro in range(t.max_steps * t.grad_accum):
-        if not students_step(cfg, micro // t.grad_accum):
-            continue
-        epoch, i = divmod(micro, per_epoch)
-        if epoch not in epochs:
-            epochs[epoch] = [epoch_batches(n, t.batch_size, seed, epoch, r, world) for r in range(world)]
-        picked.append(torch.stack([epochs[epoch][r][i] for r in range(world)]))
-    order = torch.stack(picked).permute(0, 2, 1).reshape(-1)  # rank r reads every world-th item from r on
+    """What the online students trained on, in their order, for the offline and alone students' unshuffled
+    stages (`student_train`): every stage of the run sees the same samples."""
+    seed, world = stage_seed(ctx.seed, BATCHES), ctx.accelerator.num_processes
+    order = learner_batches(len(train["input_ids"]), cfg.train, seed, cfg.distill_every, cfg.students_from_step, world)
     return {k: v[order] for k, v in train.items()}
-
-
-def students_step(cfg: Config, step: int) -> bool:
-    """Whether the students take part in the teacher's optimizer step `step` (as the cohort decides)."""
-    return step >= cfg.students_from_step and (step - cfg.students_from_step) % cfg.distill_every == 0
-
-
-def student_step_count(cfg: Config) -> int:
-    """The students' optimizer steps: from `students_from_step` on, one in every `distill_every`."""
-    return -(-(cfg.train.max_steps - cfg.students_from_step) // cfg.distill_every)
 
 
 def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
@@ -341,42 +319,18 @@ def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -
     ref = "teacher" if s.source == "teacher" else f"teacher[{s.source}]"
     terms = []
     if cfg.kl.weight:
+        args = {"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size}
         terms.append(
-            Term(
-                name="kl",
-                loss="kl",
-                weight=cfg.kl.weight,
-                inputs=["student.logits", f"{ref}.logits"],
-                args={"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size},
-            )
+            Term(name="kl", loss="kl", weight=cfg.kl.weight, inputs=["student.logits", f"{ref}.logits"], args=args)
         )
     if cfg.relation.weight:
-        src = _layer_path(models[s.source], cfg.relation.source_layer)
-        own = "aux" if s.auxiliary_layer else _layer_path(models[s.name], cfg.relation.student_layer) + ".self_attn"
-        for rel in cfg.relation.relations:
-            proj = RELATIONS[rel]
-            terms.append(
-                Term(
-                    name=f"rel_{rel}",
-                    loss="attention_relation",
-                    weight=cfg.relation.weight,
-                    inputs=[f"student.{own}.{proj}", f"{ref}.{src}.self_attn.{proj}"],
-                    args={"heads": cfg.relation.heads},
-                )
-            )
+        r = cfg.relation
+        terms += relation_terms(
+            models[s.source], models[s.name], ref, r.relations, r.weight, r.heads, r.source_layer, r.student_layer
+        )
     if cfg.student_ce:
         terms.append(LM_CE.model_copy(update={"weight": cfg.student_ce}))
     return terms
-
-
-def _layer_path(model: nn.Module, index: int) -> str:
-    prefix = "lm." if isinstance(model, OnlineStudent) else ""
-    layers = _lm_of(model).config.num_hidden_layers
-    return f"{prefix}model.layers.{index % layers}"
-
-
-def _lm_of(model: nn.Module) -> nn.Module:
-    return model.lm if isinstance(model, OnlineStudent) else model
 
 
 def _tokenizer(cfg: Config, resume: str | Path | None):
@@ -387,34 +341,17 @@ def _tokenizer(cfg: Config, resume: str | Path | None):
 
             return AutoTokenizer.from_pretrained(saved)  # the one this run learned, not a new draw
         tokenizer = train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
-        if len(tokenizer) < cfg.tokenizer_vocab:  # BPE stops when the corpus has no pair left to merge
-            print(
-                f"distill: online: the corpus yields {len(tokenizer):,} tokens, fewer than tokenizer_vocab="
-                f"{cfg.tokenizer_vocab:,}; the models use {len(tokenizer):,}",
-                file=sys.stderr,
-            )
+        if (n := len(tokenizer)) < cfg.tokenizer_vocab:  # BPE stops when the corpus has no pair left to merge
+            say = f"the corpus yields {n:,} tokens, fewer than tokenizer_vocab={cfg.tokenizer_vocab:,}"
+            print(f"distill: online: {say}; the models use {n:,}", file=sys.stderr)
         return tokenizer
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
 
 def _shape(spec: ModelConfig, tokenizer) -> dict[str, Any]:
     """The widths of `spec`'s model, read before any weight; a vocabulary other than the run's is an error."""
-    if spec.path is None:
-        return spec.shape.model_dump()
-    if not same_vocabulary(load_tokenizer(spec.path), tokenizer):
-        raise DistillError(
-            f"{getattr(spec, 'name', 'teacher')} ({spec.path}) has another tokenizer than the run's; "
-            "teacher and students must share one vocabulary"
-        )
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(hf_dir(spec.path))
-    return {
-        "hidden": c.hidden_size,
-        "heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "layers": c.num_hidden_layers,
-    }
+    name = getattr(spec, "name", "teacher")
+    return spec.shape.model_dump() if spec.path is None else widths(spec.path, tokenizer, name)
 
 
 def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
@@ -425,23 +362,6 @@ def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
     return load_causal_lm(LlmSpec(path=spec.path))[0].train()
 
 
-def _check_relations(cfg: Config, shapes: dict[str, dict[str, Any]]) -> None:
-    """Relation heads must divide the width of every projection they split."""
-    if not cfg.relation.weight:
-        return
-    for n, shape in shapes.items():
-        head_dim = shape["hidden"] // shape["heads"]
-        widths = {"q_proj": shape["heads"] * head_dim, "k_proj": (shape["kv_heads"] or shape["heads"]) * head_dim}
-        widths["v_proj"] = widths["k_proj"]
-        for rel in cfg.relation.relations:
-            w = widths[RELATIONS[rel]]
-            if w % cfg.relation.heads:
-                raise DistillError(
-                    f"relation.heads={cfg.relation.heads} does not divide {n}'s {RELATIONS[rel]} width "
-                    f"{w}; choose a divisor of every width"
-                )
-
-
 def _probe(train: dict, ctx: Context) -> dict:
     return {k: v[:2].to(ctx.accelerator.device) for k, v in train.items()}
 
@@ -449,8 +369,8 @@ def _probe(train: dict, ctx: Context) -> dict:
 def _row(model: str, lm: nn.Module, trained: str, loss: float, forwards: int | None, steps: int) -> dict[str, Any]:
     return {
         "model": model,
-        "layers": _lm_of(lm).config.num_hidden_layers,
-        "params": count_parameters(_lm_of(lm)),
+        "layers": lm_of(lm).config.num_hidden_layers,
+        "params": count_parameters(lm_of(lm)),
         "trained": trained,
         "steps": steps,
         "val_loss": round(loss, 4),
@@ -460,15 +380,9 @@ def _row(model: str, lm: nn.Module, trained: str, loss: float, forwards: int | N
 
 
 def table(result: Result) -> str:
-    head = "| model | layers | params | trained | steps | held-out loss | perplexity | teacher forwards |"
-    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for r in result.rows:
-        lines.append(
-            f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['trained']} | {r['steps']} | "
-            f"{r['val_loss']:.4f} | {r['ppl']:.2f} | {r['teacher_forwards']} |"
-        )
     i = result.info
-    lines += [
+    lines = [
+        markdown_table(result.rows),
         "",
         f"{i['mode']}: teacher {i['teacher_steps']} steps, students {i['student_steps']} (every "
         f"{i['distill_every']}, from step {i.get('students_from_step', 0)}); teacher forward passes in all: "
