@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, mean_std, reading, t_interval, write  # noqa: E402
+from common import RESULTS, machine, mean_std, reading, t_interval, write  # noqa: E402
 from distill.data.text import TextData, token_splits  # noqa: E402
 from distill.engine import TrainConfig  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
@@ -151,8 +151,6 @@ def main() -> None:
     p.add_argument("--name", default="minitron_smollm2", help="results file name (benchmarks/results/NAME.{json,md})")
     args = parse(p)
     if args.render:
-        from common import RESULTS
-
         res = json.loads((RESULTS / f"{args.name}.json").read_text())
         return write(args.name, res, markdown(res))
     t_start = time.perf_counter()
@@ -206,10 +204,14 @@ def main() -> None:
 
     # seed by seed, so that the variants' paired comparisons land as early as the runs do
     jobs = [(seed, name) for seed in range(args.seeds) for name in variants if seed == 0 or not name.startswith("d")]
+    committed = RESULTS / f"{args.name}.json"  # runs a clean clone need not repeat (runs/ may be gone)
+    landed = json.loads(committed.read_text())["runs"] if committed.is_file() else {}
     for seed, name in jobs:
         target, scores, term = variants[name]
         key = f"{name[0]}-s{seed}"
         saved = done_dir / f"{key}.json"
+        if not saved.is_file() and str(seed) in landed.get(name, {}):
+            atomic_write(saved, json.dumps(landed[name][str(seed)]))
         if saved.is_file():
             results.setdefault(name, {})[seed] = json.loads(saved.read_text())
             continue
