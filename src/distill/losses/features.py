@@ -106,7 +106,8 @@ def attention_relation(
     """MiniLMv2's self-attention relation transfer, for one relation (query-query, key-key or value-value)
     of one layer: KL(teacher relation || student relation).
 
-    Inputs are that layer's query (or key, or value) vectors, (B, T, W_s) and (B, T, W_t). Each is split
+    Inputs are that layer's query (or key, or value) vectors, (B, T, W_s) and (B, T, W_t), as its q/k/v
+    projections output them: before rotary position embedding, as MiniLMv2 takes them. Each is split
     into `heads` relation heads of width W / heads (so teacher and student may differ in width and in
     attention heads); the relation of a head is softmax(x x^T / sqrt(W / heads)) over the positions a
     query may see (earlier ones when `causal`; `mask` (B, T) drops padding as keys and as queries). The
