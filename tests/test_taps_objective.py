@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,28 @@ def test_balance_with_must_name_another_term():
 
     with pytest.raises(ValueError, match="balance_with names no other term"):
         check_terms([Term(name="a", loss="ce", inputs=["student.logits", "labels"], balance_with="b")])
+
+
+def test_a_loss_by_dotted_path_is_checked_and_used_like_a_built_in_one(tmp_path, monkeypatch):
+    """A user's loss in their own module: its inputs and keyword arguments are checked against its signature, and
+    the objective calls it."""
+    import sys
+
+    (tmp_path / "my_losses.py").write_text(
+        "def scaled_l1(student, teacher, scale=1.0):\n    return scale * (student - teacher.detach()).abs().mean()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_losses", None)
+    term = Term(name="l1", loss="my_losses:scaled_l1", inputs=["student.logits", "teacher.logits"], args={"scale": 3})
+    objective = Objective([term], ["teacher"])
+    s, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
+    total, terms = objective({"student": {"logits": s}, "teachers": {"teacher": {"logits": t}}}, {})
+    assert total.item() == pytest.approx(3 * 1.5) and terms["l1"].item() == pytest.approx(4.5)
+    for bad, message in [
+        ({"args": {"scal": 3}}, "loss 'my_losses:scaled_l1' has no argument 'scal'; it takes ['scale']"),
+        ({"inputs": ["student.logits"]}, "loss 'my_losses:scaled_l1' takes 2 inputs, got 1"),
+        ({"loss": "my_losses:nope"}, "loss 'my_losses:nope' cannot be imported"),
+        ({"loss": "nodots"}, "loss 'nodots' is neither one of ["),
+    ]:
+        with pytest.raises((ValueError, ConfigError), match=re.escape(message)):
+            Term.model_validate({**term.model_dump(), **bad})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import types
 import typing
@@ -33,6 +34,20 @@ class Section(BaseModel):
                 if kinds & {int, float} and bool not in kinds:
                     raise ValueError(f"{name} = {str(value).lower()}: expected a number, not a boolean")
         return data
+
+
+def import_dotted(name: str, known: dict[str, Any], what: str, example: str) -> Any:
+    """`known[name]`, or the object a dotted path names ('pkg.module:attr' or 'pkg.module.attr'): how a user
+    brings their own model class or loss function. One-line ConfigError when it is neither."""
+    if name in known:
+        return known[name]
+    module_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module_name:
+        raise ConfigError(f"{what} {name!r} is neither one of {sorted(known)} nor a dotted path '{example}'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{what} {name!r} cannot be imported: {e}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -212,8 +212,8 @@ def capture(
                 bar.update(len(ids) * seq_len)
             tmp = out.with_name(f".{out.name}.tmp")
             save_file({c: torch.cat(v).contiguous() for c, v in parts.items()}, str(tmp))
+            atomic_write(_checksum(out), _sha256(tmp) + "\n")  # before the shard appears: a shard has its checksum
             os.replace(tmp, out)  # a shard exists whole or not at all
-            atomic_write(_checksum(out), _sha256(out) + "\n")  # written after the shard: proof it is whole
             lock.release()
             computed += (b - a) * seq_len
             seconds += time.perf_counter() - t0

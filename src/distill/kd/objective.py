@@ -15,18 +15,25 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from distill.config import Section
+from distill.config import Section, import_dotted
 from distill.errors import ConfigError
 from distill.losses import LOSSES, PROJECTED, Projection
 
-LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+
+def loss_fn(name: str) -> Callable[..., Tensor]:
+    """A loss by name: one of distill.losses, or a user's function by dotted path (a pure function of tensors,
+    its inputs first, then keyword arguments: the same contract, checked the same way)."""
+    return import_dotted(name, LOSSES, "loss", "pkg.module:function")
+
+
 POOLED = ("mean", "routed")
 _REF = re.compile(r"^(student|teacher(?:\[([A-Za-z0-9_\-]+)\])?)\.(.+)$")
 
@@ -35,7 +42,7 @@ class Term(Section):
     """One loss term: `weight * loss(inputs..., **args)`."""
 
     name: str = Field(description="name it is logged under")
-    loss: LossName = Field(description="which loss function (distill.losses.LOSSES)")
+    loss: str = Field(description=f"a loss of distill.losses ({', '.join(LOSSES)}) or a dotted path 'pkg.mod:fn'")
     weight: float = Field(1.0, description="multiplier in the weighted sum")
     inputs: list[str] = Field(description="references: student.<tap>, teacher[NAME].<tap>, labels, batch.<key>")
     mask: str | None = Field(None, description="batch.<key> of a padding mask (True = keep)")
@@ -54,9 +61,20 @@ class Term(Section):
             parse_ref(r)
         return refs
 
+    @field_validator("loss")
+    @classmethod
+    def _known(cls, loss: str) -> str:
+        try:
+            fn = loss_fn(loss)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if not callable(fn):
+            raise ValueError(f"loss {loss!r} is not a function")
+        return loss
+
     @model_validator(mode="after")
     def _check(self) -> Term:
-        fn = LOSSES[self.loss]
+        fn = loss_fn(self.loss)
         params = list(inspect.signature(fn).parameters)
         n_in = sum(1 for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty)
         if len(self.inputs) != n_in:
@@ -162,7 +180,7 @@ class Objective(nn.Module):
             kwargs = dict(term.args)
             if term.mask is not None:
                 kwargs["mask"] = self.resolve(term.mask, signals, batch)
-            raw[term.name] = LOSSES[term.loss](*inputs, **kwargs)
+            raw[term.name] = loss_fn(term.loss)(*inputs, **kwargs)
         total = sum(self._weight(term, raw) * raw[term.name] for term in self.terms)
         return total, {name: value.detach() for name, value in raw.items()}
 

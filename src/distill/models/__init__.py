@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from distill.config import Section
+from distill.config import Section, import_dotted
 from distill.errors import DistillError
 from distill.models.recognizer import Recognizer
 from distill.models.vision import MLP, ConvNet, DCConvNet, ResNet
@@ -43,17 +42,7 @@ class ModelSpec(Section):
 
 
 def resolve_class(arch: str) -> type[nn.Module]:
-    if arch in ARCHS:
-        return ARCHS[arch]
-    module_name, sep, attr = arch.partition(":") if ":" in arch else arch.rpartition(".")
-    if not sep or not module_name:
-        raise DistillError(
-            f"model arch {arch!r} is neither one of {sorted(ARCHS)} nor a dotted path 'pkg.module:Class'"
-        )
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise DistillError(f"model arch {arch!r} cannot be imported: {e}") from None
+    obj = import_dotted(arch, ARCHS, "model arch", "pkg.module:Class")
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)) and not callable(obj):
         raise DistillError(f"model arch {arch!r} is not an nn.Module class or factory")
     return obj
