@@ -135,14 +135,20 @@ FIXES = {
 }
 
 
-def os_problem(e: OSError) -> str:
-    """An OSError as one line: what the system said, where, and what to do about it."""
+def os_problem(e: OSError, resume: Path | None = None) -> str:
+    """An OSError as one line: what the system said, where, and what to do about it (resume `resume`: what was
+    saved before is whole, every write being atomic)."""
     where = f" ({e.filename})" if e.filename else ""
     what = e.strerror or str(e) or type(e).__name__
     fix = FIXES.get(e.errno or -1)
-    if RunDir.active is not None and not _discard_empty_run():  # what was saved before is whole: atomic writes
-        fix = f"{fix + ', then ' if fix else ''}continue with --resume {RunDir.active.path}"
+    if resume is not None:
+        fix = f"{fix + ', then ' if fix else ''}continue with --resume {resume}"
     return f"{what}{where}" + (f"; {fix}" if fix else "")
+
+
+def _resumable() -> Path | None:
+    """The run this process was writing, unless it held nothing yet (then it is removed)."""
+    return None if RunDir.active is None or _discard_empty_run() else RunDir.active.path
 
 
 def _discard_empty_run() -> bool:
@@ -196,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system's refusals: a full disk, a read-only folder, a name too long
         if os.environ.get("DISTILL_TRACEBACK"):
             raise
-        print(f"distill: error: {os_problem(e)}", file=sys.stderr)
+        print(f"distill: error: {os_problem(e, _resumable())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see _terminate)
-        saved = RunDir.active is not None and not _discard_empty_run()
-        where = f"continue with --resume {RunDir.active.path}" if saved else "nothing was saved yet"
+        run = _resumable()
+        where = f"continue with --resume {run}" if run is not None else "nothing was saved yet"
         print(f"distill: interrupted; {where}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:

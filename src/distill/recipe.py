@@ -169,13 +169,10 @@ class Context:
         return result
 
 
-STARTED = ".config-started.yaml"  # the config a run started with, beside the config.yaml a user may edit
-
-
 def unchanged(run: RunDir, cfg: BaseModel) -> None:
     """Refuse, in one line, to resume a run whose config.yaml was edited since it started (a changed seed would
     train half the steps on each seed; a changed shape would not fit the checkpoint)."""
-    started = run.path / STARTED
+    started = run.path / RunDir.STARTED
     if not started.is_file():  # a run from before this check
         return
     before, now = _flat(yaml.safe_load(started.read_text())), _flat(cfg.model_dump(mode="json"))
@@ -218,8 +215,8 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
         if accelerator.num_processes > 1:
             broadcast_object_list(name)
         run = RunDir(name[0], main).lock()
-        run.write_text(STARTED, dump(cfg))  # what the checkpoints are made with: a resume must match it
-        run.write_text(".recipe", recipe + "\n")
+        run.write_text(RunDir.STARTED, dump(cfg))  # what the checkpoints are made with: a resume must match it
+        run.write_text(RunDir.RECIPE, recipe + "\n")
         run.fresh = True  # made by this process: removed again if it fails before writing anything else
         run.write_text("config.yaml", dump(cfg))
     accelerator.wait_for_everyone()

@@ -52,7 +52,9 @@ class RunDir:
     """A run's directory. `is_main=False` makes every write a no-op (non-main DDP processes)."""
 
     active: RunDir | None = None  # the run this process holds the lock of (what an interrupted CLI names)
-    BOOKKEEPING = {".lock", "config.yaml", ".config-started.yaml", ".recipe"}  # what start() writes
+    STARTED = ".config-started.yaml"  # the config a run started with, beside the config.yaml a user may edit
+    RECIPE = ".recipe"  # the recipe that made the run
+    BOOKKEEPING = {".lock", "config.yaml", STARTED, RECIPE}  # what start() writes
 
     def __init__(self, path: str | Path, is_main: bool = True) -> None:
         self.path = Path(path)
@@ -210,7 +212,7 @@ class RunDir:
 
     def recipe(self) -> str | None:
         """The recipe that made this run (None for a run from before this was kept)."""
-        p = self.path / ".recipe"
+        p = self.path / self.RECIPE
         return p.read_text().strip() if p.is_file() else None
 
     def close(self) -> None:

@@ -275,7 +275,7 @@ class TeacherCache(RowStore):
 
     columns = COLUMNS
 
-    def __init__(self, path: str | Path, expected: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | Path, expected: dict[str, Any] | None = None, verified: bool = False) -> None:
         self.path = Path(path)
         manifest = read_manifest(self.path)
         if manifest is None:
@@ -285,7 +285,7 @@ class TeacherCache(RowStore):
             check_manifest(self.path, self.manifest, expected, MUST_MATCH)
         n, per = self.manifest["rows"], self.manifest["shard_rows"]
         count = math.ceil(n / per)
-        if problems := _problems(self.path, self.manifest):
+        if not verified and (problems := _problems(self.path, self.manifest)):
             (first, why), *_ = problems.items()
             raise DistillError(
                 f"teacher cache {self.path} is not whole ({len(problems)} of {count} shards missing or damaged; "
@@ -348,7 +348,7 @@ def open_or_capture(
             accelerator.num_processes,
         )
     accelerator.wait_for_everyone()
-    cache = TeacherCache(path, expected)
+    cache = TeacherCache(path, expected, verified=manifest is not None and not problems)  # each shard hashed once
     cache.captured = stats
     return cache
 
