@@ -268,6 +268,22 @@ def test_token_shards_give_the_in_memory_rows(tmp_path, monkeypatch):
         token_splits(small.model_copy(update={"text_field": "other"}), char_tokenizer())
 
 
+@pytest.mark.parametrize("shards", [False, True])
+def test_a_validation_carve_is_the_training_splits_end_and_never_the_held_out(tmp_path, shards):
+    docs = tmp_path / "docs.txt"
+    docs.write_text(" ".join(f"w{i}" for i in range(2000)))
+    cfg = TextData(source="files", paths=[str(docs)], seq_len=9, val_fraction=0.1)
+    if shards:
+        cfg = cfg.model_copy(update={"shards": str(tmp_path / "shards")})
+    train, held_out = token_splits(cfg, char_tokenizer())
+    sub, valid = token_splits(cfg.model_copy(update={"evaluate_on": "validation"}), char_tokenizer())
+    n, v = len(train["input_ids"]), len(valid["input_ids"])
+    assert v == int(n * 0.1) and len(sub["input_ids"]) == n - v  # val_fraction of the training rows
+    assert torch.equal(sub["input_ids"][:], train["input_ids"][: n - v])  # the training rows before the carve
+    assert torch.equal(valid["input_ids"][:], train["input_ids"][n - v :])  # the carve: the training split's end
+    assert torch.equal(valid["labels"][:], train["labels"][n - v :])
+
+
 def test_a_datasets_directory_streams_into_the_same_shards(tmp_path):
     from datasets import Dataset
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, load_model
 from transformers import AutoModelForCausalLM
 
@@ -124,14 +125,21 @@ def test_students_from_step_through_the_recipe_and_the_premise_reported(tiny, tm
     assert all(torch.equal(a["input_ids"], online[m]) for a, m in zip(seen["alone/small"], [2, 4], strict=True))
     # a random tiny teacher is no better than the students alone: the run completes and says so
     premise = result["info"]["premise"]
-    assert premise["holds"] is False and premise["teacher_start"] == rows["teacher at the start"]["val_loss"]
-    assert "premise (the teacher at the start 0.3 nats or more below every student alone): does NOT hold" in (
+    # the premise reads the teacher as the students join it (step 2), measured then, not at the start or the end
+    joined = json.loads((tmp_path / "runs" / "r" / "teacher_joined.json").read_text())
+    assert joined["step"] == 2 and rows["teacher as the students join"]["steps"] == 2
+    assert premise["holds"] is False and premise["teacher"] == round(joined["val_loss"], 4)
+    assert len({rows[k]["val_loss"] for k in ("teacher at the start", "teacher as the students join", "teacher")}) == 3
+    assert "premise (the teacher the students start from 0.3 nats or more below every student alone): does NOT hold" in (
         capsys.readouterr().out
     )
     # the teacher loaded from its weights starts the same in another variant (here: offline)
     assert main(["online", *tiny, "mode=offline", "run.run_name=r2"]) == 0
     again = json.loads((tmp_path / "runs" / "r2" / "teacher_start.json").read_text())
     assert again == json.loads((tmp_path / "runs" / "r" / "teacher_start.json").read_text())
+    # and trains to the same weights, bit for bit: its steps do not depend on the students of a variant
+    ends = [load_file(str(tmp_path / "runs" / r / "models" / "teacher" / "model.safetensors")) for r in ("r", "r2")]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
 
 
 def test_online_run_exports_students_without_their_auxiliary_layer(tiny, tmp_path, capsys, monkeypatch):
@@ -202,6 +210,37 @@ def test_online_offline_and_alone_students_see_the_same_batches(tiny, tmp_path, 
     assert len(got) == 6 and all(torch.equal(a, online[m]) for a, m in zip(got, [0, 1, 4, 5, 8, 9]))
 
 
+def test_students_of_different_objectives_in_one_cohort(tiny, tmp_path):
+    """Per-student weights: relation-only students beside KL students, on the teacher's one forward a step."""
+    students = (f"students=[{{name: rel, shape: {STUDENT}, kl: 0, relation: 2.0, ce: 0.5}}, "
+                f"{{name: kl, shape: {STUDENT}, relation: 0}}]")  # fmt: skip
+    assert main(["online", *tiny, "relation.weight=0", students]) == 0
+    run = tmp_path / "runs" / "r"
+    terms = next(r for r in read_metrics(run) if r["stage"] == "online" and "loss" in r)
+    assert {"rel/rel_qq", "rel/rel_kk", "rel/rel_vv", "rel/ce", "kl/kl"} <= set(terms)
+    assert not {"rel/kl", "kl/rel_qq", "kl/ce"} & set(terms)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["students"][0]
+    assert (saved["kl"], saved["relation"], saved["ce"]) == (0, 2.0, 0.5)
+    result = json.loads((run / "results.json").read_text())
+    assert [r["trained"] for r in result["rows"][2:]] == [
+        "online from teacher: relations + LM",
+        "online from teacher: KL",
+    ]
+    assert result["info"]["teacher_forwards"] == 6
+
+
+def test_a_teacher_alone_is_a_run_whose_teacher_later_runs_load(tiny, tmp_path):
+    assert main(["online", *tiny, "students=[]", "run.run_name=pre"]) == 0
+    pre = tmp_path / "runs" / "pre"
+    result = json.loads((pre / "results.json").read_text())
+    assert [r["model"] for r in result["rows"]] == ["teacher at the start", "teacher"]
+    trained = result["rows"][1]["val_loss"]
+    over = [o for o in tiny if not o.startswith("teacher.path")] + [f"teacher.path={pre / 'models' / 'teacher'}"]
+    assert main(["online", *over, "run.run_name=next"]) == 0
+    start = json.loads((tmp_path / "runs" / "next" / "teacher_start.json").read_text())["val_loss"]
+    assert start == pytest.approx(trained, abs=1e-4)  # rows are rounded to 4 places
+
+
 def test_a_teacher_assistant_chain(tiny, tmp_path):
     chain = (f"students=[{{name: ta, shape: {{layers: 2, hidden: 32, heads: 2, ffn: 32}}}}, "
              f"{{name: small, shape: {STUDENT}, source: ta}}]")  # fmt: skip
@@ -209,7 +248,10 @@ def test_a_teacher_assistant_chain(tiny, tmp_path):
     metrics = read_metrics(tmp_path / "runs" / "r")
     assert any("small/kl" in r for r in metrics) and any("ta/kl" in r for r in metrics)
     result = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
-    assert [r["trained"] for r in result["rows"][2:]] == ["online from teacher", "online from ta"]
+    assert [r["trained"] for r in result["rows"][2:]] == [
+        "online from teacher: KL + relations",
+        "online from ta: KL + relations",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -217,7 +259,8 @@ def test_a_teacher_assistant_chain(tiny, tmp_path):
     [
         (["students=[{name: s, source: nobody}]"], "learns from 'nobody', which is neither 'teacher' nor a student"),
         (["relation.heads=3"], "relation.heads=3 does not divide teacher's k_proj width 16"),
-        (["kl.weight=0", "relation.weight=0"], "the students learn nothing"),
+        ([f"students=[{{name: s, shape: {STUDENT}, kl: 0, relation: 0}}]"], "student 's' learns nothing"),
+        (["kl.weight=0", "relation.weight=0"], "student 'small' learns nothing"),
     ],
 )
 def test_config_errors_before_training(tiny, tmp_path, capsys, extra, word):

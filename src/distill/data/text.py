@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,11 @@ class TextData(Section):
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of sequences held out (the corpus's end)")
     max_sequences: int | None = Field(None, gt=0, description="use at most this many training sequences")
     max_val_sequences: int | None = Field(None, gt=0, description="evaluate on at most this many held-out sequences")
+    evaluate_on: Literal["held_out", "validation"] = Field(
+        "held_out",
+        description="validation: evaluate on the last val_fraction of the training sequences instead, and train on "
+        "those before them (for choosing hyperparameters; the held-out sequences are not used)",
+    )
     parts: list[TextData] = Field(
         default_factory=list,
         description="mixture: the corpora to mix (each its own source and paths), interleaved in pieces of "
@@ -157,8 +163,8 @@ def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str,
     texts = read_texts(cfg)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     seqs = pack(ids, cfg.seq_len + 1, tokenizer.eos_token_id)
-    n_val = _held_out(len(seqs), cfg)
-    train, val = seqs[:-n_val][: cfg.max_sequences], seqs[-n_val:][: cfg.max_val_sequences]
+    (t0, tn), (v0, vn) = _split(len(seqs), cfg)
+    train, val = seqs[t0 : t0 + tn], seqs[v0 : v0 + vn]
     return ({"input_ids": train[:, :-1], "labels": train[:, 1:]}, {"input_ids": val[:, :-1], "labels": val[:, 1:]})
 
 
@@ -167,6 +173,17 @@ def _held_out(rows: int, cfg: TextData) -> int:
     if rows - n_val < 1:
         raise DistillError(f"{rows} sequences are too few to hold {n_val} out; use a shorter data.seq_len")
     return n_val
+
+
+def _split(rows: int, cfg: TextData) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(first row, rows) of the training and the evaluation split: the corpus's end is held out; with
+    `evaluate_on=validation` the training rows' end is evaluated on instead (the held-out rows go unread)."""
+    n_val = _held_out(rows, cfg)
+    rows -= n_val
+    if cfg.evaluate_on == "validation":
+        n_val = _held_out(rows, cfg)
+        rows -= n_val
+    return (0, min(rows, cfg.max_sequences or rows)), (rows, min(n_val, cfg.max_val_sequences or n_val))
 
 
 def _shard_splits(cfg: TextData, tokenizer) -> tuple[TokenRows, TokenRows]:
@@ -187,10 +204,21 @@ def _shard_splits(cfg: TextData, tokenizer) -> tuple[TokenRows, TokenRows]:
     rows = shards.tokens // (cfg.seq_len + 1)
     if rows == 0:
         raise DistillError(f"the corpus has {shards.tokens} tokens: fewer than one sequence of {cfg.seq_len + 1}")
-    n_val = _held_out(rows, cfg)
-    train_n = min(rows - n_val, cfg.max_sequences or rows)
-    val_n = min(n_val, cfg.max_val_sequences or n_val)
-    return TokenRows(shards, cfg.seq_len, 0, train_n), TokenRows(shards, cfg.seq_len, rows - n_val, val_n)
+    (t0, tn), (v0, vn) = _split(rows, cfg)
+    return TokenRows(shards, cfg.seq_len, t0, tn), TokenRows(shards, cfg.seq_len, v0, vn)
+
+
+def learned_tokenizer(cfg: TextData, vocab_size: int, saved: Path | None = None, who: str = "distill"):
+    """`train_tokenizer` on the corpus of `cfg`, or the one saved at `saved` by an earlier attempt of the run."""
+    if saved is not None and saved.is_dir():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(saved)
+    tokenizer = train_tokenizer(read_texts(cfg), vocab_size)
+    if (n := len(tokenizer)) < vocab_size:  # BPE stops when the corpus has no pair left to merge
+        say = f"the corpus yields {n:,} tokens, fewer than tokenizer_vocab={vocab_size:,}"
+        print(f"distill: {who}: {say}; the models use {n:,}", file=sys.stderr)
+    return tokenizer
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

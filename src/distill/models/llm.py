@@ -159,6 +159,24 @@ def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
     return LlamaForCausalLM(config)
 
 
+class ModelConfig(Section):
+    """A causal LM: loaded from `path`, or built from scratch with `shape`."""
+
+    path: str | None = Field(None, description="an HF directory, a .gguf file or a bundled name; null: from scratch")
+    shape: LlamaShape = Field(default_factory=LlamaShape, description="the from-scratch shape (when path is null)")
+
+    def widths(self, tokenizer, name: str) -> dict[str, Any]:
+        """Its widths, read before any weight; a vocabulary other than `tokenizer`'s is refused in one line."""
+        return self.shape.model_dump() if self.path is None else widths(self.path, tokenizer, name)
+
+    def build(self, tokenizer, seed: Callable[[], object] = lambda: None) -> torch.nn.Module:
+        """The model in training mode: loaded, or new (`seed()` first seeds torch for its initial weights)."""
+        if self.path is None:
+            seed()
+            return new_llama(self.shape, tokenizer)
+        return load_causal_lm(LlmSpec(path=self.path))[0].train()
+
+
 def widths(path: str, tokenizer, name: str = "model") -> dict[str, Any]:
     """hidden / heads / kv_heads / layers of the model at `path`, read from its config before any weight; refused
     in one line when its tokenizer is not `tokenizer` (distilling logits needs one vocabulary)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,14 +25,14 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from distill.config import Section
-from distill.data.text import TextData, read_texts, token_splits, train_tokenizer
-from distill.engine import TrainConfig, check_fits
+from distill.data.text import TextData, learned_tokenizer, token_splits
+from distill.engine import Callbacks, TrainConfig, check_fits
 from distill.evaluate import lm_loss
 from distill.kd import Cohort, Distiller, Member, Term
 from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, relation_terms
 from distill.kd.cohort import learner_batches, learner_steps
 from distill.models import count_parameters
-from distill.models.llm import LlamaShape, LlmSpec, load_causal_lm, load_tokenizer, new_llama, widths
+from distill.models.llm import LlamaShape, ModelConfig, load_tokenizer
 from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 from distill.report import markdown_table
 
@@ -41,13 +40,6 @@ name = "online"
 LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 PREMISE_NATS = 0.3  # how much better than the students alone a teacher must start, for distillation to show
 BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
-
-
-class ModelConfig(Section):
-    """A causal LM: loaded from `path`, or built from scratch with `shape`."""
-
-    path: str | None = Field(None, description="an HF directory, a .gguf file or a bundled name; null: from scratch")
-    shape: LlamaShape = Field(default_factory=LlamaShape, description="the from-scratch shape (when path is null)")
 
 
 class TeacherConfig(ModelConfig):
@@ -64,6 +56,14 @@ class StudentConfig(ModelConfig):
     auxiliary_layer: bool = Field(
         False, description="distil attention relations at an extra layer on top, dropped on export"
     )
+    kl: float | None = Field(None, ge=0, description="its weight of the logit KL (null: kl.weight)")
+    relation: float | None = Field(None, ge=0, description="its weight of the relations (null: relation.weight)")
+    ce: float | None = Field(None, ge=0, description="its weight of its own LM loss (null: student_ce)")
+
+    def weights(self, cfg: Config) -> tuple[float, float, float]:
+        """(KL, relations, own LM loss): its own where set, else the run's (one cohort, several objectives)."""
+        run = (cfg.kl.weight, cfg.relation.weight, cfg.student_ce)
+        return tuple(o if o is not None else d for o, d in zip((self.kl, self.relation, self.ce), run))
 
 
 class KLConfig(Section):
@@ -98,6 +98,7 @@ class Config(Section):
     )
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     students: list[StudentConfig] = Field(
+        description="the students (none: the teacher trains alone, e.g. to be reused by later runs' teacher.path)",
         default_factory=lambda: [
             StudentConfig(name="small", shape=LlamaShape(layers=2)),
             StudentConfig(name="medium", shape=LlamaShape(layers=4)),
@@ -146,8 +147,9 @@ class Config(Section):
                 f"students_from_step={self.students_from_step} leaves the students no step of the "
                 f"teacher's {self.train.max_steps}"
             )
-        if self.kl.weight == 0 and self.relation.weight == 0 and self.student_ce == 0:
-            raise ValueError("the students learn nothing: kl.weight, relation.weight and student_ce are all 0")
+        for s in self.students:
+            if not any(s.weights(self)):
+                raise ValueError(f"student {s.name!r} learns nothing: its KL, relation and LM-loss weights are all 0")
         return self
 
 
@@ -157,9 +159,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     train, val = token_splits(cfg.data, tokenizer)
     student_steps = learner_steps(cfg.train.max_steps, cfg.distill_every, cfg.students_from_step)
     check_fits(len(train["input_ids"]), cfg.train, "train")
-    shapes = {"teacher": _shape(cfg.teacher, tokenizer)}
-    shapes.update({s.name: _shape(s, tokenizer) for s in cfg.students})
-    if cfg.relation.weight:
+    shapes = {"teacher": cfg.teacher.widths(tokenizer, "teacher")}
+    shapes.update({s.name: s.widths(tokenizer, s.name) for s in cfg.students})
+    if any(s.weights(cfg)[1] for s in cfg.students):
         check_relation_heads(shapes, cfg.relation.relations, cfg.relation.heads)
     ctx = start(name, cfg, cfg.run, resume)
     if ctx.run.is_main and cfg.tokenizer_vocab:
@@ -201,12 +203,22 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 5-6. evaluate and export
     t_steps = cfg.train.max_steps
     teacher_end = held_out(models["teacher"])
+    # the premise compares the teacher the students learn from, as they start: online, when they join
+    joined = ctx.run.path / "teacher_joined.json"  # written by `online` at students_from_step
+    teacher_then = teacher_end if cfg.mode == "offline" else teacher_start
+    if cfg.mode == "online" and joined.is_file():
+        teacher_then = json.loads(joined.read_text())["val_loss"]
     rows = [
         _row("teacher at the start", models["teacher"], "-", teacher_start, 0, 0),
         _row("teacher", models["teacher"], "-", teacher_end, forwards["teacher"], t_steps),
     ]
+    if cfg.mode == "online" and cfg.students_from_step and cfg.students:
+        joined_row = _row("teacher as the students join", models["teacher"], "-", teacher_then, 0, 0)
+        rows.insert(1, {**joined_row, "steps": cfg.students_from_step})
     for s in cfg.students:
-        how = f"{cfg.mode} from {s.source}"
+        kl, relation, ce = s.weights(cfg)
+        what = [n for n, w in (("KL", kl), ("relations" + " (aux)" * s.auxiliary_layer, relation), ("LM", ce)) if w]
+        how = f"{cfg.mode} from {s.source}: {' + '.join(what)}"
         rows.append(_row(s.name, models[s.name], how, held_out(models[s.name]), forwards.get(s.name, 0), student_steps))
         if s.name in alone:
             rows.append(
@@ -231,10 +243,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if alone:  # the premise of distillation: a teacher clearly better than what the students reach alone
         best = min(r["val_loss"] for r in rows if r["model"].endswith(" alone"))
         info["premise"] = {
-            "teacher_start": round(teacher_start, 4),
+            "teacher": round(teacher_then, 4),
             "best_alone": best,
             "needed": PREMISE_NATS,
-            "holds": best - teacher_start >= PREMISE_NATS,
+            "holds": best - teacher_then >= PREMISE_NATS,
         }
     return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
 
@@ -252,6 +264,12 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
     cohort.to(ctx.accelerator.device)
     cohort.build(_probe(train, ctx))
     counts = lambda: {f"forwards/{n}": float(c) for n, c in cohort.forward_counts().items()}  # noqa: E731
+
+    def joining(products: dict[str, nn.Module], step: int) -> None:
+        if step == cfg.students_from_step:  # the teacher the students start learning from (written by main)
+            loss = evaluate({"teacher": products["teacher"]})["teacher/val_loss"]
+            ctx.run.write_json("teacher_joined.json", {"step": step, "val_loss": loss})
+
     metrics = ctx.fit(
         cohort,
         train,
@@ -260,6 +278,7 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
         product=cohort.products,
         seed_from=BATCHES,
         eval_fn=lambda products: {**evaluate(products), **counts()},
+        callbacks=Callbacks(on_step=joining),
     )
     return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
 
@@ -317,49 +336,30 @@ def student_train(cfg: Config, s: StudentConfig, steps: int) -> TrainConfig:
 def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -> list[Term]:
     """KL to the source's logits, MiniLMv2 relations at one layer, optionally the student's own LM loss."""
     ref = "teacher" if s.source == "teacher" else f"teacher[{s.source}]"
+    kl, relation, ce = s.weights(cfg)
     terms = []
-    if cfg.kl.weight:
+    if kl:
         args = {"temperature": cfg.kl.temperature, "chunk_size": cfg.kl.chunk_size}
-        terms.append(
-            Term(name="kl", loss="kl", weight=cfg.kl.weight, inputs=["student.logits", f"{ref}.logits"], args=args)
-        )
-    if cfg.relation.weight:
+        terms.append(Term(name="kl", loss="kl", weight=kl, inputs=["student.logits", f"{ref}.logits"], args=args))
+    if relation:
         r = cfg.relation
         terms += relation_terms(
-            models[s.source], models[s.name], ref, r.relations, r.weight, r.heads, r.source_layer, r.student_layer
+            models[s.source], models[s.name], ref, r.relations, relation, r.heads, r.source_layer, r.student_layer
         )
-    if cfg.student_ce:
-        terms.append(LM_CE.model_copy(update={"weight": cfg.student_ce}))
+    if ce:
+        terms.append(LM_CE.model_copy(update={"weight": ce}))
     return terms
 
 
 def _tokenizer(cfg: Config, resume: str | Path | None):
-    if cfg.tokenizer_vocab:
-        saved = Path(resume) / "tokenizer" if resume else None
-        if saved is not None and saved.is_dir():
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(saved)  # the one this run learned, not a new draw
-        tokenizer = train_tokenizer(read_texts(cfg.data), cfg.tokenizer_vocab)
-        if (n := len(tokenizer)) < cfg.tokenizer_vocab:  # BPE stops when the corpus has no pair left to merge
-            say = f"the corpus yields {n:,} tokens, fewer than tokenizer_vocab={cfg.tokenizer_vocab:,}"
-            print(f"distill: online: {say}; the models use {n:,}", file=sys.stderr)
-        return tokenizer
+    if cfg.tokenizer_vocab:  # a resumed run reads the one it learned
+        return learned_tokenizer(cfg.data, cfg.tokenizer_vocab, Path(resume) / "tokenizer" if resume else None, name)
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
 
-def _shape(spec: ModelConfig, tokenizer) -> dict[str, Any]:
-    """The widths of `spec`'s model, read before any weight; a vocabulary other than the run's is an error."""
-    name = getattr(spec, "name", "teacher")
-    return spec.shape.model_dump() if spec.path is None else widths(spec.path, tokenizer, name)
-
-
 def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
-    """The model of `spec` (checked by `_shape` before the run): loaded, or new from its own stage seed."""
-    if spec.path is None:
-        ctx.seed_stage(f"init/{getattr(spec, 'name', 'teacher')}")
-        return new_llama(spec.shape, tokenizer)
-    return load_causal_lm(LlmSpec(path=spec.path))[0].train()
+    """The model of `spec` (checked by `ModelConfig.widths` before the run), new ones from their own stage seed."""
+    return spec.build(tokenizer, lambda: ctx.seed_stage(f"init/{getattr(spec, 'name', 'teacher')}"))
 
 
 def _probe(train: dict, ctx: Context) -> dict:
@@ -391,7 +391,8 @@ def table(result: Result) -> str:
     if p := i.get("premise"):
         verdict = "holds" if p["holds"] else "does NOT hold: the distilled students cannot show what the method gives"
         lines.append(
-            f"premise (the teacher at the start {p['needed']} nats or more below every student alone): "
-            f"{verdict} (teacher {p['teacher_start']:.4f}, best alone {p['best_alone']:.4f})"
+            f"premise (the teacher the students start from {p['needed']} nats or more below every student "
+            f"alone): {verdict} (teacher {p.get('teacher', p.get('teacher_start')):.4f}, best alone "
+            f"{p['best_alone']:.4f})"
         )
     return "\n".join(lines)
