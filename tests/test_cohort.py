@@ -142,3 +142,30 @@ def test_weight_decay_is_per_member():
         _one_step(c, {"lr": 0.01, "weight_decay": 0.0})
     torch.testing.assert_close(_flat(plain.members["small"]) - _flat(decayed.members["small"]), 0.01 * 0.5 * w0)
     torch.testing.assert_close(_flat(plain.members["teacher"]), _flat(decayed.members["teacher"]), rtol=0, atol=0)
+
+
+def test_a_late_joiners_lr_schedule_runs_over_its_own_steps(monkeypatch):
+    """Students joining at step 2 of 8, every 2nd step: the lrs of their 3 steps are those of a 3-step stage
+    (warmup 2 / 2 = 1, cosine over 3), not the tail of the teacher's schedule; the teacher keeps its own."""
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    seen: list[list[float]] = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *a, **k):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    members = {"teacher": Member(_net(32, 0), [CE]), "small": Member(_net(8, 1), [KD], sources=["teacher"])}
+    cfg = TrainConfig(max_steps=8, batch_size=16, lr=0.1, warmup_steps=2, progress=False)
+    fit(Cohort(members, every=2, start=2), data(), cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0)
+    cohort_lrs = seen[:]
+    seen.clear()
+    alone = cfg.model_copy(update={"max_steps": 3, "warmup_steps": 1})
+    fit(Distiller(_net(8, 1), [CE]), data(), alone, stage="a", run=None, accelerator=Accelerator(cpu=True), seed=0)
+    assert [lrs[1] for lrs in cohort_lrs[2::2]] == pytest.approx([lrs[0] for lrs in seen])
+    assert [lrs[1] for lrs in cohort_lrs[2::2]] == pytest.approx([0.1, 0.1, 0.05])  # warmup 1, then cosine over 2
+    assert [lrs[0] for lrs in cohort_lrs[:2]] == pytest.approx([0.05, 0.1])  # the teacher's own warmup of 2

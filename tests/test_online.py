@@ -130,9 +130,8 @@ def test_students_from_step_through_the_recipe_and_the_premise_reported(tiny, tm
     assert joined["step"] == 2 and rows["teacher as the students join"]["steps"] == 2
     assert premise["holds"] is False and premise["teacher"] == round(joined["val_loss"], 4)
     assert len({rows[k]["val_loss"] for k in ("teacher at the start", "teacher as the students join", "teacher")}) == 3
-    assert "premise (the teacher the students start from 0.3 nats or more below every student alone): does NOT hold" in (
-        capsys.readouterr().out
-    )
+    said = "premise (the teacher the students start from 0.3 nats or more below every student alone): does NOT hold"
+    assert said in capsys.readouterr().out
     # the teacher loaded from its weights starts the same in another variant (here: offline)
     assert main(["online", *tiny, "mode=offline", "run.run_name=r2"]) == 0
     again = json.loads((tmp_path / "runs" / "r2" / "teacher_start.json").read_text())

@@ -118,6 +118,19 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
+def group_lr_lambda(cfg: TrainConfig, total_steps: int, group: Mapping[str, Any]) -> Callable[[int], float]:
+    """An optimizer group's multiplier. A group that steps once every `steps_every` optimizer steps from
+    `steps_from` on (a cohort's students) follows the schedule of its own steps, as a stage of only those
+    steps would: its warmup and decay start when it joins, not at the stage's step 0."""
+    start, every = group.get("steps_from", 0), group.get("steps_every", 1)
+    if (start, every) == (0, 1):
+        return lr_lambda(cfg, total_steps)
+    own = lr_lambda(
+        cfg.model_copy(update={"warmup_steps": -(-cfg.warmup_steps // every)}), -(-(total_steps - start) // every)
+    )
+    return lambda step: own(max(0, step - start) // every)
+
+
 def check_fits(n: int, cfg: TrainConfig, where: str, world: int = 1) -> int:
     """Optimizer steps per epoch of `n` samples (as many as epoch_batches yields); a clear error for none.
 
@@ -196,7 +209,8 @@ def fit(
     model.to(accelerator.device)
     groups = model.param_groups() if hasattr(model, "param_groups") else None
     optimizer = make_optimizer(groups or [p for p in model.parameters() if p.requires_grad], cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    lambdas = [group_lr_lambda(cfg, total, g) for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
         for teacher in getattr(model, "teachers", []):

@@ -84,7 +84,9 @@ class Cohort(nn.Module):
     def param_groups(self) -> list[dict]:
         groups = []
         for name, d in self.members.items():
-            groups.append({"params": [p for p in d.parameters() if p.requires_grad], **self.options[name]})
+            # a learner's lr schedule runs over its own steps (engine.group_lr_lambda): warmup when it joins
+            own = {"steps_from": self.start, "steps_every": self.every} if self.sources[name] else {}
+            groups.append({"params": [p for p in d.parameters() if p.requires_grad], **self.options[name], **own})
         return groups
 
     def build(self, batch: dict[str, Tensor]) -> Cohort:

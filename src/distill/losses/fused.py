@@ -1,0 +1,137 @@
+"""The student's output projection and a logit divergence in one chunked pass (Liger-style, in plain PyTorch).
+
+`linear_divergence(hidden, weight, teacher)` is `kl_div(hidden @ weight.T, teacher)` (or reverse KL, the
+generalized JSD, sparse KL from a cached top-k; optionally plus cross-entropy on the labels), computed a chunk
+of positions at a time: the logits of a chunk are projected, compared and differentiated, and only the
+gradients with respect to `hidden` (positions x width) and `weight` (vocabulary x width) are kept. Neither the
+student's (positions x vocabulary) logits nor their fp32 softmax exist whole, which is most of the memory an LLM
+distillation step adds over a plain forward. The teacher's side is its logits, or its hidden states and output
+weight (then its logits are formed a chunk at a time too), or a cached (ids, log-probabilities, rest) top-k.
+Matmuls run in the inputs' dtype (bf16 under autocast-style inputs), the divergence and its sums in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.losses.logits import RowLoss, _forward_kl_rows, _jsd_rows, _reverse_kl_rows, _row_weights, _sparse_kl_rows
+
+Teacher = Tensor | tuple[Tensor, Tensor, Tensor]
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "sparse_kl")
+
+
+class _FusedLinearRowLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, teacher_rows, labels, w, row_loss, temperature, ce_weight, chunk, t2):
+        needs = [x is not None and x.requires_grad for x in (h, weight, bias)]
+        grad_h = torch.zeros_like(h) if needs[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
+        total = h.new_zeros((), dtype=torch.float32)
+        scale = temperature**2 if t2 else 1.0
+        for start in range(0, h.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            rows_w = w[sl]
+            if not bool(rows_w.any()):
+                continue
+            hc = h[sl].detach()
+            logits = F.linear(hc, weight.detach(), None if bias is None else bias.detach())
+            with torch.enable_grad():
+                s = logits.float().requires_grad_(any(needs))
+                per_row = row_loss(s / temperature, teacher_rows(sl)) * scale
+                if ce_weight:
+                    per_row = per_row + ce_weight * F.cross_entropy(s, labels[sl], ignore_index=-100, reduction="none")
+                value = (per_row * rows_w).sum()
+                if any(needs):
+                    (g,) = torch.autograd.grad(value, s)
+            total += value.detach()
+            if any(needs):
+                g = g.to(h.dtype)
+                if grad_h is not None:
+                    grad_h[sl] = g @ weight.detach()
+                if grad_w is not None:
+                    grad_w += (g.T @ hc).float()
+                if grad_b is not None:
+                    grad_b += g.float().sum(0)
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h, grad_w, grad_b), ctx.grads = ctx.grads, (None, None, None)  # one backward per forward
+        w_dtype, b_dtype = ctx.dtypes
+        if grad_h is not None:
+            grad_h.mul_(grad_out.to(grad_h.dtype))  # the buffer itself: no second (positions x width) copy
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_out).to(w_dtype)
+        if grad_b is not None:
+            grad_b = grad_b.mul_(grad_out).to(b_dtype)
+        return (grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None)
+
+
+def linear_divergence(
+    hidden: Tensor,
+    weight: Tensor,
+    teacher: Teacher,
+    teacher_weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    divergence: str = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    labels: Tensor | None = None,
+    ce_weight: float = 0.0,
+    mask: Tensor | None = None,
+    chunk_size: int = 1024,
+    t2_scale: bool = True,
+) -> Tensor:
+    """The mean over kept positions of `divergence(student logits / T, teacher logits / T)` (times T^2 when
+    `t2_scale`), plus `ce_weight` times the cross-entropy of the student's logits on `labels` (-100: none), where
+    the student's logits are `hidden @ weight.T + bias`, formed and differentiated `chunk_size` positions at a
+    time. `hidden` is (..., width); `teacher` is the teacher's logits (..., vocabulary), or its hidden states
+    (..., its width) when `teacher_weight` is given, or for `sparse_kl` a cached (ids, log-probs, rest) top-k."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    lead = hidden.shape[:-1]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    sparse = divergence == "sparse_kl"
+    if sparse != isinstance(teacher, tuple):
+        raise ValueError("sparse_kl reads a cached (ids, log-probs, rest) top-k, and only it does")
+    if sparse and temperature != 1.0:
+        raise ValueError("sparse_kl is taken at temperature 1 (the cache holds the teacher's log-probabilities)")
+    if ce_weight and labels is None:
+        raise ValueError("ce_weight needs the labels")
+    rows = _teacher_rows(teacher, teacher_weight, lead, temperature)
+    row_loss: RowLoss = {
+        "kl": _forward_kl_rows,
+        "reverse_kl": _reverse_kl_rows,
+        "jsd": _jsd_rows(beta),
+        "sparse_kl": _sparse_kl_rows,
+    }[divergence]
+    w = _row_weights(lead, mask, h.device)
+    flat_labels = None if labels is None else labels.reshape(-1).long()
+    args = (rows, flat_labels, w, row_loss, float(temperature), float(ce_weight), int(chunk_size), t2_scale)
+    return _FusedLinearRowLoss.apply(h, weight, bias, *args)
+
+
+def _teacher_rows(teacher: Teacher, weight: Tensor | None, lead: torch.Size, temperature: float) -> Callable:
+    """Rows `sl` of the teacher's side, as the row losses read them: logits / T in fp32, or the cached top-k."""
+    if isinstance(teacher, tuple):
+        ids, lp, rest = teacher
+        flat = (ids.reshape(-1, ids.shape[-1]), lp.reshape(-1, lp.shape[-1]), rest.reshape(-1))
+        return lambda sl: tuple(x[sl] for x in flat)
+    if teacher.shape[:-1] != lead:
+        raise ValueError(f"teacher {tuple(teacher.shape)} and student positions {tuple(lead)} differ")
+    t = teacher.detach().reshape(-1, teacher.shape[-1])
+    if weight is None:
+        return lambda sl: t[sl].float() / temperature
+    tw = weight.detach()
+    return lambda sl: F.linear(t[sl], tw).float() / temperature
