@@ -77,7 +77,7 @@ def test_a_third_party_recipe_is_found_through_its_entry_point(tmp_path):
 
 def test_the_package_recipes_follow_the_contract():
     found = recipes()
-    assert set(found) == {"kd", "minitron", "mtt", "label", "weaklabel", "online", "unify", "socratic", "capture"}
+    assert set(found) == {"kd", "minitron", "mtt", "label", "weaklabel", "online", "unify", "socratic", "capture", "lm"}
     for name, recipe in found.items():
         assert isinstance(recipe, Recipe) and recipe.name == name
 

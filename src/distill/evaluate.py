@@ -46,10 +46,33 @@ def accuracy(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator
 
 
 def lm_loss(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy over all positions of `data` ({"input_ids", "labels"})."""
+    """Mean next-token cross-entropy over the positions of `data` ({"input_ids", "labels"}) whose label is not -100
+    (prompt data: the completion tokens)."""
 
     def sums(logits: Tensor, b: dict[str, Tensor]) -> tuple[Tensor, int]:
-        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["labels"].flatten(), reduction="sum")
-        return ce, b["labels"].numel()
+        labels = b["labels"].flatten()
+        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels, reduction="sum")
+        return ce, int((labels != -100).sum())
 
     return sharded_mean(model, data, accelerator, batch_size, sums)
+
+
+def lm_kl(
+    student: nn.Module, teacher: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 8
+) -> float:
+    """Mean forward KL(teacher || student) of the next-token distributions over the positions of `data` whose
+    label is not -100: how far the student is from imitating the teacher."""
+    was_training = teacher.training
+    teacher.eval()
+
+    def sums(logits: Tensor, b: dict[str, Tensor]) -> tuple[Tensor, int]:
+        keep = b["labels"] != -100
+        with torch.no_grad():
+            t = call_model(teacher, b)[keep].float().log_softmax(-1)
+        s = logits[keep].float().log_softmax(-1)
+        return torch.nn.functional.kl_div(s, t, log_target=True, reduction="sum"), int(keep.sum())
+
+    try:
+        return sharded_mean(student, data, accelerator, batch_size, sums)
+    finally:
+        teacher.train(was_training)

@@ -136,15 +136,16 @@ class LlamaShape(Section):
     tied: bool = Field(True, description="tie the output head to the embeddings")
 
 
-def new_llama(shape: LlamaShape, tokenizer) -> torch.nn.Module:
-    """A LlamaForCausalLM of `shape` for `tokenizer`'s vocabulary, freshly initialised (torch's global seed)."""
+def new_llama(shape: LlamaShape, tokenizer, vocab: int | None = None) -> torch.nn.Module:
+    """A LlamaForCausalLM of `shape` for `tokenizer`'s vocabulary (or `vocab` logits, e.g. a teacher's padded
+    count), freshly initialised (torch's global seed)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     kv = shape.kv_heads or shape.heads
     if shape.hidden % shape.heads or shape.heads % kv:
         raise DistillError(f"shape {shape.model_dump()}: hidden must be a multiple of heads, heads of kv_heads")
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab or len(tokenizer),
         hidden_size=shape.hidden,
         intermediate_size=shape.ffn,
         num_hidden_layers=shape.layers,
@@ -169,11 +170,11 @@ class ModelConfig(Section):
         """Its widths, read before any weight; a vocabulary other than `tokenizer`'s is refused in one line."""
         return self.shape.model_dump() if self.path is None else widths(self.path, tokenizer, name)
 
-    def build(self, tokenizer, seed: Callable[[], object] = lambda: None) -> torch.nn.Module:
-        """The model in training mode: loaded, or new (`seed()` first seeds torch for its initial weights)."""
+    def build(self, tokenizer, seed: Callable[[], object] = lambda: None, vocab: int | None = None) -> torch.nn.Module:
+        """The model in training mode: loaded, or new with `vocab` logits (`seed()` first seeds its weights)."""
         if self.path is None:
             seed()
-            return new_llama(self.shape, tokenizer)
+            return new_llama(self.shape, tokenizer, vocab)
         return load_causal_lm(LlmSpec(path=self.path))[0].train()
 
 
@@ -185,7 +186,12 @@ def widths(path: str, tokenizer, name: str = "model") -> dict[str, Any]:
             f"{name} ({path}) has another tokenizer than the run's; teacher and students must share one vocabulary"
         )
     c = read_config(hf_dir(path))
+    if c.vocab_size < len(tokenizer):
+        raise DistillError(
+            f"{name} ({path}) has {c.vocab_size:,} output logits, fewer than its {len(tokenizer):,} tokens"
+        )
     return {
+        "vocab": c.vocab_size,
         "hidden": c.hidden_size,
         "heads": c.num_attention_heads,
         "kv_heads": c.num_key_value_heads,

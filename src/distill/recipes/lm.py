@@ -1,0 +1,186 @@
+"""Distil a causal LM into a smaller one of your choosing: `distill lm teacher.path=... student.path=...`.
+
+Stages, in order:
+    1. models    the teacher (an HF directory, a GGUF file or the bundled SmolLM2) and the student (the same,
+                 or a Llama shape built from scratch); one vocabulary, checked before anything runs
+    2. data      plain text (packed rows of a corpus, shards, mixtures), or a JSONL of prompt / completion
+                 records or chat `messages` (rendered with the tokenizer's chat template), where the loss is
+                 taken on the completion (assistant) tokens only
+    3. distill   the student toward the teacher's next-token distribution: forward KL, reverse KL or the
+                 generalized JSD (`beta`) at a temperature, optionally mixed with the LM cross-entropy; from a
+                 live teacher, or from a `distill capture` cache (`teacher.cache`: sparse KL on its top-k)
+    4. evaluate  held-out loss (on the completion tokens for prompt data) of the teacher, and of the student
+                 before and after
+    5. export    the student as an HF directory with its tokenizer and a model card (README.md)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from distill.config import Section
+from distill.data.sft import PromptData, sft_splits
+from distill.data.text import TextData, token_splits
+from distill.engine import TrainConfig, check_fits
+from distill.errors import DistillError
+from distill.evaluate import lm_kl, lm_loss
+from distill.kd import Distiller, Term
+from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
+from distill.models import count_parameters
+from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm
+from distill.recipe import Result, RuntimeConfig, start
+from distill.report import markdown_table
+from distill.run import atomic_write
+
+name = "lm"
+
+
+class StudentConfig(ModelConfig):
+    shape: LlamaShape = Field(
+        default_factory=lambda: LlamaShape(layers=10, hidden=384, heads=6, kv_heads=2, ffn=1024),
+        description="the from-scratch shape (when path is null): by default about a quarter of SmolLM2-135M",
+    )
+
+
+class Objective(Section):
+    """What the student minimises, per kept position."""
+
+    divergence: Literal["kl", "reverse_kl", "jsd"] = Field(
+        "kl", description="forward KL(teacher || student), reverse KL(student || teacher), or the generalized JSD"
+    )
+    beta: float = Field(0.5, ge=0, le=1, description="jsd only: 0 is forward KL, 1 reverse KL (GKD's beta)")
+    temperature: float = Field(1.0, ge=0.01, description="softmax temperature of both sides (loss times T^2)")
+    ce_weight: float = Field(0.0, ge=0, description="weight of the student's own LM cross-entropy beside it")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the divergence")
+    chunk_size: int = Field(1024, gt=0, description="positions per chunk of the divergence (memory)")
+
+    def terms(self, masked: bool) -> list[Term]:
+        mask = "batch.loss_mask" if masked else None
+        args: dict = {"temperature": self.temperature, "chunk_size": self.chunk_size}
+        if self.divergence == "jsd":
+            args["beta"] = self.beta
+        kd = Term(name="kd", loss=self.divergence, weight=self.kd_weight, inputs=["student.logits", "teacher.logits"])
+        terms = [kd.model_copy(update={"args": args, "mask": mask})] if self.kd_weight else []
+        if self.ce_weight:
+            terms.append(Term(name="ce", loss="ce", weight=self.ce_weight, inputs=["student.logits", "labels"]))
+        return terms
+
+
+class Config(Section):
+    """`distill lm`: a teacher LLM into a smaller student LLM, on text or on prompts and completions."""
+
+    run: RuntimeConfig = Field(default_factory=RuntimeConfig, description="run directory, seed, precision")
+    teacher: CachedTeacher = Field(default_factory=CachedTeacher, description="the teacher (or its signal cache)")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="the student: a path or a shape")
+    data: TextData = Field(default_factory=lambda: TextData(seq_len=256), description="plain text (without prompts)")
+    prompts: PromptData | None = Field(None, description="prompt / completion or chat data instead of plain text")
+    objective: Objective = Field(default_factory=Objective)
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            max_steps=200, batch_size=8, lr=1e-3, warmup_steps=10, log_every=10, eval_every=50, clip_grad_norm=1.0
+        ),
+    )
+    eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+
+    @model_validator(mode="after")
+    def _learns(self) -> Config:
+        if not self.objective.terms(False):
+            raise ValueError("the student learns nothing: objective.kd_weight and objective.ce_weight are both 0")
+        return self
+
+
+def run(cfg: Config, resume: str | Path | None = None) -> Result:
+    # 1-2. everything a user can get wrong fails before the run directory exists
+    teacher, tokenizer = load_causal_lm(cfg.teacher)
+    logits = cfg.student.widths(tokenizer, "student").get("vocab", teacher.config.vocab_size)
+    if logits != teacher.config.vocab_size:  # e.g. one of them padded its embedding: the logits do not line up
+        raise DistillError(f"the student has {logits:,} output logits and the teacher {teacher.config.vocab_size:,}")
+    train, val = sft_splits(cfg.prompts, tokenizer) if cfg.prompts else token_splits(cfg.data, tokenizer)
+    terms = cfg.objective.terms(masked=cfg.prompts is not None)
+    if cfg.teacher.cache:
+        terms = from_cache(terms)  # a divergence other than forward KL at T=1 needs the live teacher: one line
+    check_fits(len(train["input_ids"]), cfg.train, "train")
+    expected = check_cache(cfg.teacher.cache, teacher, tokenizer, train) if cfg.teacher.cache else None
+    ctx = start(name, cfg, cfg.run, resume)
+    dev = ctx.accelerator.device
+    teacher.to(dev).eval().requires_grad_(False)
+    student = cfg.student.build(tokenizer, lambda: ctx.seed_stage("student/init"), teacher.config.vocab_size).to(dev)
+
+    def held_out(model: nn.Module) -> dict[str, float]:
+        loss = lm_loss(model, val, ctx.accelerator, cfg.eval_batch_size)
+        return {"val_loss": loss, "val_kl": lm_kl(model, teacher, val, ctx.accelerator, cfg.eval_batch_size)}
+
+    # 3. distil
+    before = held_out(student)
+    if cfg.teacher.cache:
+        train = open_or_capture(
+            cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator, expected
+        )
+    distiller = Distiller(student, terms, {} if cfg.teacher.cache else {"teacher": teacher}).to(dev)
+    distiller.build({k: v[:1].to(dev) for k, v in train.items()})
+    ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=held_out, product=student)
+
+    # 4-5. evaluate and export
+    rows = [_row("teacher", teacher, held_out(teacher)), _row("student before", student, before)]
+    rows.append(_row("student after", student, held_out(student)))
+    export = ctx.run.path / "model"
+    if ctx.accelerator.is_main_process:
+        student.save_pretrained(export)
+        tokenizer.save_pretrained(export)
+        atomic_write(export / "README.md", model_card(cfg, rows, len(train["input_ids"])))
+    info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
+    return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, info=info))
+
+
+def _row(model: str, lm: nn.Module, scores: dict[str, float]) -> dict:
+    loss = scores["val_loss"]
+    return {
+        "model": model,
+        "params": count_parameters(lm),
+        "val_loss": round(loss, 4),
+        "ppl": round(math.exp(min(loss, 50)), 2),
+        "kl_to_teacher": round(scores["val_kl"], 4),
+    }
+
+
+def model_card(cfg: Config, rows: list[dict], train_rows: int) -> str:
+    """The exported directory's README.md: where the student came from and how it scores."""
+    o, t = cfg.objective, cfg.train
+    if cfg.prompts:
+        data = f"prompts `{cfg.prompts.path}` ({cfg.prompts.format}, the loss on completion tokens)"
+    else:
+        data = f"text `{cfg.data.source}` {' '.join(cfg.data.paths)}".strip()
+    teacher = f"`{cfg.teacher.path}`" + (f" (from the signal cache `{cfg.teacher.cache}`)" if cfg.teacher.cache else "")
+    student = f"`{cfg.student.path}`" if cfg.student.path else f"from scratch, shape {cfg.student.shape.model_dump()}"
+    objective = o.divergence + (f" (beta {o.beta})" if o.divergence == "jsd" else "")
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers",
+            "tags: [distill, knowledge-distillation]",
+            "---",
+            "",
+            "# A student distilled with `distill lm`",
+            "",
+            f"- teacher: {teacher}",
+            f"- student: {student}",
+            f"- data: {data}; {train_rows:,} training rows",
+            f"- objective: {objective} at temperature {o.temperature}, weight {o.kd_weight}; LM cross-entropy "
+            f"weight {o.ce_weight}",
+            f"- budget: {t.max_steps} steps of {t.batch_size} x {t.grad_accum} rows, lr {t.lr}, seed {cfg.run.seed}",
+            "",
+            "Held-out scores (mean next-token loss):",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    )
+
+
+def table(result: Result) -> str:
+    return markdown_table(result.rows) + f"\n\nexported model: {result.run_dir / result.products['model']}"

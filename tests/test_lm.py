@@ -1,0 +1,163 @@
+"""`distill lm`: a tiny teacher LLM into a student of the user's choosing, on text or prompts and completions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from distill.cli import main
+from distill.data.sft import PromptData, sft_rows
+from distill.kd import Distiller
+from distill.recipes.lm import Objective
+from llm_fixtures import char_tokenizer, save_corpus, save_tiny_llama
+
+STUDENT = "{layers: 1, hidden: 16, heads: 2, ffn: 32}"
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_the_loss_is_taken_on_completion_tokens_only_token_by_token(tmp_path):
+    tok = char_tokenizer()
+    cfg = PromptData(path=str(tmp_path / "x.jsonl"), seq_len=6)
+    rows = sft_rows([{"prompt": "ab", "completion": "cd"}], cfg, tok)
+    a, b, c, d = (tok.convert_tokens_to_ids(ch) for ch in "abcd")
+    eos = tok.eos_token_id
+    assert rows["input_ids"][0].tolist() == [a, b, c, d, eos, eos]  # the last two are padding
+    assert rows["labels"][0].tolist() == [-100, c, d, eos, -100, -100]  # b is the prompt's; then the padding
+    assert rows["loss_mask"][0].tolist() == [False, True, True, True, False, False]
+
+
+def test_chat_conversations_render_with_the_template_and_learn_the_assistant_turns(tmp_path):
+    tok = char_tokenizer()
+    tok.chat_template = TEMPLATE
+    talk = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "ok?"}, {"role": "assistant", "content": "ok"}]  # fmt: skip
+    rows = sft_rows([{"messages": talk}], PromptData(path="x", format="messages", seq_len=48), tok)
+    ids, labels = rows["input_ids"][0], rows["labels"][0]
+    assert (
+        tok.decode(ids[: int((ids != tok.eos_token_id).sum())]) == "user: hi\nassistant: yo\nuser: ok?\nassistant: ok"
+    )
+    learned = tok.decode(labels[labels != -100])
+    assert learned == "yo\nok\n"  # every assistant turn's content and its end, not the headers or the user's
+
+
+def test_the_divergence_reads_only_the_kept_positions():
+    """The KD term's mask: the loss over a batch whose loss_mask keeps one position is that position's KL."""
+    torch.manual_seed(0)
+    from distill.models.llm import LlamaShape, new_llama
+
+    tok = char_tokenizer()
+    student, teacher = (new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok) for _ in range(2))
+    ids = torch.randint(2, 60, (1, 8))
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, 5] = True
+    batch = {"input_ids": ids, "labels": ids, "loss_mask": mask}
+    loss, _ = Distiller(student, Objective(temperature=2.0).terms(masked=True), {"teacher": teacher})(batch)
+    with torch.no_grad():
+        s, t = student(input_ids=ids).logits[0, 5] / 2, teacher(input_ids=ids).logits[0, 5] / 2
+    expected = 4 * F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="sum")
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def peaked_teacher(path):
+    """The tiny random LLM with its logits scaled 8x: a teacher far from uniform, worth imitating."""
+    save_tiny_llama(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    teacher = peaked_teacher(tmp_path / "teacher")
+    return [
+        f"teacher.path={teacher}", f"student.shape={STUDENT}", f"run.output_dir={tmp_path / 'runs'}",
+        "run.run_name=r", "train.max_steps=12", "train.batch_size=4", "train.eval_every=6", "train.lr=1e-2",
+        "train.progress=false", "eval_batch_size=4",
+    ]  # fmt: skip
+
+
+def test_prompt_completion_end_to_end_through_the_cli(tiny, tmp_path, capsys):
+    records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    over = [*tiny, f"prompts={{path: '{data}', seq_len: 24}}", "objective.divergence=jsd", "objective.beta=0.3"]
+    assert main(["lm", *over]) == 0
+    run = tmp_path / "runs" / "r"
+    rows = {r["model"]: r for r in json.loads((run / "results.json").read_text())["rows"]}
+    assert rows["student after"]["kl_to_teacher"] < rows["student before"]["kl_to_teacher"] * 0.8
+    assert rows["teacher"]["kl_to_teacher"] == 0
+    student = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert student.config.num_hidden_layers == 1
+    card = (run / "model" / "README.md").read_text()
+    assert "jsd (beta 0.3)" in card and "loss on completion tokens" in card.replace("the loss", "loss")
+    assert f"{rows['student after']['val_loss']:.4f}" in card
+    assert "| student after |" in capsys.readouterr().out
+
+
+def test_plain_text_from_a_teacher_cache(tiny, tmp_path):
+    corpus = save_corpus(tmp_path / "corpus.txt")
+    text = ["data.source=files", f"data.paths=[{corpus}]", "data.seq_len=24"]
+    assert main(["lm", *tiny, *text, f"teacher.cache={tmp_path / 'cache'}", "teacher.capture.k=8"]) == 0
+    assert (tmp_path / "cache").is_dir()
+    rows = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["rows"]
+    assert rows[2]["kl_to_teacher"] < rows[1]["kl_to_teacher"] * 0.8
+
+
+@pytest.mark.parametrize(
+    "extra, records, message",
+    [
+        ([], [{"text": "no messages"}] * 4, "a chat record needs a 'messages' list"),
+        ([], [{"prompt": "a", "completion": "b" * 40}] * 4, "record 1 has 42 tokens, more than prompts.seq_len=24 + 1"),
+        (["objective.divergence=reverse_kl", "teacher.cache=CACHE"], None, "needs the live teacher"),
+    ],
+)
+def test_bad_input_is_one_line(tiny, tmp_path, capsys, extra, records, message):
+    fmt = "messages" if "messages" in message else "prompt_completion"
+    data = write_jsonl(tmp_path / "sft.jsonl", records or [{"prompt": "a", "completion": "b"}] * 4)
+    extra = [e.replace("CACHE", str(tmp_path / "cache")) for e in extra]
+    tok_with_template = [f"prompts={{path: '{data}', seq_len: 24, format: {fmt}}}"]
+    assert main(["lm", *tiny, *tok_with_template, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_student_with_another_vocabulary_is_refused(tiny, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = tmp_path / "other"
+    LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(other)  # fmt: skip
+    char_tokenizer().save_pretrained(other)
+    assert main(["lm", *tiny, f"student.path={other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "student (" in err and "has 50 output logits, fewer than its 98 tokens" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_student_with_another_tokenizer_is_refused(tiny, tmp_path, capsys):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    other = save_tiny_llama(tmp_path / "other")
+    vocab = {t: (i + 1) % len(char_tokenizer()) for t, i in char_tokenizer().get_vocab().items()}  # other ids
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(other)
+    capsys.readouterr()
+    assert main(["lm", *tiny, f"student.path={other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "student (" in err and "has another tokenizer than the run's" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
