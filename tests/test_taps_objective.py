@@ -10,7 +10,7 @@ from torch import nn
 
 from distill.errors import ConfigError, DistillError
 from distill.kd.distiller import Distiller
-from distill.kd.objective import Objective, Term, parse_ref
+from distill.kd.objective import Objective, Term, parse_ref, read_cached
 from distill.kd.taps import Taps
 
 
@@ -93,6 +93,48 @@ def test_hint_projection_is_built_and_trained():
     loss.backward()
     assert proj.proj.weight.grad is not None and student[0].weight.grad is not None
     assert set(values) == {"hint"}
+
+
+def _routed_hint(cached: bool) -> tuple[Distiller, dict, list[nn.Module]]:
+    """A student (width 4) and two teachers (width 8, unrelated bases), a hint on the routed teacher, live or
+    from signals cached in the batch."""
+    torch.manual_seed(0)
+    student, teachers = net(width=4), {"a": net(width=8), "b": net(width=8)}
+    batch = {"inputs": torch.randn(6, 5), "domain": torch.tensor([0, 1, 0, 0, 1, 0])}
+    hint = Term(name="hint", loss="hint", inputs=["student.0", "teacher[routed].0"])
+    if not cached:
+        return Distiller(student, [hint], teachers), batch, list(teachers.values())
+    with torch.no_grad():
+        feats = torch.stack([m[0](batch["inputs"]) for m in teachers.values()])
+    batch["teacher_0"] = feats[batch["domain"], torch.arange(6)]
+    return Distiller(student, read_cached([hint]), routed=2), batch, list(teachers.values())
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_projection_per_routed_teacher_each_trained_by_its_own_samples(cached):
+    distiller, batch, teachers = _routed_hint(cached)
+    distiller.build(batch)
+    maps = [p.proj.weight for p in distiller.objective.projections["hint"].each]
+    assert len(maps) == 2 and all(m.shape == (8, 4) for m in maps)
+    loss, _ = distiller(batch)
+    grads = torch.autograd.grad(loss, maps)
+    # by hand: each sample through its own teacher's map, against its own teacher's features
+    s = distiller.student[0](batch["inputs"])
+    with torch.no_grad():
+        t = torch.stack([m[0](batch["inputs"]) for m in teachers])[batch["domain"], torch.arange(6)]
+    mapped = torch.stack([s[i] @ maps[d].T for i, d in enumerate(batch["domain"].tolist())])
+    expected = torch.autograd.grad(((mapped - t) ** 2).mean(), maps)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+    one = {k: v[batch["domain"] == 0] for k, v in batch.items()}  # teacher a's samples only: b's map gets nothing
+    g_a, g_b = torch.autograd.grad(distiller(one)[0], maps)
+    assert g_a.abs().sum() > 0 and torch.all(g_b == 0)
+
+
+def test_averaging_features_of_teachers_trained_apart_is_refused():
+    hint = Term(name="hint", loss="hint", inputs=["student.0", "teacher[mean].0"])
+    with pytest.raises(ConfigError, match="would average the features of 2 teachers"):
+        Objective([hint], ["a", "b"])
 
 
 def test_balanced_term_is_scaled_to_its_reference_each_step():

@@ -30,14 +30,16 @@ class Distiller(nn.Module):
         *,
         sources: Sequence[str] = (),
         extra_taps: Sequence[str] = (),
+        routed: int | None = None,
     ) -> None:
         """`teachers`: frozen live teachers. `sources`: names of teachers whose signals each step
         receives through `given`. `extra_taps`: submodules of the student to capture beyond what
-        its objective reads (what others read from it)."""
+        its objective reads (what others read from it). `routed`: how many teachers routed signals
+        cached in the batch come from (`Objective`)."""
         super().__init__()
         teachers = teachers or {}
         self.student = student
-        self.objective = Objective(objective, [*teachers, *sources])
+        self.objective = Objective(objective, [*teachers, *sources], routed)
         student_taps, teacher_taps = self.objective.taps()
         self._student_taps = Taps(student, [*student_taps, *extra_taps], owner="student")
         self._teachers = [LiveTeacher(n, m, teacher_taps[n]) for n, m in teachers.items()]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from distill.config import Section, import_dotted
 from distill.errors import ConfigError
-from distill.losses import LOSSES, PROJECTED, Projection
+from distill.losses import LOSSES, PROJECTED, Projection, RoutedProjection
 
 
 def loss_fn(name: str) -> Callable[..., Tensor]:
@@ -36,6 +36,7 @@ def loss_fn(name: str) -> Callable[..., Tensor]:
 
 POOLED = ("mean", "routed")
 _REF = re.compile(r"^(student|teacher(?:\[([A-Za-z0-9_\-]+)\])?)\.(.+)$")
+_BATCH = re.compile(r"^batch(?:\[(routed)\])?\.(.+)$")  # batch[routed].<key>: teacher signals cached routed
 
 
 class Term(Section):
@@ -101,8 +102,8 @@ class Ref:
 def parse_ref(ref: str) -> Ref:
     if ref == "labels":
         return Ref("batch", None, "labels")
-    if ref.startswith("batch."):
-        return Ref("batch", None, ref[len("batch.") :])
+    if b := _BATCH.match(ref):
+        return Ref("batch", b.group(1), b.group(2))
     m = _REF.match(ref)
     if not m:
         raise ValueError(f"input {ref!r} is not student.<tap>, teacher[NAME].<tap>, labels or batch.<key>")
@@ -113,10 +114,13 @@ def parse_ref(ref: str) -> Ref:
 class Objective(nn.Module):
     """Weighted sum of terms. Owns the learned projections, so they train with the student."""
 
-    def __init__(self, terms: list[Term], teacher_names: list[str]) -> None:
+    def __init__(self, terms: list[Term], teacher_names: list[str], routed: int | None = None) -> None:
+        """`routed`: how many teachers a routed input chooses among (default: all of `teacher_names`; give it when
+        their signals were cached in the batch, `read_cached`)."""
         super().__init__()
         self.terms = terms
         self.teacher_names = teacher_names
+        self.routed = routed or len(teacher_names)
         self.projections = nn.ModuleDict()
         problem = check_refs(terms, teacher_names)
         if problem:
@@ -148,6 +152,9 @@ class Objective(nn.Module):
             if term.loss in PROJECTED and term.project:
                 s, t = (self.resolve(r, signals, batch) for r in term.inputs)
                 proj = Projection.between(s, t)
+                if proj is not None and parse_ref(term.inputs[1]).teacher == "routed" and self.routed > 1:
+                    # teachers trained apart have unrelated feature bases: one map each, each sample through its own
+                    proj = RoutedProjection([Projection.between(s, t) for _ in range(self.routed)])
                 if proj is not None:
                     self.projections[term.name] = proj.to(s.device)
 
@@ -175,14 +182,23 @@ class Objective(nn.Module):
         raw: dict[str, Tensor] = {}
         for term in self.terms:
             inputs = [self.resolve(r, signals, batch) for r in term.inputs]
-            if term.name in self.projections:
-                inputs[0] = self.projections[term.name](inputs[0])
+            proj = self.projections[term.name] if term.name in self.projections else None
+            if isinstance(proj, RoutedProjection):
+                inputs[0] = proj(inputs[0], self._domain(term, batch))
+            elif proj is not None:
+                inputs[0] = proj(inputs[0])
             kwargs = dict(term.args)
             if term.mask is not None:
                 kwargs["mask"] = self.resolve(term.mask, signals, batch)
             raw[term.name] = loss_fn(term.loss)(*inputs, **kwargs)
         total = sum(self._weight(term, raw) * raw[term.name] for term in self.terms)
         return total, {name: value.detach() for name, value in raw.items()}
+
+    @staticmethod
+    def _domain(term: Term, batch: dict[str, Tensor]) -> Tensor:
+        if "domain" not in batch:
+            raise ConfigError(f"objective term {term.name!r} routes by 'domain', but the batch has no 'domain' field")
+        return batch["domain"].long()
 
     @staticmethod
     def _weight(term: Term, raw: dict[str, Tensor]) -> Tensor | float:
@@ -203,7 +219,9 @@ def read_cached(terms: list[Term]) -> list[Term]:
 
     def swap(ref: str) -> str:
         parsed = parse_ref(ref)
-        return f"batch.{cache_key(parsed.key)}" if parsed.owner == "teacher" else ref
+        if parsed.owner != "teacher":
+            return ref
+        return f"batch{'[routed]' if parsed.teacher == 'routed' else ''}.{cache_key(parsed.key)}"
 
     return [t.model_copy(update={"inputs": [swap(r) for r in t.inputs]}) for t in terms]
 
@@ -223,6 +241,12 @@ def check_refs(terms: list[Term], teacher_names: list[str]) -> str | None:
                 )
             if ref.teacher is not None and ref.teacher not in teacher_names and ref.teacher not in POOLED:
                 return f"objective term {term.name!r}: no teacher named {ref.teacher!r}; teachers: {teacher_names}"
+            if ref.teacher == "mean" and term.loss in PROJECTED and ref.key != "logits" and len(teacher_names) > 1:
+                return (
+                    f"objective term {term.name!r} ({term.loss}) would average the features of {len(teacher_names)} "
+                    "teachers, whose feature bases are unrelated; read teacher[routed] (a projection per teacher) "
+                    "or one teacher[NAME] per term"
+                )
     return None
 
 

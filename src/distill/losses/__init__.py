@@ -2,6 +2,7 @@
 
 from distill.losses.features import (
     Projection,
+    RoutedProjection,
     affinity,
     attention_kl,
     attention_relation,
@@ -37,6 +38,7 @@ __all__ = [
     "LOSSES",
     "PROJECTED",
     "Projection",
+    "RoutedProjection",
     "affinity",
     "attention_kl",
     "attention_maps",

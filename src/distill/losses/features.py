@@ -35,6 +35,19 @@ class Projection(nn.Module):
         return self.proj(x)
 
 
+class RoutedProjection(nn.Module):
+    """One `Projection` per teacher; each sample goes through the one of its teacher (`domain`), so each map's
+    gradient comes from its own teacher's samples only."""
+
+    def __init__(self, projections: list[Projection]) -> None:
+        super().__init__()
+        self.each = nn.ModuleList(projections)
+
+    def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        out = torch.stack([p(x) for p in self.each])  # (teachers, batch, ...): small next to the features
+        return out[domain.long(), torch.arange(x.shape[0], device=x.device)]
+
+
 def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of `values` (shape of mask, or more leading dims) over positions where mask is true."""
     if mask is None:

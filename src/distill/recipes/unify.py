@@ -150,7 +150,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         student = build_model(cfg.student, **shape)
         live = cfg.teacher_signals == "live" and reads_teacher(terms)
         train = cached if reads_teacher(terms) and not live else union
-        distiller = Distiller(student, terms if live else read_cached(terms), teachers if live else None).to(device)
+        if live:
+            distiller = Distiller(student, terms, teachers)
+        else:  # each sample's signals came from its own domain's teacher: projections per teacher still
+            distiller = Distiller(student, read_cached(terms), routed=len(teachers))
+        distiller.to(device)
         distiller.build({k: v[:8].to(device) for k, v in train.items()})
         ctx.fit(
             distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, product=student, seed_from="student"
