@@ -161,3 +161,104 @@ def test_a_student_with_another_tokenizer_is_refused(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "student (" in err and "has another tokenizer than the run's" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+# --- on-policy (GKD) and sequence-level KD ----------------------------------------------------------------------
+def _rows_and_student():
+    from distill.models.llm import LlamaShape, new_llama
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    student = new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok)
+    recs = [{"prompt": "ab", "completion": "cdef"}, {"prompt": "xyz", "completion": "q"}]
+    return tok, student, sft_rows(recs, PromptData(path="x", seq_len=10), tok)
+
+
+def test_completions_sampled_by_seed_and_masked_on_what_was_generated():
+    from distill.kd.onpolicy import complete
+
+    tok, student, rows = _rows_and_student()
+    draw = lambda seed, t=1.0: (torch.manual_seed(seed), complete(student, rows, 6, t, tok.eos_token_id, 1))[1]  # noqa: E731
+    a, again, other = draw(1), draw(1), draw(2)
+    assert torch.equal(a["input_ids"], again["input_ids"]) and not torch.equal(a["input_ids"], other["input_ids"])
+    for r, p in enumerate([2, 3]):  # prompt lengths: the prompt stays, the rest is the student's
+        assert torch.equal(a["input_ids"][r, :p], rows["input_ids"][r, :p])
+        assert a["labels"][r, : p - 1].eq(-100).all() and a["loss_mask"][r, p - 1]
+        n = int(a["loss_mask"][r].sum())
+        assert 1 <= n <= 6 and a["loss_mask"][r, p - 1 : p - 1 + n].all()
+    greedy = [draw(s, 0.0)["input_ids"] for s in (1, 2)]  # temperature 0: the argmax continuation, whatever the seed
+    assert torch.equal(*greedy)
+    with torch.no_grad():
+        first = student(input_ids=rows["input_ids"][:1, :2]).logits[0, -1].argmax()
+    assert greedy[0][0, 2] == first
+
+
+def test_on_policy_batches_through_the_cli(tiny, tmp_path):
+    records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    over = [*tiny, f"prompts={{path: '{data}', seq_len: 24}}", "generation.lam=0.5", "generation.max_new_tokens=8"]
+    assert main(["lm", *over, "train.log_every=1"]) == 0
+    from test_cli import read_metrics
+
+    flags = [r["on_policy"] for r in read_metrics(tmp_path / "runs" / "r") if "on_policy" in r]
+    assert len(flags) == 12 and 0 < sum(flags) < 12  # about half the batches are the student's own
+    card = (tmp_path / "runs" / "r" / "model" / "README.md").read_text()
+    assert "the student's own samples in a share 0.5 of the batches" in card
+
+
+@pytest.mark.slow
+def test_killed_on_policy_run_resumes_exactly(tiny, tmp_path):
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+
+    from conftest import straight_killed_resumed
+
+    records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    over = [o for o in tiny if not o.startswith(("run.run_name", "train.max_steps", "train.eval_every"))]
+    over += [f"prompts={{path: '{data}', seq_len: 24}}", "generation.lam=0.5", "train.max_steps=40",
+             "train.save_every=5", "train.eval_every=40", "train.log_every=1"]  # fmt: skip
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    runs = straight_killed_resumed([sys.executable, "-m", "distill.cli", "lm"], over, env, tmp_path / "runs",
+                                   "checkpoints/student")  # fmt: skip
+    a, b = (load_file(str(runs / n / "student" / "model.safetensors")) for n in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sequence_kd_generates_the_teachers_targets_once(tiny, tmp_path, monkeypatch):
+    records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    over = [*tiny, f"prompts={{path: '{data}', seq_len: 24}}", "generation.targets=teacher"]
+    assert main(["lm", *over]) == 0
+    run = tmp_path / "runs" / "r"
+    from safetensors.torch import load_file
+
+    targets = load_file(str(run / "teacher_targets.safetensors"))
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    ids = targets["input_ids"][0]
+    p = int(targets["loss_mask"][0].nonzero()[0]) + 1
+    with torch.no_grad():
+        assert ids[p] == teacher(input_ids=ids[None, :p]).logits[0, -1].argmax()  # the teacher's greedy choice
+    import distill.kd.onpolicy
+
+    monkeypatch.setattr(distill.kd.onpolicy, "complete", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr("distill.recipes.lm.complete", lambda *a, **k: pytest.fail("generated again"))
+    (run / "results.json").unlink()
+    assert main(["lm", "--resume", str(run)]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["generation.lam=0.5"], "generation.lam generates completions of prompts: give prompts="),
+        (["generation.targets=teacher", "teacher.cache=C"], "needs the live teacher"),
+    ],
+)
+def test_generation_needs_prompts_and_a_live_teacher(tiny, tmp_path, capsys, extra, message):
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}] * 4)
+    prompts = [] if "lam" in extra[0] else [f"prompts={{path: '{data}', seq_len: 24}}"]
+    assert main(["lm", *tiny, *prompts, *[e.replace("=C", f"={tmp_path / 'c'}") for e in extra]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -17,11 +17,15 @@ Stages, in order:
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
-from torch import nn
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from distill.config import Section
 from distill.data.sft import PromptData, sft_splits
@@ -31,6 +35,7 @@ from distill.errors import DistillError
 from distill.evaluate import lm_kl, lm_loss
 from distill.kd import Distiller, Term
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
+from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
 from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm
 from distill.recipe import Result, RuntimeConfig, start
@@ -71,6 +76,22 @@ class Objective(Section):
         return terms
 
 
+class Generation(Section):
+    """Completions that are not the data's: the student's own samples (on-policy, GKD), or the teacher's (sequence
+    KD). Prompt data only."""
+
+    lam: float = Field(
+        0.0, ge=0, le=1, description="GKD's lambda: the share of batches the student completes itself (0: off)"
+    )
+    temperature: float = Field(1.0, ge=0, description="the student's sampling temperature (0: greedy)")
+    max_new_tokens: int = Field(64, gt=0, description="longest generated completion (also bounded by the row)")
+    targets: Literal["data", "teacher"] = Field(
+        "data",
+        description="teacher: sequence-level KD, the teacher's greedy completions replace the data's (generated "
+        "once and kept in the run)",
+    )
+
+
 class Config(Section):
     """`distill lm`: a teacher LLM into a smaller student LLM, on text or on prompts and completions."""
 
@@ -80,6 +101,7 @@ class Config(Section):
     data: TextData = Field(default_factory=lambda: TextData(seq_len=256), description="plain text (without prompts)")
     prompts: PromptData | None = Field(None, description="prompt / completion or chat data instead of plain text")
     objective: Objective = Field(default_factory=Objective)
+    generation: Generation = Field(default_factory=Generation, description="on-policy and sequence-level KD")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             max_steps=200, batch_size=8, lr=1e-3, warmup_steps=10, log_every=10, eval_every=50, clip_grad_norm=1.0
@@ -91,6 +113,13 @@ class Config(Section):
     def _learns(self) -> Config:
         if not self.objective.terms(False):
             raise ValueError("the student learns nothing: objective.kd_weight and objective.ce_weight are both 0")
+        g = self.generation
+        generated = {"generation.lam": g.lam > 0, "generation.targets=teacher": g.targets == "teacher"}
+        for what, on in generated.items():
+            if on and self.prompts is None:
+                raise ValueError(f"{what} generates completions of prompts: give prompts=... (not plain text)")
+            if on and self.teacher.cache:
+                raise ValueError(f"{what} needs the live teacher: a cache holds no signals for generated completions")
         return self
 
 
@@ -121,9 +150,15 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         train = open_or_capture(
             cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator, expected
         )
+    if cfg.generation.targets == "teacher":
+        train = teacher_targets(cfg, ctx, teacher, tokenizer, train)
     distiller = Distiller(student, terms, {} if cfg.teacher.cache else {"teacher": teacher}).to(dev)
     distiller.build({k: v[:1].to(dev) for k, v in train.items()})
-    ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=held_out, product=student)
+    g, pad = cfg.generation, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainee = (
+        OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
+    )
+    ctx.fit(trainee, train, cfg.train, stage="student", eval_fn=held_out, product=student)
 
     # 4-5. evaluate and export
     rows = [_row("teacher", teacher, held_out(teacher)), _row("student before", student, before)]
@@ -135,6 +170,25 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         atomic_write(export / "README.md", model_card(cfg, rows, len(train["input_ids"])))
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
     return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, info=info))
+
+
+def teacher_targets(cfg: Config, ctx, teacher: nn.Module, tokenizer, train: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Sequence-level KD's data: the teacher's greedy completion of every training prompt, generated once and kept
+    in the run (a resumed run reads them)."""
+    path = ctx.run.path / "teacher_targets.safetensors"
+    if not path.is_file():
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        done = []
+        for i in tqdm(range(0, len(train["input_ids"]), 8), desc="teacher targets", unit="batch", disable=None):
+            rows = {k: v[i : i + 8].to(ctx.accelerator.device) for k, v in train.items()}
+            done.append(complete(teacher, rows, cfg.generation.max_new_tokens, 0.0, tokenizer.eos_token_id, pad))
+        out = {k: torch.cat([d[k] for d in done]).cpu().contiguous() for k in ("input_ids", "labels", "loss_mask")}
+        if ctx.run.is_main:
+            tmp = path.with_suffix(".tmp")
+            save_file(out, str(tmp))
+            os.replace(tmp, path)
+        ctx.accelerator.wait_for_everyone()
+    return {**train, **load_file(str(path))}
 
 
 def _row(model: str, lm: nn.Module, scores: dict[str, float]) -> dict:
@@ -172,6 +226,7 @@ def model_card(cfg: Config, rows: list[dict], train_rows: int) -> str:
             f"- data: {data}; {train_rows:,} training rows",
             f"- objective: {objective} at temperature {o.temperature}, weight {o.kd_weight}; LM cross-entropy "
             f"weight {o.ce_weight}",
+            f"- completions: {_completions(cfg.generation)}",
             f"- budget: {t.max_steps} steps of {t.batch_size} x {t.grad_accum} rows, lr {t.lr}, seed {cfg.run.seed}",
             "",
             "Held-out scores (mean next-token loss):",
@@ -180,6 +235,14 @@ def model_card(cfg: Config, rows: list[dict], train_rows: int) -> str:
             "",
         ]
     )
+
+
+def _completions(g: Generation) -> str:
+    if g.targets == "teacher":
+        return "the teacher's greedy completions of the prompts (sequence-level KD)"
+    if g.lam:
+        return f"the student's own samples in a share {g.lam} of the batches (on-policy, temperature {g.temperature})"
+    return "the data's"
 
 
 def table(result: Result) -> str:
