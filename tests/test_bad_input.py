@@ -120,7 +120,7 @@ CASES = {
     "partial teacher, bad lr": (lambda t: ["kd", "teachers=[{name: t, train: {lr: -1}}]", KD_CE], 2, "teachers.0.train.lr = -1"),
     "thresholds outside [0, 1]": (lambda t: ["weaklabel", "student.thresholds=[0.5, 1.5]"], 2, "agreement thresholds are shares of the votes, in [0, 1]"),
     "server teacher lacks a model": (lambda t: ["weaklabel", "teacher.kind=server"], 2, "teacher.server.model: Field required"),
-    "bf16 on the CPU": (lambda t: ["kd", "run.precision=bf16"], 2, "run.precision=bf16 needs a GPU"),
+    "fp16 on the CPU": (lambda t: ["kd", "run.precision=fp16"], 2, "run.precision=fp16 needs a GPU"),
     "unknown field": (lambda t: ["kd", "train.lrr=0.1"], 2, "unknown field 'train.lrr'"),
     # config files and commands
     "unknown named config": (lambda t: ["kd", "--config", "nosuch"], 2, "config file nosuch does not exist; the named configs of kd: ["),

@@ -262,3 +262,35 @@ def test_generation_needs_prompts_and_a_live_teacher(tiny, tmp_path, capsys, ext
     assert main(["lm", *tiny, *prompts, *[e.replace("=C", f"={tmp_path / 'c'}") for e in extra]]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+# --- bf16 on the CPU ----------------------------------------------------------------------------------------------
+def test_bf16_on_a_cpu_without_it_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("distill.recipe.cpu_has_bf16", lambda: False)
+    assert main(["lm", *tiny, "run.precision=bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run.precision=bf16 on the CPU needs AVX-512 BF16 or AMX" in err and len(err.splitlines()) == 1
+
+
+def test_bf16_autocast_on_a_cpu_with_it_keeps_the_divergence_in_fp32(tiny, tmp_path, monkeypatch):
+    from distill.recipe import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16")
+    import distill.losses.logits as logits
+
+    seen, inner = [], logits._divergence
+
+    def divergence(student, teacher, *args):
+        loss = inner(student, teacher, *args)
+        seen.append((student.dtype, loss.dtype))
+        return loss
+
+    monkeypatch.setattr(logits, "_divergence", divergence)
+    records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    assert main(["lm", *tiny, f"prompts={{path: '{data}', seq_len: 24}}", "run.precision=bf16"]) == 0
+    # the student's forward ran in bf16 (autocast), the divergence came out in fp32
+    assert seen and all(d == (torch.bfloat16, torch.float32) for d in seen), seen[:3]
+    rows = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["rows"]
+    assert rows[2]["kl_to_teacher"] < rows[1]["kl_to_teacher"] * 0.8

@@ -103,7 +103,10 @@ class RuntimeConfig(Section):
     output_dir: str = Field("runs", description="parent folder of run directories")
     run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
     seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
-    precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision (bf16/fp16 need a GPU)")
+    precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU)",
+    )
     cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
     keep_freed_memory: bool = Field(
         True,
@@ -192,14 +195,22 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN: AVX-512 BF16 or AMX), where bf16 autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Path | None = None) -> Context:
     """Processes (accelerate), the run directory (new, or the one resumed) with its config saved."""
     # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
     cpu = runtime.cpu or not torch.cuda.is_available()
-    if cpu and runtime.precision != "no":
-        raise DistillError(
-            f"run.precision={runtime.precision} needs a GPU, and this run is on the CPU; use run.precision=no"
-        )
+    if cpu and runtime.precision == "fp16":
+        raise DistillError("run.precision=fp16 needs a GPU, and this run is on the CPU; use bf16 or no")
+    if cpu and runtime.precision == "bf16" and not cpu_has_bf16():
+        raise DistillError("run.precision=bf16 on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks; use no")
     accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
     if cpu and runtime.keep_freed_memory:
         keep_freed_memory()
