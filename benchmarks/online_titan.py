@@ -212,6 +212,12 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r} | {c} | {sel.get(f'rel{i}', math.nan):.4f} | {sel.get(f'rel{i}_aux', math.nan):.4f} |")
         aux = {a: chosen(runs["select"], a) for a in (False, True)}
         lines.append(f"\nChosen: {aux[False]} without, {aux[True]} with the auxiliary layer (relation, LM loss).")
+        lowest = min(r for r, _ in res["grid"])
+        if any(a[0] == lowest for a in aux.values()):
+            lines.append(
+                f"The choice lies at the grid's smallest relation weight ({lowest}): smaller weights, down to none, "
+                "were not tried: the best weight may be smaller still."
+            )
     forwards = {v: [r["info"]["teacher_forwards"] for n, r in runs.items() if n.startswith(v + "-s")] for v in ("online", "offline")}  # fmt: skip
     lines += [
         "",
@@ -241,10 +247,13 @@ def markdown(res: dict) -> str:
         )
     gap = claim(L, "online: medium_kl", "online: small_kl", "")
     if gap:
+        said = {"held": "holds: the smallest student distilled directly is measurably worse"}.get(
+            gap[1], "does NOT hold: the smallest student distilled directly is not measurably worse"
+        )
+        if gap[1].startswith("undecided"):
+            said = "undecided (fewer than 2 seeds)"
         premise.append(
-            f"Premise 2, a gap the assistant can bridge: small_kl (direct) minus medium_kl, online: {gap[2]} "
-            f"({'holds' if gap[1] == 'held' else 'does NOT hold'}: the smallest student distilled directly is "
-            f"{'measurably' if gap[1] == 'held' else 'not measurably'} worse)."
+            f"Premise 2, a gap the assistant can bridge: small_kl (direct) minus medium_kl, online: {gap[2]} ({said})."
         )
     lines += ["", *premise, "", "| claim | verdict | difference (95% CI) | seeds |", "|---|---|---:|---:|"]
     claims = [
