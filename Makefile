@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: llama-server demo demo-kd demo-mtt demo-online demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
+.PHONY: llama-server demo demo-kd demo-mtt demo-lm demo-online demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo-kd: $(STAMP) data
 
 demo-mtt: $(STAMP) data
 	$(BIN)/distill mtt --config configs/mtt/demo.yaml
+
+demo-lm: $(STAMP) data
+	$(BIN)/distill lm --config configs/lm/demo.yaml
 
 demo-online: $(STAMP) data
 	$(BIN)/distill online --config configs/online/demo.yaml

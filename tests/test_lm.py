@@ -142,6 +142,7 @@ def test_a_student_with_another_vocabulary_is_refused(tiny, tmp_path, capsys):
     LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2)).save_pretrained(other)  # fmt: skip
     char_tokenizer().save_pretrained(other)
+    capsys.readouterr()  # what saving the model printed
     assert main(["lm", *tiny, f"student.path={other}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "student (" in err and "has 50 output logits, fewer than its 98 tokens" in err, err
@@ -277,20 +278,42 @@ def test_bf16_autocast_on_a_cpu_with_it_keeps_the_divergence_in_fp32(tiny, tmp_p
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no native bf16")
-    import distill.losses.logits as logits
+    import distill.kd.fused as fused
 
-    seen, inner = [], logits._divergence
+    seen, inner = [], fused.linear_divergence
 
-    def divergence(student, teacher, *args):
-        loss = inner(student, teacher, *args)
-        seen.append((student.dtype, loss.dtype))
+    def divergence(*args, **kwargs):
+        loss = inner(*args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), loss.dtype))
         return loss
 
-    monkeypatch.setattr(logits, "_divergence", divergence)
+    monkeypatch.setattr(fused, "linear_divergence", divergence)
     records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
     data = write_jsonl(tmp_path / "sft.jsonl", records)
     assert main(["lm", *tiny, f"prompts={{path: '{data}', seq_len: 24}}", "run.precision=bf16"]) == 0
-    # the student's forward ran in bf16 (autocast), the divergence came out in fp32
-    assert seen and all(d == (torch.bfloat16, torch.float32) for d in seen), seen[:3]
+    # the step ran under bf16 autocast, the divergence came out in fp32
+    assert seen and all(d == (True, torch.bfloat16, torch.float32) for d in seen), seen[:3]
     rows = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["rows"]
     assert rows[2]["kl_to_teacher"] < rows[1]["kl_to_teacher"] * 0.8
+
+
+# --- the fused output projection + divergence ---------------------------------------------------------------------
+@pytest.mark.parametrize("divergence", ["kl", "jsd"])
+def test_the_fused_student_matches_the_distiller_value_and_gradient(divergence):
+    from distill.kd.fused import FusedLM
+    from distill.models.llm import LlamaShape, new_llama
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    student = new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok)
+    teacher = new_llama(LlamaShape(layers=2, hidden=24, heads=2, ffn=32), tok)
+    recs = [{"prompt": "ab", "completion": "cdef"}, {"prompt": "xyz", "completion": "qq"}]
+    batch = sft_rows(recs, PromptData(path="x", seq_len=10), tok)
+    o = Objective(divergence=divergence, beta=0.3, temperature=2.0, ce_weight=0.5, kd_weight=0.8, chunk_size=4)
+    plain, _ = Distiller(student, o.terms(masked=True), {"teacher": teacher})(batch)
+    args = {"divergence": divergence, "beta": 0.3, "temperature": 2.0, "chunk_size": 4}
+    fused, _ = FusedLM(student, teacher, 0.8, ce_weight=0.5 / 0.8, **args)(batch)
+    torch.testing.assert_close(fused, plain)
+    params = [p for p in student.parameters()]
+    for a, e in zip(torch.autograd.grad(fused, params), torch.autograd.grad(plain, params)):
+        torch.testing.assert_close(a, e)

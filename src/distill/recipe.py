@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from pydantic import BaseModel, Field
 
@@ -211,6 +212,9 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
         raise DistillError("run.precision=fp16 needs a GPU, and this run is on the CPU; use bf16 or no")
     if cpu and runtime.precision == "bf16" and not cpu_has_bf16():
         raise DistillError("run.precision=bf16 on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks; use no")
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", runtime.precision) != runtime.precision:
+        AcceleratorState._reset_state()  # one process, runs of other precisions one after another (the processes stay)
     accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
     if cpu and runtime.keep_freed_memory:
         keep_freed_memory()

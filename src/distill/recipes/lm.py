@@ -35,6 +35,7 @@ from distill.errors import DistillError
 from distill.evaluate import lm_kl, lm_loss
 from distill.kd import Distiller, Term
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
+from distill.kd.fused import FusedLM
 from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
 from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm
@@ -63,6 +64,11 @@ class Objective(Section):
     ce_weight: float = Field(0.0, ge=0, description="weight of the student's own LM cross-entropy beside it")
     kd_weight: float = Field(1.0, ge=0, description="weight of the divergence")
     chunk_size: int = Field(1024, gt=0, description="positions per chunk of the divergence (memory)")
+    fused: bool = Field(
+        True,
+        description="project onto the vocabulary and compare a chunk of positions at a time, so neither model's full "
+        "logits exist (HF decoders with model + lm_head); false: the general objective on the models' logits",
+    )
 
     def terms(self, masked: bool) -> list[Term]:
         mask = "batch.loss_mask" if masked else None
@@ -152,8 +158,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         )
     if cfg.generation.targets == "teacher":
         train = teacher_targets(cfg, ctx, teacher, tokenizer, train)
-    distiller = Distiller(student, terms, {} if cfg.teacher.cache else {"teacher": teacher}).to(dev)
-    distiller.build({k: v[:1].to(dev) for k, v in train.items()})
+    distiller = distillation(cfg, student, None if cfg.teacher.cache else teacher, terms).to(dev)
     g, pad = cfg.generation, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainee = (
         OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
@@ -170,6 +175,16 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         atomic_write(export / "README.md", model_card(cfg, rows, len(train["input_ids"])))
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
     return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, info=info))
+
+
+def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> nn.Module:
+    """What trains: the fused output projection + divergence (`FusedLM`), or the general `Distiller`."""
+    o = cfg.objective
+    if o.fused and o.kd_weight:
+        divergence = "sparse_kl" if teacher is None else o.divergence
+        args = {"divergence": divergence, "beta": o.beta, "temperature": o.temperature, "chunk_size": o.chunk_size}
+        return FusedLM(student, teacher, o.kd_weight, ce_weight=o.ce_weight / o.kd_weight, **args)
+    return Distiller(student, terms, {} if teacher is None else {"teacher": teacher})  # no projections to size
 
 
 def teacher_targets(cfg: Config, ctx, teacher: nn.Module, tokenizer, train: dict[str, Tensor]) -> dict[str, Tensor]:
