@@ -221,13 +221,17 @@ def markdown(res: dict) -> str:
     forwards = {v: [r["info"]["teacher_forwards"] for n, r in runs.items() if n.startswith(v + "-s")] for v in ("online", "offline")}  # fmt: skip
     lines += [
         "",
-        "| variant: model | params | held-out loss (95% CI) | perplexity | seeds |",
-        "|---|---:|---:|---:|---:|",
+        "| variant: model | params | held-out loss (95% CI) | perplexity | source forwards it cost | seeds |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    params = {f"{n.rsplit('-s', 1)[0]}: {r['model']}": r["params"] for n, r in runs.items() if "-s" in n for r in r["rows"]}  # fmt: skip
+    rows = {f"{n.rsplit('-s', 1)[0]}: {r['model']}": r for n, run in runs.items() if "-s" in n for r in run["rows"]}
     for key, per_seed in L.items():
         mean, half = t_interval(list(per_seed.values()))
-        lines.append(f"| {key} | {params[key]:,} | {mean:.4f} ± {half:.4f} | {math.exp(mean):.1f} | {len(per_seed)} |")
+        r = rows[key]
+        lines.append(
+            f"| {key} | {r['params']:,} | {mean:.4f} ± {half:.4f} | {math.exp(mean):.1f} | {r['teacher_forwards']:,} "
+            f"| {len(per_seed)} |"
+        )
     if forwards["online"] and forwards["offline"]:
         lines.append(
             f"\nForward passes of the sources (teacher, and the assistant for small_ta) per seed: online "
