@@ -33,6 +33,11 @@ class PromptData(Section):
     max_val_sequences: int | None = Field(None, gt=0, description="evaluate on at most this many held-out records")
 
 
+def pad_id(tokenizer) -> int:
+    """The token that fills a row's end: the tokenizer's pad token, else its end of text."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def read_records(cfg: PromptData) -> list[dict[str, Any]]:
     path = Path(cfg.path)
     if not path.is_file():
@@ -88,7 +93,7 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool, before: li
 
 def sft_rows(records: list[dict[str, Any]], cfg: PromptData, tokenizer, first: int = 1) -> dict[str, Tensor]:
     """Rows of `seq_len`: input_ids, labels (-100: no loss) and loss_mask; a record too long is an error."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     n = len(records)
     input_ids = torch.full((n, cfg.seq_len), pad, dtype=torch.long)
     labels = torch.full((n, cfg.seq_len), IGNORE, dtype=torch.long)

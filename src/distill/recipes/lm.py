@@ -17,18 +17,17 @@ Stages, in order:
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.config import Section
-from distill.data.sft import PromptData, sft_splits
+from distill.data.sft import PromptData, pad_id, sft_splits
 from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
@@ -159,7 +158,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if cfg.generation.targets == "teacher":
         train = teacher_targets(cfg, ctx, teacher, tokenizer, train)
     distiller = distillation(cfg, student, None if cfg.teacher.cache else teacher, terms).to(dev)
-    g, pad = cfg.generation, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    g, pad = cfg.generation, pad_id(tokenizer)
     trainee = (
         OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
     )
@@ -192,16 +191,14 @@ def teacher_targets(cfg: Config, ctx, teacher: nn.Module, tokenizer, train: dict
     in the run (a resumed run reads them)."""
     path = ctx.run.path / "teacher_targets.safetensors"
     if not path.is_file():
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         done = []
         for i in tqdm(range(0, len(train["input_ids"]), 8), desc="teacher targets", unit="batch", disable=None):
             rows = {k: v[i : i + 8].to(ctx.accelerator.device) for k, v in train.items()}
             done.append(complete(teacher, rows, cfg.generation.max_new_tokens, 0.0, tokenizer.eos_token_id, pad))
         out = {k: torch.cat([d[k] for d in done]).cpu().contiguous() for k in ("input_ids", "labels", "loss_mask")}
         if ctx.run.is_main:
-            tmp = path.with_suffix(".tmp")
-            save_file(out, str(tmp))
-            os.replace(tmp, path)
+            atomic_write(path, save(out))
         ctx.accelerator.wait_for_everyone()
     return {**train, **load_file(str(path))}
 
