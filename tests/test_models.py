@@ -96,3 +96,23 @@ def test_a_gguf_of_another_architecture_is_one_line(tmp_path, capsys, monkeypatc
     assert lines[0].endswith("mamba.gguf cannot be read as a GGUF language model (architecture mamba: its weights do "
                              "not fit the model transformers builds for it)"), lines[0]  # fmt: skip
     assert captured.out == "" and not (tmp_path / "runs").exists()
+
+
+def test_a_causal_lm_cut_to_its_first_layers_computes_as_those_layers_and_reloads_cut(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.models.llm import LlmSpec, load_causal_lm
+    from llm_fixtures import save_tiny_llama
+
+    path = save_tiny_llama(tmp_path / "m", layers=3)
+    full, _ = load_causal_lm(LlmSpec(path=str(path)))
+    cut, _ = load_causal_lm(LlmSpec(path=str(path), layers=2))
+    assert len(cut.model.layers) == cut.config.num_hidden_layers == 2
+    ids = torch.tensor([[5, 9, 12, 30]])
+    hidden = full(ids, output_hidden_states=True).hidden_states[2]  # after the second of three layers
+    want = full.lm_head(full.model.norm(hidden))
+    torch.testing.assert_close(cut(ids).logits, want)
+    cut.save_pretrained(tmp_path / "cut")
+    assert len(AutoModelForCausalLM.from_pretrained(tmp_path / "cut").model.layers) == 2
+    with pytest.raises(DistillError, match="has 3 layers"):
+        load_causal_lm(LlmSpec(path=str(path), layers=4))

@@ -61,6 +61,37 @@ def test_solution_steps_join_headings_to_the_step_they_introduce():
                                    "2. Total: 105 + 35 = 140"]  # fmt: skip
 
 
+# --- generated problems with gold decompositions ----------------------------------------------
+def test_arith_problems_carry_their_own_decomposition_and_test_holds_unseen_pairs():
+    from distill.reasoning.arith import SYMBOL
+
+    cfg = ProblemData(source="arith", size=700, val=100, test=200, steps=(2, 4), held_out=["mul-sub", "div-add"])
+    splits = load_problems(cfg)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [400, 100, 200]
+    op_of = {v: k for k, v in SYMBOL.items()}
+    for split, problems in splits.items():
+        for p in problems:
+            steps = p.steps
+            assert 2 <= len(steps) <= 4 and len(p.subquestions) == len(steps)
+            assert all(q.endswith("?") for q in p.subquestions)
+            assert all(calculate(s) == s for s in steps), "every step computes its own result"
+            results = [parse_number(s.split("=")[1].split()[0]) for s in steps]
+            assert results[-1] == p.answer == final_answer(p.solution)
+            for prev, s in zip(results, steps[1:]):  # each step starts from the one before
+                assert parse_number(s.split("=")[0].split()[-3]) == prev
+            ops = [op_of[s.split("=")[0].split()[-2]] for s in steps]
+            unseen = {("mul", "sub"), ("div", "add")} & set(zip(ops, ops[1:]))
+            assert bool(unseen) == (split == "test"), (split, ops)
+    questions = [p.question for ps in splits.values() for p in ps]
+    assert len(set(questions)) == len(questions), "no problem in two splits"
+    assert [p.question for p in load_problems(cfg)["test"]] == [p.question for p in splits["test"]]
+    assert load_problems(cfg.model_copy(update={"seed": 1}))["test"][0].question != splits["test"][0].question
+    teacher_writes = load_problems(cfg.model_copy(update={"gold_subquestions": False}))
+    assert all(p.subquestions is None for p in teacher_writes["train"]) and teacher_writes["test"][0].subquestions
+    with pytest.raises(DistillError, match=r"held-out pair 'mul\+sub'"):
+        load_problems(cfg.model_copy(update={"held_out": ["mul+sub"]}))
+
+
 # --- the teacher's decompositions --------------------------------------------------------------
 P = Problem("p", "Ann has 3 bags of 4 apples and eats 2. How many are left?", 10.0,
             "Ann has 3 * 4 = 12 apples.\nShe has 12 - 2 = 10 left.\n#### 10")  # fmt: skip
@@ -129,7 +160,7 @@ def scripted(monkeypatch, replies):
     """Replace generation by a rule on the prompt; record every prompt."""
     prompts = []
 
-    def fake_lines(lm, batch, max_tokens, batch_size):
+    def fake_lines(lm, batch, max_tokens, batch_size, session=None):
         prompts.extend(batch)
         return [(replies(p), 3) for p in batch]
 
@@ -177,6 +208,29 @@ def test_batched_lines_stop_at_each_rows_newline(tmp_path):
     # an untrained model never asks the stop question: the loop ends at the step limit, for every row
     traces = solve([P, Problem("q", "How many?", 1.0)], "socratic", lm, lm, max_steps=2, max_tokens=5)
     assert [(t.calls, t.done, t.text.count("Q:"), t.text.count("A:")) for t in traces] == [(4, True, 2, 2)] * 2
+
+
+def test_cached_decoding_reads_the_same_lines_and_fewer_tokens():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                      eos_token_id=1, pad_token_id=1, bos_token_id=None, initializer_range=0.5)  # fmt: skip
+    lm = Lm(LlamaForCausalLM(cfg).eval(), tok)  # large weights: varied lines, so a wrong position shows
+    read = []
+    lm.model.model.embed_tokens.register_forward_hook(lambda m, args, out: read.append(args[0].numel()))
+    problems = [Problem(str(i), f"Ann has {i} apples{'!' * (i % 5)}. How many?", 1.0) for i in range(7)]
+    for variant in ("socratic", "cot"):
+        read.clear()
+        cached = solve(problems, variant, lm, lm, max_steps=3, max_tokens=8, batch_size=3, cache=True)
+        n_cached = sum(read)
+        read.clear()
+        fresh = solve(problems, variant, lm, lm, max_steps=3, max_tokens=8, batch_size=3, cache=False)
+        assert len({t.text for t in fresh}) > 3, "the model writes different lines for different problems"
+        assert [(t.text, t.tokens) for t in cached] == [(t.text, t.tokens) for t in fresh]
+        assert n_cached < 0.6 * sum(read), "the cached loop does not read the problem again at every call"
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -320,6 +374,8 @@ def test_user_errors(tmp_path, capsys):
         assert main(["socratic", *base, f"data.path={bad}"]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "line 2" in err and len(err.splitlines()) == 1, err
+    assert main(["socratic", *base, "data.val=0", "data.evaluate_on=validation"]) == 2
+    assert "needs validation problems" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     with pytest.raises(DistillError, match="does not exist"):
         load_problems(ProblemData(source="jsonl", path=str(tmp_path / "none.jsonl")))

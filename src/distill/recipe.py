@@ -104,9 +104,10 @@ class RuntimeConfig(Section):
     output_dir: str = Field("runs", description="parent folder of run directories")
     run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
     seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
-    precision: Literal["no", "bf16", "fp16"] = Field(
+    precision: Literal["no", "bf16", "fp16", "auto"] = Field(
         "no",
-        description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU)",
+        description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU), "
+        "auto (bf16 where the device runs it natively, else no)",
     )
     cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
     keep_freed_memory: bool = Field(
@@ -208,14 +209,18 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
     """Processes (accelerate), the run directory (new, or the one resumed) with its config saved."""
     # without a GPU, accelerate only joins a multi-process (gloo) launch when told cpu=True
     cpu = runtime.cpu or not torch.cuda.is_available()
-    if cpu and runtime.precision == "fp16":
+    precision = runtime.precision
+    if precision == "auto":
+        native = cpu_has_bf16() if cpu else torch.cuda.is_bf16_supported()
+        precision = "bf16" if native else "no"
+    if cpu and precision == "fp16":
         raise DistillError("run.precision=fp16 needs a GPU, and this run is on the CPU; use bf16 or no")
-    if cpu and runtime.precision == "bf16" and not cpu_has_bf16():
+    if cpu and precision == "bf16" and not cpu_has_bf16():
         raise DistillError("run.precision=bf16 on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks; use no")
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", runtime.precision) != runtime.precision:
+    if state and state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state()  # one process, runs of other precisions one after another (the processes stay)
-    accelerator = Accelerator(mixed_precision=runtime.precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
     if cpu and runtime.keep_freed_memory:
         keep_freed_memory()
     main = accelerator.is_main_process

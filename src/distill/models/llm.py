@@ -29,6 +29,9 @@ class LlmSpec(Section):
 
     path: str = Field("smollm2-135m", description=f"an HF model directory, a .gguf file, or one of {sorted(BUNDLED)}")
     dtype: str = Field("float32", description="torch dtype to load the weights in")
+    layers: int | None = Field(
+        None, gt=0, description="keep only the first N decoder layers (a cheaper model from the same weights)"
+    )
 
 
 def resolve(path: str) -> Path:
@@ -121,7 +124,24 @@ def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
         check(read_config(d))
     tokenizer = load_tokenizer_of(d)  # before the weights: a missing tokenizer fails at once
     model = load_pretrained(AutoModelForCausalLM, d, dtype=dtype).eval()
+    if spec.layers is not None:
+        keep_layers(model, spec.layers)
     return model, tokenizer
+
+
+def keep_layers(model: torch.nn.Module, n: int) -> None:
+    """Cut a decoder to its first `n` layers, in place, its config saying so (a saved copy reloads as cut)."""
+    layers, cfg = getattr(model.base_model, "layers", None), model.config
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise DistillError(
+            f"{type(model).__name__} keeps its decoder layers elsewhere; model.layers works with Llama-like models"
+        )
+    if n > len(layers):
+        raise DistillError(f"model.layers={n}, but the model has {len(layers)} layers")
+    model.base_model.layers = layers[:n]
+    cfg.num_hidden_layers = n
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[:n]
 
 
 class LlamaShape(Section):

@@ -8,7 +8,7 @@ import ast
 import operator
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,13 +38,27 @@ class Problem:
 class ProblemData(Section):
     """Where the problems come from and how they are split."""
 
-    source: Literal["gsm_symbolic", "jsonl"] = Field("gsm_symbolic", description="generated, or a JSONL file")
+    source: Literal["arith", "gsm_symbolic", "jsonl"] = Field(
+        "gsm_symbolic", description="arith (generated, with gold sub-questions), gsm_symbolic, or a JSONL file"
+    )
     path: str | None = Field(None, description="JSONL: question, answer, optional solution and subquestions")
-    size: int = Field(600, gt=0, description="gsm_symbolic: problems to generate")
+    size: int = Field(600, gt=0, description="arith / gsm_symbolic: problems to generate (all splits)")
+    steps: tuple[int, int] = Field((2, 4), description="arith: fewest and most steps of a problem")
+    held_out: list[str] = Field(
+        default_factory=lambda: ["mul-sub", "div-add"],
+        description="arith: ordered pairs of consecutive operations that only test problems hold",
+    )
     seed: int = Field(0, ge=0, description="generator seed and split seed")
     val: int = Field(50, ge=0, description="validation problems (held out of training)")
     test: int = Field(100, gt=0, description="test problems")
     max_train: int | None = Field(None, gt=0, description="use at most this many training problems")
+    gold_subquestions: bool = Field(
+        True,
+        description="train on the problems' gold sub-questions where they have them (false: the teacher writes them)",
+    )
+    evaluate_on: Literal["test", "validation"] = Field(
+        "test", description="the split students are scored on: validation for choosing settings, the test set unread"
+    )
 
     @model_validator(mode="after")
     def _path(self) -> ProblemData:
@@ -54,7 +68,18 @@ class ProblemData(Section):
 
 
 def load_problems(cfg: ProblemData) -> dict[str, list[Problem]]:
-    """{"train", "val", "test"}: the problems shuffled by the seed, test first, then validation."""
+    """{"train", "val", "test"}: the problems shuffled by the seed, test first, then validation (arith: test
+    problems from the held-out operation pairs, validation from the training distribution)."""
+    if cfg.source == "arith":
+        from distill.reasoning.arith import generate_splits
+
+        if cfg.size <= cfg.test + cfg.val:
+            raise DistillError(
+                f"data.size {cfg.size} leaves no training problems after {cfg.test} test and {cfg.val} validation"
+            )
+        sizes = {"test": cfg.test, "val": cfg.val, "train": cfg.size - cfg.test - cfg.val}
+        splits = generate_splits(sizes, cfg.seed, cfg.steps, cfg.held_out)
+        return {**splits, "train": _gold(splits["train"][: cfg.max_train], cfg.gold_subquestions)}
     problems = read_problems(Path(cfg.path)) if cfg.source == "jsonl" else generate(cfg.size, cfg.seed)
     if len(problems) < cfg.test + cfg.val + 1:
         raise DistillError(
@@ -64,7 +89,11 @@ def load_problems(cfg: ProblemData) -> dict[str, list[Problem]]:
     order = list(problems)
     random.Random(cfg.seed).shuffle(order)
     test, val, train = order[: cfg.test], order[cfg.test : cfg.test + cfg.val], order[cfg.test + cfg.val :]
-    return {"train": train[: cfg.max_train], "val": val, "test": test}
+    return {"train": _gold(train[: cfg.max_train], cfg.gold_subquestions), "val": val, "test": test}
+
+
+def _gold(problems: list[Problem], keep: bool) -> list[Problem]:
+    return problems if keep else [replace(p, subquestions=None) for p in problems]
 
 
 def generate(size: int, seed: int) -> list[Problem]:

@@ -4,6 +4,7 @@ step limit. Socratic: the question generator asks, the answerer answers, in turn
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -53,10 +54,78 @@ class _LineEnd:
         return torch.isin(input_ids[:, self.start :], self.ids).any(1)
 
 
+class Session:
+    """One model's key/value cache over a batch of problems, kept across the calls of the loop: each call feeds
+    only the text a row gained since the last (the checked line and the next prefix), never the problem again.
+
+    Rows gain texts of different lengths, so each call's new tokens are right-aligned and padding sits between
+    calls as masked slots; positions count real tokens only (the mask's running sum), as left padding does in
+    `generate`, so a row reads the same positions as it would alone. The generated tokens are cropped after
+    each call: the calculator may rewrite the line, which is then fed back as text."""
+
+    def __init__(self, lm: Lm, rows: int) -> None:
+        self.lm, self.cache, self.mask, self.fed = lm, None, None, [""] * rows
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows (indices into the current ones), in this order: the others are done."""
+        if len(rows) == len(self.fed):
+            return
+        if self.cache is not None:
+            self.cache.batch_select_indices(torch.tensor(rows))
+            self.mask = self.mask[rows]
+        self.fed = [self.fed[i] for i in rows]
+
+    @torch.no_grad()
+    def lines(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int]]:
+        lm, device = self.lm, next(self.lm.model.parameters()).device
+        assert len(prompts) == len(self.fed) and all(p.startswith(f) for p, f in zip(prompts, self.fed))
+        new = lm.tok([p[len(f) :] for p, f in zip(prompts, self.fed)], add_special_tokens=False)["input_ids"]
+        width = max(map(len, new))
+        ids = torch.full((len(new), width), lm.tok.pad_token_id, dtype=torch.long)
+        block = torch.zeros((len(new), width), dtype=torch.long)
+        for i, row in enumerate(new):
+            ids[i, width - len(row) :], block[i, width - len(row) :] = torch.tensor(row), 1
+        mask = block if self.mask is None else torch.cat([self.mask, block], 1)
+        start = mask.shape[1]
+        done = torch.zeros(len(new), dtype=torch.bool)
+        stop = torch.tensor(sorted(lm.newline | {lm.tok.eos_token_id} - {None}))
+        out: list[list[int]] = [[] for _ in new]
+        for _ in range(max_tokens):
+            logits, self.cache = _step(lm.model, ids.to(device), mask.to(device), width, self.cache)
+            nxt = logits.argmax(-1).cpu()
+            for i in (~done).nonzero().flatten().tolist():
+                out[i].append(int(nxt[i]))
+            done |= torch.isin(nxt, stop)
+            if done.all():
+                break
+            ids, width = nxt[:, None], 1
+            mask = torch.cat([mask, torch.ones((len(new), 1), dtype=torch.long)], 1)
+        self.cache.crop(start - self.cache.get_seq_length())  # a negative count: the tokens to drop
+        self.mask, self.fed = mask[:, :start], list(prompts)
+        return [(lm.tok.decode(row, skip_special_tokens=True).split("\n")[0], len(row)) for row in out]
+
+
+def _step(model, ids: torch.Tensor, mask: torch.Tensor, width: int, cache) -> tuple[torch.Tensor, object]:
+    """The next-token logits after `ids` (the last `width` slots of `mask`), and the grown cache."""
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -width:]
+    # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{key: cache}
+    )
+    return out.logits[:, -1].float(), getattr(out, key)
+
+
 @torch.no_grad()
-def lines(lm: Lm, prompts: list[str], max_tokens: int, batch_size: int) -> list[tuple[str, int]]:
-    """Greedy continuation of each prompt up to its first newline: (line without the newline, tokens)."""
+def lines(
+    lm: Lm, prompts: list[str], max_tokens: int, batch_size: int, session: Session | None = None
+) -> list[tuple[str, int]]:
+    """Greedy continuation of each prompt up to its first newline: (line without the newline, tokens). With a
+    session, the prompts are its rows' texts so far, and only what they gained since its last call is read."""
     from transformers import StoppingCriteriaList
+
+    if session is not None:
+        return session.lines(prompts, max_tokens)
 
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad little
@@ -94,16 +163,35 @@ def solve(
     max_tokens: int = 96,
     calculator: bool = True,
     batch_size: int = 16,
+    cache: bool = True,
     desc: str | None = None,
 ) -> list[Trace]:
     """Each problem solved by `variant`: answer | cot (qg alone) | socratic (qg asks, qa answers; qa=None
-    makes qg both, the unified model). At most `max_steps` steps (lines, or question-answer pairs)."""
+    makes qg both, the unified model). At most `max_steps` steps (lines, or question-answer pairs). Problems
+    go in batches of `batch_size`, each solved to the end; `cache` keeps each model's key/value cache across
+    the calls of a batch (else every call reads the problem and every earlier line again)."""
     traces = [Trace(p) for p in problems]
-    check = calculate if calculator else (lambda s: s)
+    order = sorted(traces, key=lambda t: len(t.problem.question))  # similar lengths pad little
     bar = tqdm(total=len(traces), desc=desc or f"solve {variant}", unit="problem", dynamic_ncols=True)
+    for b in range(0, len(order), batch_size):
+        _solve_batch(order[b : b + batch_size], variant, qg, qa, max_steps, max_tokens, calculator, cache, bar)
+    bar.close()
+    return traces
+
+
+def _solve_batch(traces, variant, qg, qa, max_steps, max_tokens, calculator, cache, bar) -> None:
+    check = calculate if calculator else (lambda s: s)
+    sessions = {id(lm): Session(lm, len(traces)) for lm in {id(qg): qg, id(qa or qg): qa or qg}.values()}
+    alive = {k: list(range(len(traces))) for k in sessions}  # per session: which traces its rows are
+    index = {id(t): i for i, t in enumerate(traces)}
 
     def run(lm: Lm, todo: list[Trace], prefix: str) -> list[str]:
-        got = lines(lm, [header(t.problem) + t.text + prefix for t in todo], max_tokens, batch_size)
+        session = None
+        if cache:
+            session, rows = sessions[id(lm)], [index[id(t)] for t in todo]
+            session.keep([alive[id(lm)].index(r) for r in rows])
+            alive[id(lm)] = rows
+        got = lines(lm, [header(t.problem) + t.text + prefix for t in todo], max_tokens, len(traces), session)
         for t, (_, n) in zip(todo, got):
             t.tokens, t.calls = t.tokens + n, t.calls + 1
         return [check(line) for line, _ in got]
@@ -130,5 +218,3 @@ def solve(
             finish(t, asked_last or a.strip().startswith(FINAL) or step + 1 >= max_steps)
     for t in traces:
         finish(t, True)
-    bar.close()
-    return traces

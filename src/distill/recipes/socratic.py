@@ -51,7 +51,8 @@ class Inference(Section):
     max_steps: int = Field(8, gt=0, description="most lines (CoT) or sub-question/answer pairs (Socratic)")
     max_tokens: int = Field(96, gt=0, description="longest line")
     calculator: bool = Field(True, description="recompute every 'a op b = c' and '<<a op b=c>>' in each line")
-    batch_size: int = Field(16, gt=0, description="problems per generate() call")
+    batch_size: int = Field(16, gt=0, description="problems decoded together")
+    cache: bool = Field(True, description="keep each model's key/value cache across the calls of a batch")
 
 
 class Students(Section):
@@ -87,7 +88,9 @@ class Config(Section):
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 1. problems, and everything a user can get wrong, before the run directory exists
     splits = load_problems(cfg.data)
-    train, test = splits["train"], splits["test"]
+    train, test = splits["train"], splits["test" if cfg.data.evaluate_on == "test" else "val"]
+    if not test:
+        raise DistillError("data.evaluate_on=validation needs validation problems (data.val > 0)")
     if cfg.teacher is None and not all(p.subquestions for p in train):
         raise DistillError("teacher is null, so every training problem needs gold subquestions; set teacher")
     check_fits(len(train), cfg.students.train, "students.train")
@@ -163,6 +166,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             info={
                 "teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
                 "train_problems": len(train),
+                "scored_on": cfg.data.evaluate_on,
                 "test_problems": len(test),
             },
         )
@@ -180,7 +184,8 @@ def evaluate(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tu
     lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
     mode = "socratic" if variant in ("socratic", "unified") else variant
     t0 = time.perf_counter()
-    traces = solve(test, mode, *lms, **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")
+    with ctx.accelerator.autocast():  # run.precision=bf16 decodes in bf16 too
+        traces = solve(test, mode, *lms, **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")
     seconds = time.perf_counter() - t0
     ctx.run.write_json(f"solutions/{variant}.json", {"seconds": seconds, "traces": [_record(t) for t in traces]})
     return traces, seconds
