@@ -116,3 +116,25 @@ def test_a_causal_lm_cut_to_its_first_layers_computes_as_those_layers_and_reload
     assert len(AutoModelForCausalLM.from_pretrained(tmp_path / "cut").model.layers) == 2
     with pytest.raises(DistillError, match="has 3 layers"):
         load_causal_lm(LlmSpec(path=str(path), layers=4))
+
+
+def test_an_hf_export_appears_whole_or_leaves_the_older_one(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.models.llm import LlamaShape, new_llama, save_hf
+    from llm_fixtures import char_tokenizer
+
+    tok = char_tokenizer()
+    model = new_llama(LlamaShape(layers=1, hidden=16, heads=2, ffn=32), tok)
+    out = save_hf(model, tok, tmp_path / "deep" / "model", card="# card\n")
+    assert (out / "README.md").read_text() == "# card\n"
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_hf(new_llama(LlamaShape(layers=2, hidden=16, heads=2, ffn=32), tok), Broken(), out)
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1  # the older export, untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # no half-written sibling left

@@ -90,13 +90,25 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model.hf_quantizer = None  # the weights are dequantized: save a plain fp32 model
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            tmp.rename(out)  # the cache entry appears whole or not at all
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_hf(model, tok, out)
+
+
+def save_hf(model: torch.nn.Module, tokenizer, out: Path, card: str | None = None) -> Path:
+    """`model` and `tokenizer` as a Hugging Face directory at `out`, with `card` as its README.md: written into a
+    temporary sibling and renamed, so the directory appears whole or not at all (an older one is replaced)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _architecture(gguf: Path) -> str:

@@ -37,7 +37,7 @@ from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_cap
 from distill.kd.fused import FusedLM
 from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
-from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm
+from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm, save_hf
 from distill.recipe import Result, RuntimeConfig, start
 from distill.report import markdown_table
 from distill.run import atomic_write
@@ -169,9 +169,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     rows.append(_row("student after", student, held_out(student)))
     export = ctx.run.path / "model"
     if ctx.accelerator.is_main_process:
-        student.save_pretrained(export)
-        tokenizer.save_pretrained(export)
-        atomic_write(export / "README.md", model_card(cfg, rows, len(train["input_ids"])))
+        save_hf(student, tokenizer, export, model_card(cfg, rows, len(train["input_ids"])))
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
     return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, info=info))
 

@@ -31,7 +31,7 @@ from distill.errors import DistillError
 from distill.evaluate import lm_loss
 from distill.kd import Distiller, Term, Terms
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
-from distill.models.llm import load_causal_lm
+from distill.models.llm import load_causal_lm, save_hf
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
@@ -204,8 +204,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if ctx.accelerator.is_main_process:
         if sharded(ctx.accelerator):  # its weights are spread over the processes; the stage saved them whole
             student = whole_copy(student, ctx.run.path / "student" / "model.safetensors")
-        student.save_pretrained(export)
-        tokenizer.save_pretrained(export)
+        save_hf(student, tokenizer, export)
     info = {
         "target": target.as_dict(),
         "tokens_per_sample": cfg.data.seq_len,

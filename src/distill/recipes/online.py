@@ -32,7 +32,7 @@ from distill.kd import Cohort, Distiller, Member, Term
 from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, relation_terms
 from distill.kd.cohort import learner_batches, learner_steps
 from distill.models import count_parameters
-from distill.models.llm import LlamaShape, ModelConfig, load_tokenizer
+from distill.models.llm import LlamaShape, ModelConfig, load_tokenizer, save_hf
 from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 from distill.report import markdown_table
 
@@ -227,8 +227,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     products = {}
     if ctx.accelerator.is_main_process:
         for n, m in [("teacher", models["teacher"])] + [(s.name, lm_of(models[s.name])) for s in cfg.students]:
-            m.save_pretrained(ctx.run.path / "models" / n)
-            tokenizer.save_pretrained(ctx.run.path / "models" / n)
+            save_hf(m, tokenizer, ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
     info = {
         "mode": cfg.mode,

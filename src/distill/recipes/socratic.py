@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +30,7 @@ from distill.labeling.pipeline import Sampling, prompt_requests
 from distill.labeling.pipeline import ask as ask_teacher
 from distill.labeling.stages import OnDemand
 from distill.labeling.store import LabelStore
-from distill.models.llm import LlmSpec, TargetLM, hf_dir, load_causal_lm
+from distill.models.llm import LlmSpec, TargetLM, hf_dir, load_causal_lm, save_hf
 from distill.reasoning.annotate import REASONS, annotate, parse_final, solve_messages
 from distill.reasoning.formats import encode, header
 from distill.reasoning.problems import Problem, ProblemData, load_problems, parse_number, same
@@ -213,11 +212,7 @@ def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
     ctx.fit(TargetLM(model), data, s.train, stage=role, product=model, seed_from="students")
     out = ctx.run.path / "students" / role
     if ctx.accelerator.is_main_process and not out.is_dir():
-        tmp = out.with_name(f".{role}.tmp")  # the directory appears whole or not at all
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(out)
+        save_hf(model, tok, out)
     return Lm(model.eval(), tok)
 
 
