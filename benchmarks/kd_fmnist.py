@@ -4,7 +4,7 @@ hyperparameters chosen on a validation split, every number over seeds; and the e
     python benchmarks/kd_fmnist.py [--seeds 3] [--epochs 12] [--teacher-epochs 10] [--dir runs/kd_fmnist]
 
 The teacher trains once (seed 0) and its checkpoint serves every student and seed. Students read its
-logits and features from memory (`teacher_signals=cached`: exact, the images are not augmented). The last
+logits and features from memory (`teacher_signals=precomputed`: exact, the images are not augmented). The last
 5,000 training images are the validation split; every choice (KD's temperature and alpha, attention
 transfer's weight) is made on it, and the test set is read only for the report. Each finished run is kept
 in --dir, so an interrupted benchmark resumes where it stopped. Writes benchmarks/results/kd_fmnist.{json,md}.
@@ -130,7 +130,7 @@ def teacher_overrides(runs: Runs) -> tuple[list[str], dict]:
     spec = ["student.args.channels=[32,64,128]", f"train.epochs={a.teacher_epochs}"]
     row = runs.get("teacher", "student_alone", spec, seed=0)
     ckpt = runs.root / row["run_dir"] / "student" / "model.safetensors"
-    return [f"teachers.0.model.checkpoint={ckpt}", "teacher_signals=cached"], row
+    return [f"teachers.0.model.checkpoint={ckpt}", "teacher_signals=precomputed"], row
 
 
 def kd_over(temperature: float, alpha: float) -> list[str]:
@@ -302,7 +302,7 @@ def markdown(res: dict) -> str:
         f"Budget: teacher {b['teacher_epochs']} epochs (seed 0, trained once, its checkpoint serves every student); "
         f"students {b['epochs']} epochs each (AdamW lr 2e-3, cosine, batch 128), {b['seeds']} seeds per row; "
         f"{'QUICK subset' if b['quick'] else '55k train / 5k validation (the last 5,000 training images) / 10k test'}."
-        " Teacher signals cached (`teacher_signals=cached`). Every choice was made on the validation split; the "
+        " Teacher signals cached (`teacher_signals=precomputed`). Every choice was made on the validation split; the "
         "test column is only reported.",
         f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']}. "
         f"The runs' wall times add up to {acc['runs_wall_s'] / 3600:.1f} h (several invocations, resumed from the runs "

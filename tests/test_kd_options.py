@@ -51,19 +51,19 @@ def test_validation_accuracy_is_reported_next_to_the_test_accuracy(tensor_file, 
     assert "val_accuracy |" in (result.run_dir / "report.md").read_text()
 
 
-def test_cached_teacher_signals_train_the_same_student_as_the_live_teacher(tensor_file, tmp_path):
+def test_precomputed_teacher_signals_train_the_same_student_as_the_live_teacher(tensor_file, tmp_path):
     # the teacher is frozen and the images are not augmented: its signals are the same in every epoch,
     # so reading them from memory must give the same student as running the teacher on every batch
     first = _run(tensor_file, tmp_path, "live")
     ckpt = first.run_dir / "teacher" / "model.safetensors"
     students = {}
-    for mode in ("live", "cached"):
+    for mode in ("live", "precomputed"):
         r = _run(tensor_file, tmp_path, f"from-ckpt-{mode}", f"teachers.0.model.checkpoint={ckpt}",
                  f"teacher_signals={mode}")  # fmt: skip
         students[mode] = load_file(r.run_dir / "student" / "model.safetensors")
         assert json.loads((r.run_dir / "results.json").read_text())["info"]["teacher_signals"] == mode
     for key, value in students["live"].items():
-        torch.testing.assert_close(students["cached"][key], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(students["precomputed"][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_cached_signals_of_feature_taps(tensor_file, tmp_path):
@@ -72,15 +72,15 @@ def test_cached_signals_of_feature_taps(tensor_file, tmp_path):
     live = _run(tensor_file, tmp_path, "at-live", config=cfg)
     ckpt = live.run_dir / "teacher" / "model.safetensors"
     cached = _run(tensor_file, tmp_path, "at-cached", f"teachers.0.model.checkpoint={ckpt}",
-                  "teacher_signals=cached", config=cfg)  # fmt: skip
+                  "teacher_signals=precomputed", config=cfg)  # fmt: skip
     again = _run(tensor_file, tmp_path, "at-live-again", f"teachers.0.model.checkpoint={ckpt}", config=cfg)
     assert cached.rows[-1]["test_accuracy"] == pytest.approx(again.rows[-1]["test_accuracy"], abs=1e-6)
 
 
 def test_cached_signals_take_one_teacher(tmp_path, capsys):
-    args = ["kd", "--config", "two_teachers", "teacher_signals=cached", f"run.output_dir={tmp_path / 'runs'}"]
+    args = ["kd", "--config", "two_teachers", "teacher_signals=precomputed", f"run.output_dir={tmp_path / 'runs'}"]
     assert main(args) == 2
-    assert "teacher_signals=cached takes one teacher" in capsys.readouterr().err
+    assert "teacher_signals=precomputed takes one teacher" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

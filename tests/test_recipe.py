@@ -101,7 +101,7 @@ def test_a_named_config_runs_by_name_and_copies_out(tmp_path, capsys):
     assert "exists already" in capsys.readouterr().err
     a = load_config(recipes()["kd"].Config, "hinton", recipe="kd")
     b = load_config(recipes()["kd"].Config, copied)
-    assert a == b and a.objective[0].args == {"temperature": 1.0} and a.teacher_signals == "cached"
+    assert a == b and a.objective[0].args == {"temperature": 1.0} and a.teacher_signals == "precomputed"
 
 
 def test_stage_seeds_come_from_the_run_seed_and_the_stage_name():
@@ -134,6 +134,9 @@ def test_the_core_knows_no_method_and_no_recipe_imports_another():
     for path in (SRC / "recipes").glob("*.py"):
         bad = {m for m in _imports(path) if m.startswith("distill.recipes")}
         assert not bad, f"recipe {path.name} imports a recipe: {bad}"
+    for package in set(METHODS) - {"recipes"}:  # method code is a library: runs and their directories are the recipes'
+        for path in (SRC / package).rglob("*.py"):
+            assert "distill.recipe" not in _imports(path), f"{path.relative_to(SRC)} imports the run context"
     for path in SRC.rglob("*.py"):  # the shared layers know no method either
         if path.parent.name in ("models", "data", "losses"):
             bad = {m for m in _imports(path) if m.split(".")[1] in METHODS}
@@ -165,3 +168,46 @@ def test_no_import_cycles_between_modules():
 def test_no_source_file_is_over_400_lines():
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_work_done_once_is_stored_as_made_and_read_back_on_resume(tmp_path):
+    from distill.recipe import RuntimeConfig, start
+
+    cfg = RuntimeConfig(output_dir=str(tmp_path), run_name="r")
+    calls = []
+
+    def scores() -> dict:
+        calls.append(1)
+        return {"acc": 0.5}
+
+    def save(value: list, path: Path) -> None:
+        path.mkdir()
+        (path / "v.txt").write_text(" ".join(map(str, value)))
+
+    def load(path: Path) -> list:
+        return [int(x) for x in (path / "v.txt").read_text().split()]
+
+    ctx = start("t", cfg, cfg)
+    assert ctx.once("evaluation/a", scores) == {"acc": 0.5} and (ctx.run.path / "evaluation" / "a.json").is_file()
+    (ctx.run.path / ".tensors.tmp").mkdir()  # a save killed half-way: not a result
+    assert ctx.once("tensors", lambda: [1, 2], save=save, load=load) == [1, 2]
+    ctx.run.close()
+    again = start("t", cfg, cfg, resume=tmp_path / "r")
+    assert again.once("evaluation/a", scores) == {"acc": 0.5} and len(calls) == 1, "read back, not computed again"
+    assert again.once("tensors", lambda: [9], save=save, load=load) == [1, 2]
+    again.run.close()
+
+
+def test_markdown_tables_take_columns_and_formats():
+    from distill.report import markdown_table
+
+    rows = [{"model": "a", "params": 1234, "acc": 0.5, "ppl": 12.345}, {"model": "b", "params": 5, "acc": 0.25}]
+    assert markdown_table(rows, {"model": "model", "params": "params", "ppl": "perplexity"}, {"ppl": ".1f"}) == (
+        "| model | params | perplexity |\n|---|---:|---:|\n| a | 1,234 | 12.3 |\n| b | 5 |  |"
+    )
+    assert markdown_table(rows).splitlines()[0] == "| model | params | acc | ppl |"
+
+
+def test_teacher_signals_cached_is_read_as_its_new_name_precomputed():
+    cfg = recipes()["kd"].Config.model_validate({"teacher_signals": "cached"})  # a config from before the rename
+    assert cfg.teacher_signals == "precomputed"

@@ -320,11 +320,11 @@ def test_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
         assert main(["socratic", "--resume", str(run)]) == 0
         assert len(server.requests) == 0 and asked > 0
     capsys.readouterr()
-    # --ask solves with the run's inference settings: a student that never stops asks inference.max_steps=3 times
+    # ask solves with the run's inference settings: a student that never stops asks inference.max_steps=3 times
     students.clear()
     monkeypatch.setattr(solve_module, "lines", lambda lm, batch, *a: [(" How many?" if p.endswith("Q:") else
                         " 1 + 1 = 3", 1) for p in students.extend(batch) or batch])  # fmt: skip
-    assert main(["socratic", "--ask", "Tom has 2 pens and gets 3 more. How many pens?", "--run", str(run)]) == 0
+    assert main(["socratic", "ask", "Tom has 2 pens and gets 3 more. How many pens?", "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Problem: Tom has 2 pens") and "final answer: none" in out
     assert out.count("Q: How many?") == 3 and out.count("A: 1 + 1 = 2") == 3
@@ -379,10 +379,12 @@ def test_user_errors(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(DistillError, match="does not exist"):
         load_problems(ProblemData(source="jsonl", path=str(tmp_path / "none.jsonl")))
-    assert main(["socratic", "--ask", "How many?"]) == 2
-    assert "needs --run" in capsys.readouterr().err
-    assert main(["kd", "--ask", "How many?", "--run", "x"]) == 2
-    assert "takes no --ask" in capsys.readouterr().err
+    assert main(["socratic", "ask", "How many?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--run" in err and len(err.splitlines()) == 1, err
+    assert main(["socratic", "ask", "How many?", "--run", str(tmp_path)]) == 2
+    assert "no trained qg student" in capsys.readouterr().err
+    assert main(["socratic", "--help"]) == 0 and "distill socratic ask" in capsys.readouterr().out
 
 
 def test_target_lm_is_cross_entropy_on_the_target_tokens_alone(tmp_path):

@@ -10,7 +10,7 @@ from torch import nn
 
 from distill.errors import ConfigError, DistillError
 from distill.kd.distiller import Distiller
-from distill.kd.objective import Objective, Term, parse_ref, read_cached
+from distill.kd.objective import Objective, Term, parse_ref, read_precomputed
 from distill.kd.taps import Taps
 
 
@@ -107,7 +107,7 @@ def _routed_hint(cached: bool) -> tuple[Distiller, dict, list[nn.Module]]:
     with torch.no_grad():
         feats = torch.stack([m[0](batch["inputs"]) for m in teachers.values()])
     batch["teacher_0"] = feats[batch["domain"], torch.arange(6)]
-    return Distiller(student, read_cached([hint]), routed=2), batch, list(teachers.values())
+    return Distiller(student, read_precomputed([hint]), routed=2), batch, list(teachers.values())
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import batches_by_stage, straight_killed_resumed
 from distill.cli import main
 from distill.engine import TrainConfig, fit
-from distill.kd import Distiller, precompute_signals, read_cached
+from distill.kd import Distiller, precompute_signals, read_precomputed
 from distill.losses import attention_maps, char_affinity
 from distill.models.recognizer import Recognizer
 from distill.recipes.unify import CE, paper_objective
@@ -159,7 +159,7 @@ def test_cached_signals_give_the_live_routed_objective():
     loss_live, terms_live = live(batch)
     taps = ["attention", "glimpses"]
     cached_batch = {**batch, **precompute_signals(teachers, taps, batch, "cpu")}
-    cached = Distiller(student, read_cached(paper_objective()))
+    cached = Distiller(student, read_precomputed(paper_objective()))
     cached.build(cached_batch)
     cached.objective.projections.load_state_dict(live.objective.projections.state_dict())  # the same hint projection
     loss_cached, terms_cached = cached(cached_batch)

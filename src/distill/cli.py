@@ -34,6 +34,10 @@ def _recipe_help(name: str, recipe: Recipe) -> str:
     configs = named_configs(name)
     lines = [
         f"usage: distill {name} [--config FILE|NAME] [key.sub=value ...] [--resume RUN_DIR]",
+        *[
+            f"       distill {name} {c} ...  ({(f.__doc__ or '').strip().splitlines()[0]})"
+            for c, f in getattr(recipe, "commands", {}).items()
+        ],
         "",
         _summary(recipe),
         "",
@@ -57,21 +61,14 @@ def _run_recipe(name: str, recipe: Recipe, argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(_recipe_help(name, recipe))
         return 0
+    commands = getattr(recipe, "commands", {})  # a recipe's own subcommands: distill socratic ask ...
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog=f"distill {name}", add_help=False)
     parser.add_argument("--config")
     parser.add_argument("--resume")
-    parser.add_argument("--ask", help="a question for the trained models of --run (recipes that answer them)")
-    parser.add_argument("--run")
-    parser.add_argument("--variant")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    if args.ask is not None:
-        if not hasattr(recipe, "ask"):
-            raise DistillError(f"distill {name} takes no --ask: its models do not answer questions")
-        if not args.run:
-            raise DistillError(f"distill {name} --ask needs --run RUN_DIR, a finished run whose models answer")
-        print(recipe.ask(args.run, args.ask, *([args.variant] if args.variant else [])))
-        return 0
     if args.resume:
         if args.config or args.overrides:
             raise DistillError("--resume takes no --config or overrides: the run continues with its saved config")

@@ -7,10 +7,10 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from distill.errors import ConfigError
 
@@ -338,3 +338,22 @@ def _short(value: Any) -> str:
     value = TypeAdapter(Any).dump_python(value, mode="json")
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class RuntimeConfig(Section):
+    """Where a run goes and how it runs."""
+
+    output_dir: str = Field("runs", description="parent folder of run directories")
+    run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
+    precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "no",
+        description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU), "
+        "auto (bf16 where the device runs it natively, else no)",
+    )
+    cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
+    keep_freed_memory: bool = Field(
+        True,
+        description="on the CPU, keep freed memory in the process instead of returning it to the kernel "
+        "(glibc mallopt): no page faults for every step's activations, up to ~1 GiB more resident memory",
+    )

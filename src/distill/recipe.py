@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from distill.config import Section, dump
+from distill.config import RuntimeConfig, dump
 from distill.engine import Callbacks, Data, EvalFn, Product, TrainConfig, fit
 from distill.errors import DistillError
-from distill.run import RunDir, new_run_name
+from distill.run import RunDir, atomic_write, new_run_name
 from distill.system import keep_freed_memory
 
 GROUP = "distill.recipes"
@@ -98,29 +101,13 @@ def recipes() -> dict[str, Recipe]:
 
 
 # --- what every run starts with ------------------------------------------------------------------
-class RuntimeConfig(Section):
-    """Where a run goes and how it runs."""
-
-    output_dir: str = Field("runs", description="parent folder of run directories")
-    run_name: str | None = Field(None, description="run directory name (default: <recipe>-<time>)")
-    seed: int = Field(0, ge=0, lt=2**32, description="seeds every random stream of the run")
-    precision: Literal["no", "bf16", "fp16", "auto"] = Field(
-        "no",
-        description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU), "
-        "auto (bf16 where the device runs it natively, else no)",
-    )
-    cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
-    keep_freed_memory: bool = Field(
-        True,
-        description="on the CPU, keep freed memory in the process instead of returning it to the kernel "
-        "(glibc mallopt): no page faults for every step's activations, up to ~1 GiB more resident memory",
-    )
-
-
 def stage_seed(seed: int, stage: str) -> int:
     """A stage's seed: derived from the run's seed and the stage's name, never a hand-picked offset."""
     digest = hashlib.sha256(f"{seed}/{stage}".encode()).digest()
     return int.from_bytes(digest[:4], "little") % 2**31
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -128,6 +115,7 @@ class Context:
     run: RunDir
     accelerator: Accelerator
     seed: int
+    recipe: str = ""
 
     def seed_stage(self, stage: str) -> int:
         """Reseed every stream for `stage`, so it starts the same whether or not earlier stages were skipped."""
@@ -162,8 +150,44 @@ class Context:
             product=product,
         )
 
-    def finish(self, result: Result) -> Result:
-        """Save results.json and the report (main process only), close the run, return the result."""
+    def once(
+        self,
+        name: str,
+        compute: Callable[[], T],
+        *,
+        save: Callable[[T, Path], None] | None = None,
+        load: Callable[[Path], T] | None = None,
+    ) -> T:
+        """A named result of work that is not training (scores, evaluations, solutions): computed once, stored
+        in the run by the main process as it is made, read back on resume. JSON at `<name>.json` by default;
+        `save(value, path)` and `load(path)` store anything else (a file or a directory) at `<name>`."""
+        path = self.run.path / (name if save else f"{name}.json")
+        if path.exists():
+            return load(path) if load else json.loads(path.read_text())
+        value = compute()
+        if self.accelerator.is_main_process and save is None:
+            atomic_write(path, json.dumps(value, indent=2) + "\n")
+        elif self.accelerator.is_main_process:
+            tmp = path.with_name(f".{path.name}.tmp")  # the result appears whole or not at all
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.unlink(missing_ok=True)
+            save(value, tmp)
+            tmp.rename(path)
+        self.accelerator.wait_for_everyone()
+        return value
+
+    def finish(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        figures: list[str] | None = None,
+        products: dict[str, str] | None = None,
+        tables: dict[str, list[dict[str, Any]]] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Result:
+        """The run's Result (see `Result` for the fields): results.json and the report saved (main process only),
+        the run closed."""
+        result = Result(self.recipe, self.run.path, rows, figures or [], products or {}, tables or {}, info or {})
         result.processes, result.is_main = self.accelerator.num_processes, self.accelerator.is_main_process
         self.run.write_json("results.json", result.to_json())
         if self.accelerator.is_main_process:
@@ -240,4 +264,4 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
         run.fresh = True  # made by this process: removed again if it fails before writing anything else
         run.write_text("config.yaml", dump(cfg))
     accelerator.wait_for_everyone()
-    return Context(run, accelerator, runtime.seed)
+    return Context(run, accelerator, runtime.seed, recipe)

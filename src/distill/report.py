@@ -126,16 +126,34 @@ def write_report(run_path: str | Path) -> Path:
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(
+    rows: list[dict[str, Any]], columns: dict[str, str] | None = None, formats: dict[str, str] | None = None
+) -> str:
+    """Rows as a markdown table. `columns`: which keys, in order, under which headers (default: every key of
+    scalar values, as named); `formats`: a format spec per key (e.g. ',' or '.4f'; default: floats to 4
+    places, ints with thousands separators). Columns of numbers are right-aligned; a missing value is blank."""
     if not rows:
         return "_empty_"
-    keys = [
-        k
-        for k in dict.fromkeys(k for r in rows for k in r)
-        if not any(isinstance(r.get(k), (list, dict)) for r in rows)
-    ]
-    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
-    body = "\n".join("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows)
+    if columns is None:
+        keys = [
+            k
+            for k in dict.fromkeys(k for r in rows for k in r)
+            if not any(isinstance(r.get(k), (list, dict)) for r in rows)
+        ]
+        columns = {k: k for k in keys}
+    formats = formats or {}
+
+    def cell(r: dict[str, Any], k: str) -> str:
+        if k not in r:
+            return ""
+        return format(r[k], formats[k]) if k in formats and r[k] is not None else _fmt(r[k])
+
+    def numeric(k: str) -> bool:
+        values = [r[k] for r in rows if r.get(k) is not None]
+        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    head = "| " + " | ".join(columns.values()) + " |\n|" + "".join("---:|" if numeric(k) else "---|" for k in columns)
+    body = "\n".join("| " + " | ".join(cell(r, k) for k in columns) + " |" for r in rows)
     return f"{head}\n{body}"
 
 

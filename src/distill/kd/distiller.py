@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.kd.objective import Objective, Term
+from distill.kd.objective import CE, Objective, Term
 from distill.kd.taps import Taps
 from distill.kd.teachers import LiveTeacher
 from distill.models import call_model
@@ -80,3 +80,8 @@ class Distiller(nn.Module):
         self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(self.signals(batch, given), batch)
+
+
+def supervised(model: nn.Module, ce: Term = CE) -> Distiller:
+    """`model` trained on its labels alone (cross-entropy, no teacher): the baselines and the teachers' training."""
+    return Distiller(model, [ce])

@@ -116,7 +116,7 @@ class Objective(nn.Module):
 
     def __init__(self, terms: list[Term], teacher_names: list[str], routed: int | None = None) -> None:
         """`routed`: how many teachers a routed input chooses among (default: all of `teacher_names`; give it when
-        their signals were cached in the batch, `read_cached`)."""
+        their signals were cached in the batch, `read_precomputed`)."""
         super().__init__()
         self.terms = terms
         self.teacher_names = teacher_names
@@ -213,7 +213,7 @@ def cache_key(tap: str) -> str:
     return "teacher_" + tap.replace(".", "_").replace(":", "_")
 
 
-def read_cached(terms: list[Term]) -> list[Term]:
+def read_precomputed(terms: list[Term]) -> list[Term]:
     """The same terms reading each teacher signal from the batch field that `precompute_signals` filled
     (`teacher[routed].glimpses` -> `batch.teacher_glimpses`): the routing was done when they were computed."""
 
@@ -266,3 +266,6 @@ def check_terms(terms: list[Term]) -> list[Term]:
 
 # a recipe's objective field: checked for unique names and existing balance partners as the config loads
 Terms = Annotated[list[Term], AfterValidator(check_terms)]
+
+
+CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])  # cross-entropy on the batch's labels

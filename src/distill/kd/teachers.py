@@ -4,14 +4,21 @@ a member of a `Cohort` (distill.kd.cohort)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BeforeValidator
 from torch import Tensor, nn
 
 from distill.kd.objective import cache_key
 from distill.kd.taps import Taps
 from distill.models import call_model
+
+# where a frozen teacher's signals come from: its forward on every batch, or computed once before training
+# and read from memory ('cached', the older name, still reads as precomputed)
+TeacherSignals = Annotated[
+    Literal["live", "precomputed"], BeforeValidator(lambda v: "precomputed" if v == "cached" else v)
+]
 
 
 class LiveTeacher:

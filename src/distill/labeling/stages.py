@@ -9,15 +9,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from distill.config import Section
+from distill.config import RuntimeConfig, Section
 from distill.data.labeled_text import Item, TextItems, load_items
 from distill.errors import DistillError
 from distill.labeling.aggregate import scores, vote
 from distill.labeling.clients import Generation, LlmTeacher, LocalTeacher, Request, client
 from distill.labeling.pipeline import Sampling, label
-from distill.labeling.store import LabelStore
 from distill.labeling.task import Task, load_task
-from distill.recipe import Context, RuntimeConfig, start
 
 TASKS = Path(__file__).resolve().parent / "tasks"
 THRESHOLDS = [0.0, 0.5, 0.625, 0.75, 0.875, 1.0]
@@ -46,10 +44,9 @@ def resolve_task(name: str) -> Task:
     return load_task(bundled if bundled.is_file() else name)
 
 
-def prepare(
-    cfg, recipe: str, resume, need_gold: bool = False
-) -> tuple[Context, Task, dict[str, list[Item]], Any, LabelStore]:
-    """Everything a user can get wrong is checked before the run directory exists."""
+def check_inputs(cfg, resume, need_gold: bool = False) -> tuple[Task, dict[str, list[Item]], Any]:
+    """The task, the splits and the teacher, everything a user can get wrong checked before a run directory
+    exists (the recipe makes it next)."""
     task = resolve_task(cfg.task)
     pool, test = load_items(cfg.data)
     unknown = {i.gold for i in pool + test if i.gold is not None} - set(task.names)
@@ -64,9 +61,7 @@ def prepare(
         teacher.check()  # an unreachable server stops a new run before its directory exists
     else:  # a resumed run may hold every answer already: the teacher is reached only when one is missing
         teacher = OnDemand(cfg.teacher)
-    ctx = start(recipe, cfg, cfg.run, resume)
-    store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
-    return ctx, task, {"pool": pool, "test": test}, teacher, store
+    return task, {"pool": pool, "test": test}, teacher
 
 
 class OnDemand:

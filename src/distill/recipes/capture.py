@@ -54,7 +54,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         "captured_now": stats["tokens"],
         "tokens_per_s": round(stats["tokens"] / stats["seconds"], 1) if stats["seconds"] else None,
     }
-    return ctx.finish(Result(name, ctx.run.path, [row], products={"cache": str(cfg.cache)}, info=cache.manifest))
+    return ctx.finish([row], products={"cache": str(cfg.cache)}, info=cache.manifest)
 
 
 def table(result: Result) -> str:

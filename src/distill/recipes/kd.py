@@ -3,7 +3,7 @@
 Stages, in order:
     1. data      load the image set (Fashion-MNIST by default)
     2. teachers  train each teacher with the engine (cross-entropy), or load its checkpoint
-    3. signals   optionally (teacher_signals=cached), every training image's teacher signals, computed once
+    3. signals   optionally (teacher_signals=precomputed), every training image's teacher signals, computed once
     4. baseline  optionally, the student alone with the same budget (for the comparison)
     5. hints     optionally (hint_stage), FitNets' first stage: the student's layers up to each hinted tap
                  and the regressors learn the hint terms alone
@@ -14,7 +14,7 @@ Stages, in order:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -23,12 +23,23 @@ from distill.config import Section
 from distill.data import ImageData, ImageSplits, load_images
 from distill.engine import TrainConfig, check_fits
 from distill.evaluate import accuracy
-from distill.kd import Distiller, Objective, Term, Terms, check_refs, precompute_signals, read_cached
+from distill.kd import (
+    CE,
+    Distiller,
+    Objective,
+    TeacherSignals,
+    Term,
+    Terms,
+    check_refs,
+    precompute_signals,
+    read_precomputed,
+    supervised,
+)
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
+from distill.report import markdown_table
 
 name = "kd"
-CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 
 
 class TeacherConfig(Section):
@@ -69,9 +80,9 @@ class Config(Section):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=2, lr=2e-3, weight_decay=5e-4), description="how the student trains"
     )
-    teacher_signals: Literal["live", "cached"] = Field(
+    teacher_signals: TeacherSignals = Field(
         "live",
-        description="live: the teacher runs on every student batch; cached: its signals (logits and tapped "
+        description="live: the teacher runs on every student batch; precomputed: its signals (logits and tapped "
         "features) on every training image are computed once and read from memory. Exact here, as the images "
         "are not augmented; it costs memory for feature taps (N x C x H x W floats each)",
     )
@@ -91,8 +102,8 @@ class Config(Section):
         problem = check_refs(self.objective, names)
         if problem:
             raise ValueError(problem)
-        if self.teacher_signals == "cached" and len(names) > 1:
-            raise ValueError("teacher_signals=cached takes one teacher; with several, use teacher_signals=live")
+        if self.teacher_signals == "precomputed" and len(names) > 1:
+            raise ValueError("teacher_signals=precomputed takes one teacher; with several, use teacher_signals=live")
         if self.hint_stage is not None:
             hints, rest = _split_hints(self.objective)
             if not hints or not rest:
@@ -126,10 +137,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         rows.append(_row(stage.replace("-", " "), model, scores))
 
     train, terms, live = data.train, cfg.objective, teachers
-    if cfg.teacher_signals == "cached" and teachers:
+    if cfg.teacher_signals == "precomputed" and teachers:
         taps = next(iter(Objective(cfg.objective, list(teachers)).taps()[1].values()))  # the only teacher's
         signals = precompute_signals(teachers, taps, data.train, ctx.accelerator.device, cfg.eval_batch_size)
-        train, terms, live = {**data.train, **signals}, read_cached(cfg.objective), {}
+        train, terms, live = {**data.train, **signals}, read_precomputed(cfg.objective), {}
 
     if cfg.baseline:
         ctx.seed_stage("student/init")  # the same initial weights as the distilled student
@@ -155,7 +166,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     products = {"student": "student/model.safetensors"}
     trained = [t.name for t in cfg.teachers if not t.model.checkpoint]
     products.update({t: f"{_teacher_stage(t)}/model.safetensors" for t in trained})
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
+    return ctx.finish(rows, products=products, info=info)
 
 
 def check(cfg: Config, data: ImageSplits, shape: dict[str, int]) -> None:
@@ -178,7 +189,7 @@ def train_supervised(
     ctx: Context, model: nn.Module, train: dict, tcfg: TrainConfig, stage: str, evaluate
 ) -> dict[str, float]:
     """A plain supervised run of the same engine: the objective is cross-entropy alone."""
-    return ctx.fit(Distiller(model, [CE]), train, tcfg, stage=stage, eval_fn=evaluate, product=model)
+    return ctx.fit(supervised(model), train, tcfg, stage=stage, eval_fn=evaluate, product=model)
 
 
 def _split_hints(terms: list[Term]) -> tuple[list[Term], list[Term]]:
@@ -203,12 +214,12 @@ def _row(name: str, model: nn.Module, scores: dict[str, float]) -> dict[str, Any
 
 def table(result: Result) -> str:
     """The result rows as a markdown table."""
-    val = any("val_accuracy" in r for r in result.rows)
-    lines = [
-        "| model | params | test accuracy |" + (" validation accuracy |" if val else ""),
-        "|---|---:|---:|" + ("---:|" if val else ""),
-    ]
-    for r in result.rows:
-        extra = f" {r['val_accuracy']:.4f} |" if val else ""
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['test_accuracy']:.4f} |{extra}")
-    return "\n".join(lines)
+    columns = {
+        "model": "model",
+        "params": "params",
+        "test_accuracy": "test accuracy",
+        "val_accuracy": "validation accuracy",
+    }
+    if not any("val_accuracy" in r for r in result.rows):
+        del columns["val_accuracy"]
+    return markdown_table(result.rows, columns)

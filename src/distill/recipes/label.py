@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.labeling import coverage_precision
-from distill.labeling.stages import THRESHOLDS, LabelConfig, label_split, prepare
-from distill.recipe import Result
+from distill.labeling.stages import THRESHOLDS, LabelConfig, check_inputs, label_split
+from distill.labeling.store import LabelStore
+from distill.recipe import Result, start
 from distill.report import markdown_table
 
 name = "label"
@@ -26,7 +27,9 @@ class Config(LabelConfig):
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
-    ctx, task, splits, teacher, store = prepare(cfg, name, resume)
+    task, splits, teacher = check_inputs(cfg, resume)
+    ctx = start(name, cfg, cfg.run, resume)
+    store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
     rows, curve = [], []
     for split in cfg.splits:
         row, votes = label_split(cfg, task, splits[split], teacher, store, split)
@@ -41,14 +44,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         products["responses"] = f"responses{suffix}"
     store.close()
     return ctx.finish(
-        Result(
-            name,
-            ctx.run.path,
-            rows,
-            products=products,
-            tables={"coverage_precision": curve},
-            info={"teacher": cfg.teacher.name, "task": task.name},
-        )
+        rows,
+        products=products,
+        tables={"coverage_precision": curve},
+        info={"teacher": cfg.teacher.name, "task": task.name},
     )
 
 

@@ -32,7 +32,7 @@ from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_kl, lm_loss
-from distill.kd import Distiller, Term
+from distill.kd import CE, Distiller, Term
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
 from distill.kd.fused import FusedLM
 from distill.kd.onpolicy import OnPolicy, complete
@@ -77,7 +77,7 @@ class Objective(Section):
         kd = Term(name="kd", loss=self.divergence, weight=self.kd_weight, inputs=["student.logits", "teacher.logits"])
         terms = [kd.model_copy(update={"args": args, "mask": mask})] if self.kd_weight else []
         if self.ce_weight:
-            terms.append(Term(name="ce", loss="ce", weight=self.ce_weight, inputs=["student.logits", "labels"]))
+            terms.append(CE.model_copy(update={"weight": self.ce_weight}))
         return terms
 
 
@@ -171,7 +171,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     if ctx.accelerator.is_main_process:
         save_hf(student, tokenizer, export, model_card(cfg, rows, len(train["input_ids"])))
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
-    return ctx.finish(Result(name, ctx.run.path, rows, products={"model": "model"}, info=info))
+    return ctx.finish(rows, products={"model": "model"}, info=info)
 
 
 def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> nn.Module:

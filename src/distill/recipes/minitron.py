@@ -29,20 +29,20 @@ from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_loss
-from distill.kd import Distiller, Term, Terms
+from distill.kd import Distiller, Term, Terms, supervised
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
 from distill.models.llm import load_causal_lm, save_hf
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
 from distill.recipe import Context, Result, RuntimeConfig, start
+from distill.report import markdown_table
 
 name = "minitron"
 # tokens each search candidate trains on before the ranking: twice the earlier 20 steps x 4 x 256. In
 # benchmarks/minitron_search.py (SmolLM2-135M -> 50%, 6 candidates) the pick is the same from 5,120 tokens on and
 # the whole ranking equals this budget's from 35,840 (Spearman 0.83 at the old 20,480); longer was not measured
 SEARCH_TOKENS = 40_960
-LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 
 
 class Target(Section):
@@ -173,9 +173,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return {"val_loss": loss, "ppl": math.exp(min(loss, 50))}
 
     if cfg.correction is not None:
-        ctx.fit(
-            Distiller(teacher, [LM_CE]), train, cfg.correction, stage="correction", eval_fn=evaluate, product=teacher
-        )
+        ctx.fit(supervised(teacher), train, cfg.correction, stage="correction", eval_fn=evaluate, product=teacher)
         teacher.eval().requires_grad_(False)
 
     imp = importance(cfg, ctx, teacher, train)
@@ -210,25 +208,23 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         "tokens_per_sample": cfg.data.seq_len,
         "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
     }
-    return ctx.finish(
-        Result(name, ctx.run.path, rows, products={"model": "model"}, tables={"search": table}, info=info)
-    )
+    return ctx.finish(rows, products={"model": "model"}, tables={"search": table}, info=info)
 
 
 def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
-    """Load saved scores (this run's, or `importance_from`'s), else compute and save them."""
-    for d in [ctx.run.path / "importance"] + (
-        [Path(cfg.importance_from) / "importance"] if cfg.importance_from else []
-    ):
-        if Importance.exists(d):
-            return Importance.load(d)
+    """`importance_from`'s saved scores, else this run's (computed once, saved)."""
     if cfg.importance_from:
-        raise DistillError(f"{cfg.importance_from} holds no importance/ scores")
+        d = Path(cfg.importance_from) / "importance"
+        if not Importance.exists(d):
+            raise DistillError(f"{cfg.importance_from} holds no importance/ scores")
+        return Importance.load(d)
     calib = train["input_ids"][: cfg.calibration].to(ctx.accelerator.device)
-    imp = compute_importance(teacher, calib.split(cfg.calibration_batch_size), cfg.depth_batches)
-    if ctx.accelerator.is_main_process:
-        imp.save(ctx.run.path / "importance")
-    return imp
+    return ctx.once(
+        "importance",
+        lambda: compute_importance(teacher, calib.split(cfg.calibration_batch_size), cfg.depth_batches),
+        save=Importance.save,
+        load=Importance.load,
+    )
 
 
 def hidden_terms(cfg: Config, imp: Importance, target: LlmShape) -> list[Term]:
@@ -315,12 +311,16 @@ def _tokens(tcfg: TrainConfig, seq_len: int, ctx: Context) -> int | None:
 
 
 def table(result: Result) -> str:
-    lines = ["| model | params | held-out loss | perplexity | tokens/s |", "|---|---:|---:|---:|---:|"]
-    for r in result.rows:
-        tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['val_loss']:.4f} | {r['ppl']:.2f} | {tps} |")
+    columns = {
+        "model": "model",
+        "params": "params",
+        "val_loss": "held-out loss",
+        "ppl": "perplexity",
+        "tokens_per_s": "tokens/s",
+    }
     t = result.info["target"]
-    lines += [
+    lines = [
+        markdown_table(result.rows, columns, {"ppl": ".2f", "tokens_per_s": ".1f"}),
         "",
         f"pruned shape: layers {t['layers']}, hidden {t['hidden']}, ffn {t['ffn']}, heads {t['heads']}",
         f"exported model: {result.run_dir / result.products['model']}",

@@ -12,7 +12,6 @@ Stages, in order:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +43,7 @@ from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model, count_parameters
 from distill.plots import image_grid
 from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
+from distill.report import markdown_table
 from distill.run import atomic_write
 
 name = "mtt"
@@ -252,14 +252,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         "seed": cfg.run.seed,
     }
     return ctx.finish(
-        Result(
-            name,
-            ctx.run.path,
-            rows,
-            figures=["plots/synthetic.png"],
-            products={"synthetic": "synthetic.safetensors"},
-            info=info,
-        )
+        rows,
+        figures=["plots/synthetic.png"],
+        products={"synthetic": "synthetic.safetensors"},
+        info=info,
     )
 
 
@@ -307,25 +303,22 @@ def _evaluate(ctx, cfg, tag, spec, shape, images, labels, lr, data, nets) -> lis
 def _evaluation_row(ctx, cfg, set_name, spec, shape, the_set, data) -> dict[str, Any]:
     """One row of the result table; saved as it is made so a resumed run does not repeat it."""
     arch = spec.arch if not spec.args else f"{spec.arch}({','.join(f'{k}={v}' for k, v in spec.args.items())})"
-    path = ctx.run.path / "evaluation" / f"{set_name.replace(' ', '_')}--{arch}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     images, labels, lr = the_set
-    accs = _evaluate(ctx, cfg, set_name, spec, shape, images, labels, lr, data, cfg.eval.nets)
-    t = torch.tensor(accs)
-    row = {
-        "set": set_name,
-        "model": arch,
-        "images": len(labels),
-        "params": count_parameters(build_model(spec, **shape)),
-        "lr": round(lr, 6),
-        "test_accuracy": round(float(t.mean()), 4),
-        "std": round(float(t.std()) if len(t) > 1 else 0.0, 4),
-        "nets": len(accs),
-    }
-    if ctx.run.is_main:
-        atomic_write(path, json.dumps(row))
-    return row
+
+    def row() -> dict[str, Any]:
+        t = torch.tensor(_evaluate(ctx, cfg, set_name, spec, shape, images, labels, lr, data, cfg.eval.nets))
+        return {
+            "set": set_name,
+            "model": arch,
+            "images": len(labels),
+            "params": count_parameters(build_model(spec, **shape)),
+            "lr": round(lr, 6),
+            "test_accuracy": round(float(t.mean()), 4),
+            "std": round(float(t.std()) if len(t) > 1 else 0.0, 4),
+            "nets": len(t),
+        }
+
+    return ctx.once(f"evaluation/{set_name.replace(' ', '_')}--{arch}", row)
 
 
 def _last_expert(cfg: Config, shape: dict[str, int], trajectories: list) -> torch.nn.Module:
@@ -358,11 +351,13 @@ def table(result: Result) -> str:
     lines = [
         f"ipc {i['ipc']}, {i['iterations']} iterations, {i['experts']} experts, learned alpha {i['learned_lr']:.4g}",
         "",
-        "| set | model | images | test accuracy | std | nets |",
-        "|---|---|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {r['set']} | {r['model']} | {r['images']} | {r['test_accuracy']:.4f} | {r['std']:.4f} | {r['nets']} |"
-        for r in result.rows
-    ]
-    return "\n".join(lines)
+    columns = {
+        "set": "set",
+        "model": "model",
+        "images": "images",
+        "test_accuracy": "test accuracy",
+        "std": "std",
+        "nets": "nets",
+    }
+    return "\n".join(lines) + "\n" + markdown_table(result.rows, columns)

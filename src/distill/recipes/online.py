@@ -28,7 +28,7 @@ from distill.config import Section
 from distill.data.text import TextData, learned_tokenizer, token_splits
 from distill.engine import Callbacks, TrainConfig, check_fits
 from distill.evaluate import lm_loss
-from distill.kd import Cohort, Distiller, Member, Term
+from distill.kd import CE, Cohort, Distiller, Member, Term, supervised
 from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, relation_terms
 from distill.kd.cohort import learner_batches, learner_steps
 from distill.models import count_parameters
@@ -37,7 +37,6 @@ from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 from distill.report import markdown_table
 
 name = "online"
-LM_CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 PREMISE_NATS = 0.3  # how much better than the students alone a teacher must start, for distillation to show
 BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
 
@@ -191,7 +190,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         alone[s.name] = _lm(s, tokenizer, ctx)  # its stage seed: the distilled student's initial weights
         tcfg = student_train(cfg, s, student_steps)
         ctx.fit(
-            Distiller(alone[s.name], [LM_CE]),
+            supervised(alone[s.name]),
             seen,
             tcfg,
             stage=f"alone/{s.name}",
@@ -247,12 +246,12 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             "needed": PREMISE_NATS,
             "holds": best - teacher_then >= PREMISE_NATS,
         }
-    return ctx.finish(Result(name, ctx.run.path, rows, products=products, info=info))
+    return ctx.finish(rows, products=products, info=info)
 
 
 def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
-    members = {"teacher": Member(models["teacher"], [LM_CE])}
+    members = {"teacher": Member(models["teacher"], [CE])}
     members.update(
         {
             s.name: Member(models[s.name], student_terms(cfg, s, models), [s.source], s.lr, s.weight_decay)
@@ -285,7 +284,7 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
 def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
     """The teacher first; then each student from its finished, frozen source over the same batches."""
     ctx.fit(
-        Distiller(models["teacher"], [LM_CE]),
+        supervised(models["teacher"]),
         train,
         cfg.train,
         stage="teacher",
@@ -346,7 +345,7 @@ def student_terms(cfg: Config, s: StudentConfig, models: dict[str, nn.Module]) -
             models[s.source], models[s.name], ref, r.relations, relation, r.heads, r.source_layer, r.student_layer
         )
     if ce:
-        terms.append(LM_CE.model_copy(update={"weight": ce}))
+        terms.append(CE.model_copy(update={"weight": ce}))
     return terms
 
 

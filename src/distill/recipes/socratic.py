@@ -141,7 +141,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     by_steps: dict[str, dict[str, Any]] = defaultdict(dict)
     examples, per_problem = [], []
     for variant in cfg.students.variants:
-        traces, seconds = evaluate(ctx, cfg, variant, decomps, test)
+        traces, seconds = train_and_solve(ctx, cfg, variant, decomps, test)
         correct = [same(t.answer, t.problem.answer) for t in traces]
         rows.append(_row(LABELS[variant], len(decomps), correct, traces, seconds))
         for n, ok in _by_steps(traces, correct).items():
@@ -152,42 +152,37 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     steps_table = [{"solution steps": n, **v} for n, v in sorted(by_steps.items())]
     products = {r: f"students/{r}" for v in cfg.students.variants for r in ROLES[v]}
     return ctx.finish(
-        Result(
-            name,
-            ctx.run.path,
-            rows,
-            products=products,
-            tables={
-                "annotation": [yield_row],
-                "accuracy by solution steps": steps_table,
-                "example solutions": examples,
-            },
-            info={
-                "teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
-                "train_problems": len(train),
-                "scored_on": cfg.data.evaluate_on,
-                "test_problems": len(test),
-            },
-        )
+        rows,
+        products=products,
+        tables={
+            "annotation": [yield_row],
+            "accuracy by solution steps": steps_table,
+            "example solutions": examples,
+        },
+        info={
+            "teacher": cfg.teacher.name if cfg.teacher else "gold sub-questions",
+            "train_problems": len(train),
+            "scored_on": cfg.data.evaluate_on,
+            "test_problems": len(test),
+        },
     )
 
 
-def evaluate(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tuple[list[Trace], float]:
-    """The variant's students (trained, or loaded when their stages are done) solve the test split; the
+def train_and_solve(ctx, cfg: Config, variant: str, decomps, test: list[Problem]) -> tuple[list[Trace], float]:
+    """The variant's students (trained, or loaded when their stages are done) solve the scored split; the
     solutions and the time they took are kept in the run, so a resumed run does not solve again."""
-    saved = ctx.run.path / "solutions" / f"{variant}.json"
-    if saved.is_file():
-        by_id, rec = {p.id: p for p in test}, json.loads(saved.read_text())
-        traces = [Trace(by_id[r["id"]], r["text"], r["tokens"], r["calls"], True) for r in rec["traces"]]
-        return traces, rec["seconds"]
-    lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
-    mode = "socratic" if variant in ("socratic", "unified") else variant
-    t0 = time.perf_counter()
-    with ctx.accelerator.autocast():  # run.precision=bf16 decodes in bf16 too
-        traces = solve(test, mode, *lms, **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")
-    seconds = time.perf_counter() - t0
-    ctx.run.write_json(f"solutions/{variant}.json", {"seconds": seconds, "traces": [_record(t) for t in traces]})
-    return traces, seconds
+
+    def solutions() -> dict[str, Any]:
+        lms = [train_student(ctx, cfg, role, decomps) for role in ROLES[variant]]
+        mode = "socratic" if variant in ("socratic", "unified") else variant
+        t0 = time.perf_counter()
+        with ctx.accelerator.autocast():  # run.precision=bf16 decodes in bf16 too
+            traces = solve(test, mode, *lms, **cfg.inference.model_dump(), desc=f"solve ({LABELS[variant]})")
+        return {"seconds": time.perf_counter() - t0, "traces": [_record(t) for t in traces]}
+
+    rec, by_id = ctx.once(f"solutions/{variant}", solutions), {p.id: p for p in test}
+    traces = [Trace(by_id[r["id"]], r["text"], r["tokens"], r["calls"], True) for r in rec["traces"]]
+    return traces, rec["seconds"]
 
 
 def _record(t: Trace) -> dict[str, Any]:
@@ -255,7 +250,7 @@ def table(result: Result) -> str:
 
 
 def ask(run_dir: str, question: str, variant: str = "socratic") -> str:
-    """`distill socratic --ask QUESTION --run RUN_DIR`: the trained students of a run solve one problem."""
+    """The trained students of the run in `run_dir` solve one problem; its solution, as text."""
     roles = ROLES.get(variant)
     if roles is None:
         raise DistillError(f"variant {variant!r}: choose one of {sorted(ROLES)}")
@@ -270,3 +265,23 @@ def ask(run_dir: str, question: str, variant: str = "socratic") -> str:
     mode = "socratic" if variant in ("socratic", "unified") else variant
     (t,) = solve([p], mode, *lms, **inference.model_dump(exclude={"batch_size"}), desc="solve")
     return header(p) + t.text + f"\nfinal answer: {'none' if t.answer is None else f'{t.answer:g}'}"
+
+
+def ask_command(argv: list[str]) -> int:
+    """the trained students of a run solve one problem: distill socratic ask QUESTION --run RUN_DIR [--variant V]"""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line and exit status 2, as every other user error
+            raise DistillError(f"distill socratic ask: {message}; usage: distill socratic ask QUESTION --run RUN_DIR")
+
+    parser = Parser(prog="distill socratic ask")
+    parser.add_argument("question")
+    parser.add_argument("--run", required=True, help="a finished distill socratic run")
+    parser.add_argument("--variant", default="socratic", choices=sorted(ROLES))
+    args = parser.parse_args(argv)
+    print(ask(args.run, args.question, args.variant))
+    return 0
+
+
+commands = {"ask": ask_command}

@@ -18,7 +18,7 @@ Every student starts from the same weights and sees the same batches, so the row
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -27,15 +27,27 @@ from torch import nn
 from distill.config import Section
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
-from distill.kd import Distiller, Objective, Term, Terms, check_refs, precompute_signals, read_cached
+from distill.kd import (
+    CE,
+    Distiller,
+    Objective,
+    TeacherSignals,
+    Term,
+    Terms,
+    check_refs,
+    precompute_signals,
+    read_precomputed,
+    supervised,
+)
 from distill.kd.objective import parse_ref
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
+from distill.report import markdown_table
 from distill.textrec.data import TextImageData, TextImages, load_text_images
 from distill.textrec.evaluate import read, readings_figure, scores
 
 name = "unify"
-CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"], mask="batch.mask")
+MASKED_CE = CE.model_copy(update={"mask": "batch.mask"})  # padded words: their masked columns carry no loss
 
 
 def _routed(term: str, loss: str, tap: str, **args: Any) -> Term:
@@ -45,7 +57,7 @@ def _routed(term: str, loss: str, tap: str, **args: Any) -> Term:
 def paper_objective() -> list[Term]:
     """Cross-entropy and the paper's four distillation terms, all at weight 1."""
     return [
-        CE,
+        MASKED_CE,
         _routed("logits", "kl", "logits", temperature=1.0),  # per decoding step KL of the character distributions
         _routed("hint", "hint", "glimpses"),  # character-localised hint, through a learned projection
         _routed("attention", "attention_maps", "attention"),  # each step's 2-D attention map
@@ -78,9 +90,9 @@ class Config(Section):
         description="how every student trains on the union of the domains",
     )
     objective: Terms = Field(default_factory=paper_objective, description="the unified student's loss terms")
-    teacher_signals: Literal["cached", "live"] = Field(
-        "cached",
-        description="cached: each training image's signals come once from its own domain's teacher before the "
+    teacher_signals: TeacherSignals = Field(
+        "precomputed",
+        description="precomputed: each training image's signals come once from its own domain's teacher before the "
         "students train (exact: frozen teachers, no augmentation); live: every teacher runs on every batch",
     )
     union_baseline: bool = Field(True, description="also train the student on the union with cross-entropy alone")
@@ -98,9 +110,9 @@ class Config(Section):
         if problem:
             raise ValueError(problem)
         refs = [parse_ref(r) for t in self.objective for r in t.inputs]
-        if self.teacher_signals == "cached" and any(r.owner == "teacher" and r.teacher != "routed" for r in refs):
+        if self.teacher_signals == "precomputed" and any(r.owner == "teacher" and r.teacher != "routed" for r in refs):
             raise ValueError(
-                "teacher_signals=cached computes each sample's signals with its own domain's teacher, so "
+                "teacher_signals=precomputed computes each sample's signals with its own domain's teacher, so "
                 "the objective must read teacher[routed].<signal>; use teacher_signals=live otherwise"
             )
         return self
@@ -129,17 +141,19 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": weights}), **shape)
         if weights is None:
             own = data.splits["train"][index]
-            ctx.fit(Distiller(teacher, [CE]), own, cfg.teacher_train, stage=stage, eval_fn=validate, product=teacher)
+            ctx.fit(
+                supervised(teacher, MASKED_CE), own, cfg.teacher_train, stage=stage, eval_fn=validate, product=teacher
+            )
         teachers[domain] = models[f"{domain} specialist"] = teacher.to(device).eval()
 
     union = data.union("train")
     cached = {}  # the students that read a teacher get these fields; the others' batches stay as they are
-    if cfg.teacher_signals == "cached" and distillation_terms(cfg.objective):
+    if cfg.teacher_signals == "precomputed" and distillation_terms(cfg.objective):
         taps = sorted({tap for names in Objective(cfg.objective, data.names).taps()[1].values() for tap in names})
         cached = {**union, **precompute_signals(teachers, taps, union, device, cfg.eval_batch_size)}
     students = [("student KD", cfg.objective)]
     if cfg.union_baseline:
-        students.insert(0, ("union, cross-entropy", [CE]))
+        students.insert(0, ("union, cross-entropy", [MASKED_CE]))
     if cfg.ablations:
         students += [
             (f"KD without {t.name}", [u for u in cfg.objective if u is not t])
@@ -153,7 +167,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         if live:
             distiller = Distiller(student, terms, teachers)
         else:  # each sample's signals came from its own domain's teacher: projections per teacher still
-            distiller = Distiller(student, read_cached(terms), routed=len(teachers))
+            distiller = Distiller(student, read_precomputed(terms), routed=len(teachers))
         distiller.to(device)
         distiller.build({k: v[:8].to(device) for k, v in train.items()})
         ctx.fit(
@@ -182,7 +196,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         "data_seed": cfg.data.seed,
         "terms": {t.name: t.weight for t in cfg.objective},
     }
-    return ctx.finish(Result(name, ctx.run.path, rows, figures=figures, products=products, info=info))
+    return ctx.finish(rows, figures=figures, products=products, info=info)
 
 
 def reads_teacher(terms: list[Term]) -> bool:
@@ -237,10 +251,7 @@ def _figure(cfg: Config, ctx: Context, data: TextImages, models: dict[str, nn.Mo
 
 def table(result: Result) -> str:
     """Word accuracy (and CER) per domain for every model."""
-    names = result.info["domains"]
-    head = "| model | params | " + " | ".join(f"{n} word acc | {n} CER" for n in names) + " | mean word acc |"
-    lines = [head, "|---|---:|" + "---:|" * (2 * len(names) + 1)]
-    for r in result.rows:
-        cells = " | ".join(f"{r[f'{n}_word_accuracy']:.4f} | {r[f'{n}_cer']:.4f}" for n in names)
-        lines.append(f"| {r['model']} | {r['params']:,} | {cells} | {r['mean_word_accuracy']:.4f} |")
-    return "\n".join(lines)
+    columns = {"model": "model", "params": "params"}
+    for n in result.info["domains"]:
+        columns |= {f"{n}_word_accuracy": f"{n} word acc", f"{n}_cer": f"{n} CER"}
+    return markdown_table(result.rows, columns | {"mean_word_accuracy": "mean word acc"})

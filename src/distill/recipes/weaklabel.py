@@ -21,9 +21,10 @@ from pydantic import Field, field_validator
 from distill.config import Section
 from distill.engine import TrainConfig
 from distill.labeling import Task, scores
-from distill.labeling.stages import LabelConfig, label_split, prepare
+from distill.labeling.stages import LabelConfig, check_inputs, label_split
+from distill.labeling.store import LabelStore
 from distill.models.encoder import EncoderSpec, TextClassifier, load_encoder, load_tokenizer, predict, tokenize
-from distill.recipe import Context, Result
+from distill.recipe import Context, Result, start
 from distill.report import markdown_table
 
 name = "weaklabel"
@@ -73,7 +74,9 @@ class Config(LabelConfig):
 
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
-    ctx, task, splits, teacher, store = prepare(cfg, name, resume, need_gold=True)
+    task, splits, teacher = check_inputs(cfg, resume, need_gold=True)
+    ctx = start(name, cfg, cfg.run, resume)
+    store = LabelStore(cfg.store or ctx.run.path / "labels.sqlite")
     pool, test = splits["pool"], splits["test"]
 
     # 1-2. the teacher's labels and its own score: on the test set, or (splits=[pool]: K answers per test text
@@ -121,14 +124,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     }
     tables = {"labelling": [row for row, _ in labelled]}
     return ctx.finish(
-        Result(
-            name,
-            ctx.run.path,
-            rows,
-            products=products,
-            tables=tables,
-            info={"teacher": cfg.teacher.name, "task": task.name},
-        )
+        rows,
+        products=products,
+        tables=tables,
+        info={"teacher": cfg.teacher.name, "task": task.name},
     )
 
 
