@@ -27,19 +27,9 @@ from torch import nn
 from distill.config import Section
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
-from distill.kd import (
-    CE,
-    Distiller,
-    Objective,
-    TeacherSignals,
-    Term,
-    Terms,
-    check_refs,
-    precompute_signals,
-    read_precomputed,
-    supervised,
-)
-from distill.kd.objective import parse_ref
+from distill.kd.distiller import Distiller, supervised
+from distill.kd.objective import CE, Objective, Term, Terms, check_refs, parse_ref, read_precomputed
+from distill.kd.teachers import TeacherSignals, precompute_signals
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
 from distill.recipe import Context, Result, RuntimeConfig, start
 from distill.report import markdown_table
