@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import finish, mean_std, t_interval  # noqa: E402
+from common import RESULTS, finish, mean_std, t_interval, write  # noqa: E402
 
 ROOT = Path("runs/bench-socratic-decoding")
 CASES = [("cot", True), ("cot", False), ("socratic", True), ("socratic", False)]
@@ -62,7 +62,12 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--problems", type=int, default=100)
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: VARIANT CACHED, time in this process
+    p.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON, run nothing")
     args = p.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "socratic_decoding.json").read_text())
+        write("socratic_decoding", data, markdown(data))
+        return
     run = ROOT / "run"
     if args.one:
         print(json.dumps(time_one(run, args.one[0], args.one[1] == "1", args.problems)))
@@ -104,12 +109,16 @@ def markdown(d: dict) -> str:
     return (
         "# Socratic decoding: the key/value cache kept across the calls of a problem\n\n"
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Students: SmolLM2-135M fine-tuned by "
-        f"`configs/socratic/demo.yaml` (2-3 step generated problems); {d['problems']} test problems, greedy, calculator on, "
+        f"`configs/socratic/demo.yaml` (2-3 step generated problems); {d['problems']} test problems, greedy, fp32 (no "
+        "autocast), calculator on, the demo's inference settings (batches of 50 problems, at most 3 steps, 24 tokens a "
+        "line); "
         f"{d['reps']} repetitions, each case in a fresh process, interleaved; the speed-up is the mean of per-repetition "
         f"ratios (uncached seconds / cached seconds) with its 95% t interval.\n\n"
         + head
         + body
-        + f"\nCached and uncached decoding wrote the same lines for every problem: **{'yes' if d['same_lines'] else 'NO'}**.\n"
+        + f"\nCached and uncached decoding wrote the same lines for every problem: **{'yes' if d['same_lines'] else 'NO'}**. "
+        "Trained this briefly, the Socratic pair rarely asks the stop question, so most of its problems run the whole "
+        "loop (3 question-answer pairs): the timing is of full-length loops.\n"
     )
 
 

@@ -181,3 +181,25 @@ def test_a_loss_by_dotted_path_is_checked_and_used_like_a_built_in_one(tmp_path,
     ]:
         with pytest.raises((ValueError, ConfigError), match=re.escape(message)):
             Term.model_validate({**term.model_dump(), **bad})
+
+
+def test_a_stage_removes_the_hooks_its_distiller_put_on_student_and_teacher():
+    from accelerate import Accelerator
+
+    from distill.engine import TrainConfig, fit
+
+    def hooks(m: nn.Module) -> int:
+        return sum(len(x._forward_hooks) for x in m.modules())
+
+    teacher, student = net(width=8), net(width=4)
+    data = {"inputs": torch.randn(16, 5), "labels": torch.randint(0, 3, (16,))}
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False)
+    before = hooks(student), hooks(teacher)
+    # FitNets: a hint stage, then the main stage with a new distiller on the same models
+    for terms in ([Term(name="hint", loss="hint", inputs=["student.0", "teacher.0"])],
+                  [Term(name="hint", loss="hint", inputs=["student.1", "teacher.1"]),
+                   Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"])]):  # fmt: skip
+        distiller = Distiller(student, terms, {"teacher": teacher}).build({k: v[:8] for k, v in data.items()})
+        assert hooks(student) + hooks(teacher) > sum(before)
+        fit(distiller, data, cfg, stage="s", run=None, accelerator=Accelerator(cpu=True), seed=0, product=student)
+        assert (hooks(student), hooks(teacher)) == before

@@ -9,7 +9,6 @@ state, and exact resume: an interrupted-and-resumed run matches an uninterrupted
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from distill.checkpoint import (
 )
 from distill.config import Section
 from distill.errors import DistillError
+from distill.meter import Window, postfix
 from distill.run import RunDir
 
 __all__ = ["Callbacks", "Data", "TrainConfig", "check_fits", "checkpoints", "epoch_batches", "fit", "lr_lambda"]
@@ -189,118 +189,168 @@ def fit(
     `eval_fn` and the callbacks receive the product. A stage already finished in this run is
     loaded, not retrained; a stage with a checkpoint continues from it. With `run=None` the stage
     trains in memory only (no checkpoints, logs or saved weights), e.g. for evaluation protocols.
-    A model may own its optimizer groups through a `param_groups()` method (e.g. two learning rates).
+    A model may own its optimizer groups through a `param_groups()` method (e.g. two learning rates), and
+    a `close()` that the stage calls when it ends (to remove the forward hooks it put on its models).
     """
     product = product if product is not None else model
-    hooks = callbacks or Callbacks()
     if run is not None and (run.path / stage / "done.json").exists():
         for path, module in product_files(run, stage, product):
             load_model(module, str(path), device=str(accelerator.device))
+        if hasattr(model, "close"):
+            model.close()
         return run.read_json(f"{stage}/done.json")["metrics"]
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n = data_len(data)
-    steps_per_epoch = check_fits(n, cfg, stage, world)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    per_step = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
-    eval_every = cfg.eval_every or steps_per_epoch
-    save_every = cfg.save_every or steps_per_epoch
-
-    model.to(accelerator.device)
-    groups = model.param_groups() if hasattr(model, "param_groups") else None
-    optimizer = make_optimizer(groups or [p for p in model.parameters() if p.requires_grad], cfg)
-    lambdas = [group_lr_lambda(cfg, total, g) for g in optimizer.param_groups]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
-        for teacher in getattr(model, "teachers", []):
-            teacher.model = shard_frozen(accelerator, teacher.model)
-
-    step, metrics = 0, {}
-    # every process reads the same run directory
-    state = latest_intact_checkpoint(run, stage, accelerator.is_main_process) if run is not None else None
-    if state is None and run is not None:
-        run.truncate_metrics(stage, 0)  # killed before its first checkpoint: the stage starts over
-    if state is not None:
-        load_model_state(accelerator, wrapped, state["model"])
-        load_optimizer_state(accelerator, wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, metrics = state["step"], state.get("metrics", {})
-        set_rng_state(state["processes"][rank]["rng"])
-        run.truncate_metrics(stage, step)
-
-    bar = tqdm(
-        total=total,
-        initial=step,
-        desc=stage,
-        disable=not (cfg.progress and accelerator.is_main_process),
-        dynamic_ncols=True,
-    )
-    window = _Window(state["processes"][rank]["window"] if state is not None else None)
-    wrapped.train()
-    while step < total:
-        epoch, skip = divmod(step, steps_per_epoch)
-        batches = epoch_batches(n, cfg.batch_size, seed, epoch, rank, world, cfg.shuffle)[skip * cfg.grad_accum :]
-        for micro, idx in enumerate(batches[: (steps_per_epoch - skip) * cfg.grad_accum], start=1):
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in take(data, idx).items()}
-            last_micro = micro % cfg.grad_accum == 0
-            with accelerator.no_sync(wrapped) if not last_micro and world > 1 else nullcontext():
-                with accelerator.autocast():
-                    loss, terms = wrapped(batch)
-                accelerator.backward(loss / cfg.grad_accum)
-            tokens = batch["input_ids"].numel() * world if "input_ids" in batch else 0
-            window.add(loss, terms, len(idx) * world, tokens)
-            if not last_micro:
+    s = _Stage(model, data, cfg, stage, run, accelerator, seed, eval_fn, callbacks or Callbacks(), product)
+    s.restore()
+    while s.step < s.total:
+        epoch, skip = divmod(s.step, s.steps_per_epoch)
+        batches = epoch_batches(s.n, cfg.batch_size, seed, epoch, s.rank, s.world, cfg.shuffle)
+        batches = batches[skip * cfg.grad_accum : s.steps_per_epoch * cfg.grad_accum]
+        for micro, idx in enumerate(batches, start=1):
+            s.forward_backward(idx, last_micro=micro % cfg.grad_accum == 0)
+            if micro % cfg.grad_accum:
                 continue
-            if cfg.clip_grad_norm:  # per optimizer group when the model declares them (a cohort: per member)
-                for group in optimizer.param_groups if groups else [{"params": list(wrapped.parameters())}]:
-                    accelerator.clip_grad_norm_(group["params"], cfg.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if hooks.on_step:
-                hooks.on_step(product, step)
-            if run is not None and (step % cfg.log_every == 0 or step == total):
-                record = window.flush(accelerator)
-                record.update(lr=scheduler.get_last_lr()[0])
-                unit, key = ("tok_s", "tokens_per_s") if "tokens_per_s" in record else ("samples_s", "samples_per_s")
-                rate = record[key]  # slow steps (an MTT iteration: seconds) would show 0 at whole numbers
-                bar.set_postfix(loss=f"{record['loss']:.4f}", **{unit: f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"})
-                run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **record})
-            paused = False  # evaluating and saving are not training throughput
-            if eval_fn is not None and (step % eval_every == 0 or step == total):
-                paused = True
-                metrics = _evaluate(wrapped, accelerator, eval_fn, product)
-                evals = {f"eval/{k}": v for k, v in metrics.items()}
-                if run is not None:
-                    run.log({"stage": stage, "step": step, "epoch": epoch, "samples_seen": step * per_step, **evals})
-                bar.set_postfix(**{k: f"{v:.4f}" for k, v in metrics.items()})
-                if hooks.on_eval:
-                    hooks.on_eval(product, step, metrics)
-            if hooks.on_epoch_end and step % steps_per_epoch == 0:
-                paused = True
-                hooks.on_epoch_end(product, step // steps_per_epoch)
-            if run is not None and step % save_every == 0 and step < total:
-                paused = True
-                save_checkpoint(
-                    run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, cfg.keep_checkpoints, window
-                )
-                if hooks.on_save and accelerator.is_main_process:
-                    hooks.on_save(product, step)
-            if paused:
-                window.restart()
-            if step >= total:
+            s.optimizer_step()
+            s.log(epoch)
+            s.evaluate_and_save(epoch)
+            if s.step >= s.total:
                 break
-    bar.close()
-    if run is not None:
-        save_products(run, stage, product, wrapped, accelerator)
-        run.write_json(f"{stage}/done.json", {"step": step, "metrics": metrics})
-        accelerator.wait_for_everyone()
-    if hasattr(wrapped, "unshard"):  # FSDP2: the product is used after the stage (evaluated, sampled)
-        wrapped.unshard()
-    return metrics
+    return s.finish()
+
+
+class _Stage:
+    """One stage in training: its sizes, optimizer and schedule, progress bar and log window, and the
+    pieces of `fit`'s loop (restore, one micro-batch, one optimizer step, log, evaluate-and-save, finish)."""
+
+    def __init__(self, model, data, cfg, stage, run, accelerator, seed, eval_fn, hooks, product) -> None:
+        self.model, self.data, self.cfg, self.stage, self.run, self.accelerator = (
+            model,
+            data,
+            cfg,
+            stage,
+            run,
+            accelerator,
+        )
+        self.eval_fn, self.hooks, self.product = eval_fn, hooks, product
+        self.world, self.rank, self.n = accelerator.num_processes, accelerator.process_index, data_len(data)
+        self.steps_per_epoch = check_fits(self.n, cfg, stage, self.world)
+        self.total = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.per_step = cfg.batch_size * cfg.grad_accum * self.world  # samples per optimizer step
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.save_every = cfg.save_every or self.steps_per_epoch
+        model.to(accelerator.device)
+        self.groups = model.param_groups() if hasattr(model, "param_groups") else None
+        optimizer = make_optimizer(self.groups or [p for p in model.parameters() if p.requires_grad], cfg)
+        lambdas = [group_lr_lambda(cfg, self.total, g) for g in optimizer.param_groups]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
+        if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
+            for teacher in getattr(model, "teachers", []):
+                teacher.model = shard_frozen(accelerator, teacher.model)
+        self.step, self.metrics = 0, {}
+
+    def restore(self) -> None:
+        """Continue from the stage's latest intact checkpoint, if any (every process reads the same one)."""
+        run, state = self.run, None
+        if run is not None:
+            state = latest_intact_checkpoint(run, self.stage, self.accelerator.is_main_process)
+        if state is None and run is not None:
+            run.truncate_metrics(self.stage, 0)  # killed before its first checkpoint: the stage starts over
+        if state is not None:
+            load_model_state(self.accelerator, self.wrapped, state["model"])
+            load_optimizer_state(self.accelerator, self.wrapped, self.optimizer, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.metrics = state["step"], state.get("metrics", {})
+            set_rng_state(state["processes"][self.rank]["rng"])
+            run.truncate_metrics(self.stage, self.step)
+        show = self.cfg.progress and self.accelerator.is_main_process
+        self.bar = tqdm(total=self.total, initial=self.step, desc=self.stage, disable=not show, dynamic_ncols=True)
+        self.window = Window(state["processes"][self.rank]["window"] if state is not None else None)
+        self.wrapped.train()
+
+    def forward_backward(self, idx: Tensor, last_micro: bool) -> None:
+        accelerator = self.accelerator
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in take(self.data, idx).items()}
+        with accelerator.no_sync(self.wrapped) if not last_micro and self.world > 1 else nullcontext():
+            with accelerator.autocast():
+                loss, terms = self.wrapped(batch)
+            accelerator.backward(loss / self.cfg.grad_accum)
+        tokens = batch["input_ids"].numel() * self.world if "input_ids" in batch else 0
+        self.window.add(loss, terms, len(idx) * self.world, tokens)
+
+    def optimizer_step(self) -> None:
+        if self.cfg.clip_grad_norm:  # per optimizer group when the model declares them (a cohort: per member)
+            for group in self.optimizer.param_groups if self.groups else [{"params": list(self.wrapped.parameters())}]:
+                self.accelerator.clip_grad_norm_(group["params"], self.cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.bar.update(1)
+        if self.hooks.on_step:
+            self.hooks.on_step(self.product, self.step)
+
+    def _record(self, epoch: int, values: dict[str, float]) -> None:
+        self.run.log(
+            {
+                "stage": self.stage,
+                "step": self.step,
+                "epoch": epoch,
+                "samples_seen": self.step * self.per_step,
+                **values,
+            }
+        )
+
+    def log(self, epoch: int) -> None:
+        if self.run is None or (self.step % self.cfg.log_every and self.step != self.total):
+            return
+        record = self.window.flush(self.accelerator)
+        record.update(lr=self.scheduler.get_last_lr()[0])
+        self.bar.set_postfix(**postfix(record))
+        self._record(epoch, record)
+
+    def evaluate_and_save(self, epoch: int) -> None:
+        step, hooks, paused = self.step, self.hooks, False  # evaluating and saving are not training throughput
+        if self.eval_fn is not None and (step % self.eval_every == 0 or step == self.total):
+            paused = True
+            self.metrics = _evaluate(self.wrapped, self.accelerator, self.eval_fn, self.product)
+            if self.run is not None:
+                self._record(epoch, {f"eval/{k}": v for k, v in self.metrics.items()})
+            self.bar.set_postfix(**{k: f"{v:.4f}" for k, v in self.metrics.items()})
+            if hooks.on_eval:
+                hooks.on_eval(self.product, step, self.metrics)
+        if hooks.on_epoch_end and step % self.steps_per_epoch == 0:
+            paused = True
+            hooks.on_epoch_end(self.product, step // self.steps_per_epoch)
+        if self.run is not None and step % self.save_every == 0 and step < self.total:
+            paused = True
+            save_checkpoint(
+                self.run,
+                self.stage,
+                step,
+                self.wrapped,
+                self.optimizer,
+                self.scheduler,
+                self.metrics,
+                self.accelerator,
+                self.cfg.keep_checkpoints,
+                self.window,
+            )
+            if hooks.on_save and self.accelerator.is_main_process:
+                hooks.on_save(self.product, step)
+        if paused:
+            self.window.restart()
+
+    def finish(self) -> dict[str, float]:
+        self.bar.close()
+        if self.run is not None:
+            save_products(self.run, self.stage, self.product, self.wrapped, self.accelerator)
+            self.run.write_json(f"{self.stage}/done.json", {"step": self.step, "metrics": self.metrics})
+            self.accelerator.wait_for_everyone()
+        if hasattr(self.wrapped, "unshard"):  # FSDP2: the product is used after the stage (evaluated, sampled)
+            self.wrapped.unshard()
+        if hasattr(self.model, "close"):
+            self.model.close()
+        return self.metrics
 
 
 def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:
@@ -324,49 +374,3 @@ def _whole(wrapped: nn.Module):
         yield
     finally:
         wrapped.reshard()
-
-
-class _Window:
-    """Running sums of loss terms, samples and tokens (language models) between two log records."""
-
-    def __init__(self, saved: dict[str, Any] | None = None) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count, self.samples, self.tokens, self.elapsed = 0, 0, 0, 0.0
-        if saved is not None:  # a checkpoint's: the sums go on; the clock starts now
-            self.sums = {k: v.clone() for k, v in saved["sums"].items()}
-            self.count, self.samples, self.tokens = saved["count"], saved["samples"], saved.get("tokens", 0)
-        self.restart()
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "sums": {k: v.cpu() for k, v in self.sums.items()},
-            "count": self.count,
-            "samples": self.samples,
-            "tokens": self.tokens,
-        }
-
-    def restart(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def add(self, loss: Tensor, terms: dict[str, Tensor], samples: int, tokens: int = 0) -> None:
-        for k, v in {"loss": loss, **terms}.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.count += 1
-        self.samples += samples
-        self.tokens += tokens
-        now = time.perf_counter()
-        self.elapsed += now - self.t0
-        self.t0 = now
-
-    def flush(self, accelerator: Accelerator) -> dict[str, float]:
-        names = list(self.sums)
-        values = torch.stack([self.sums[k] for k in names]) / max(self.count, 1)
-        if accelerator.num_processes > 1:
-            values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
-        record = {k: float(v) for k, v in zip(names, values.tolist())}
-        record["samples_per_s"] = self.samples / max(self.elapsed, 1e-9)
-        if self.tokens:
-            record["tokens_per_s"] = self.tokens / max(self.elapsed, 1e-9)
-        self.sums, self.count, self.samples, self.tokens, self.elapsed = {}, 0, 0, 0, 0.0
-        return record

@@ -72,6 +72,11 @@ class Cohort(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # micro-batches seen (checkpointed)
         self.register_buffer("forwards", torch.zeros(len(members), dtype=torch.long))
 
+    def close(self) -> None:
+        """Remove every member's hooks (the engine calls it when the stage ends)."""
+        for member in self.members.values():
+            member.close()
+
     def forward_counts(self) -> dict[str, int]:
         """Training forwards run by each member so far."""
         return dict(zip(self.members, self.forwards.tolist()))

@@ -81,6 +81,13 @@ class Distiller(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(self.signals(batch, given), batch)
 
+    def close(self) -> None:
+        """Remove the hooks this distiller put on its student and teachers (the engine calls it when the stage
+        ends): a later stage or distiller on the same models starts from clean modules."""
+        self._student_taps.remove()
+        for t in self._teachers:
+            t.taps.remove()
+
 
 def supervised(model: nn.Module, ce: Term = CE) -> Distiller:
     """`model` trained on its labels alone (cross-entropy, no teacher): the baselines and the teachers' training."""

@@ -163,8 +163,6 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         ctx.fit(
             distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, product=student, seed_from="student"
         )
-        for t in distiller.teachers:
-            t.taps.remove()  # the next student puts its own hooks on the same teachers
         models[label] = student
 
     rows = [
