@@ -34,6 +34,7 @@ from common import RESULTS, finish, reading, t_interval  # noqa: E402
 ROOT = Path("runs/bench-socratic-arith")
 VARIANTS = ["answer", "cot", "socratic", "unified"]
 LRS = [1e-4, 3e-4]
+TEACHER_PROBLEMS = 300
 DATA = {"source": "arith", "steps": [2, 3], "size": 1700, "val": 200, "test": 500, "seed": 0}
 CLAIMS = [("cot", "answer", "premise: chain of thought beats answer-only"),
           ("socratic", "cot", "Socratic QG + QA beats chain of thought"),
@@ -52,12 +53,12 @@ def overrides(variant: str, lr: float, epochs: int, split: str, seed: int, name:
             f"run.precision={'bf16' if cpu_has_bf16() else 'no'}", "traces=2"]  # fmt: skip
 
 
-def run_one(variant: str, lr: float, epochs: int, split: str, seed: int) -> dict:
+def run_one(variant: str, lr: float, epochs: int, split: str, seed: int, extra: tuple = (), tag: str = "") -> dict:
     """One `distill socratic` run of one variant (stored; a finished one is read back, a broken one resumed)."""
     from distill.config import load_config
     from distill.recipes import socratic
 
-    name = f"{split}-{variant}-lr{lr:g}-e{epochs}-s{seed}"
+    name = f"{tag}{split}-{variant}-lr{lr:g}-e{epochs}-s{seed}"
     done = ROOT / "done" / f"{name}.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -65,7 +66,8 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int) -> dict
     if (run_dir / "config.yaml").is_file():
         result = socratic.run(load_config(socratic.Config, run_dir / "config.yaml"), resume=run_dir)
     else:
-        cfg = load_config(socratic.Config, "demo", overrides(variant, lr, epochs, split, seed, name), recipe="socratic")
+        over = overrides(variant, lr, epochs, split, seed, name) + list(extra)
+        cfg = load_config(socratic.Config, "demo", over, recipe="socratic")
         result = socratic.run(cfg)
     traces = [json.loads(x) for x in (run_dir / "traces.jsonl").read_text().splitlines()]
     (row,) = result.rows
@@ -73,7 +75,8 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int) -> dict
            "accuracy": row["accuracy"], "tokens_per_problem": row["tokens_per_problem"],
            "problems_per_s": row["problems_per_s"], "correct": [t["correct"] for t in traces],
            "by_steps": {str(r["solution steps"]): r[socratic.LABELS[variant]] for r in result.tables["accuracy by solution steps"]},
-           "example": result.tables["example solutions"][0]["solution"]}  # fmt: skip
+           "example": result.tables["example solutions"][0]["solution"],
+           "trained_on": row["trained_on"], "annotation": result.tables["annotation"][0]}  # fmt: skip
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out))
     return out
@@ -91,6 +94,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON, run nothing")
+    p.add_argument("--no-teacher", action="store_true", help="skip the teacher-written sub-questions (no llama.cpp)")
     args = p.parse_args()
     if args.render:
         data = json.loads((RESULTS / "socratic_arith.json").read_text())
@@ -122,6 +126,29 @@ def main() -> None:
                 }
             )
             data["claims"] = claims(data["test"])
+            finish("socratic_arith", data, markdown, t0)
+    if not args.no_teacher:
+        teacher_stage(data, args.seeds, t0)
+
+
+def teacher_stage(data: dict, seeds: int, t0: float) -> None:
+    """The paper's second setting: Qwen2.5-Coder-0.5B (llama.cpp) writes the sub-questions of the first
+    TEACHER_PROBLEMS training problems from their gold steps; the Socratic pair trained on the kept ones
+    against the pair trained on gold sub-questions of as many problems, at the chosen setting."""
+    from distill.labeling.llama_server import llama_cpp_server
+    from qwen_teacher import ALIAS, teacher_gguf
+
+    c = data["chosen"]["socratic"]
+    with llama_cpp_server(teacher_gguf(), ALIAS, ROOT / "server.log", n_ctx=2048, threads=2, port=8766) as url:
+        for seed in range(seeds):
+            teacher = [f"teacher={{kind: server, url: '{url}', model: {ALIAS}, concurrency: 1}}", "teacher_accuracy=false",
+                       f"store={ROOT / 'teacher.sqlite'}", "data.gold_subquestions=false", f"data.max_train={TEACHER_PROBLEMS}"]  # fmt: skip
+            written = run_one("socratic", c["lr"], c["epochs"], "test", seed, tuple(teacher), "teacher-")
+            kept = written["trained_on"]
+            gold = run_one("socratic", c["lr"], c["epochs"], "test", seed, (f"data.max_train={kept}",), f"gold{kept}-")
+            data["teacher"] = [r for r in data.get("teacher", []) if r["seed"] != seed] + [
+                {"seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
+                 "annotation": written["annotation"]}]  # fmt: skip
             finish("socratic_arith", data, markdown, t0)
 
 
@@ -170,6 +197,19 @@ def markdown(d: dict) -> str:
         if premise and premise["verdict"] != "held":
             lines += ["", "The premise does not hold: the comparison of Socratic and CoT students says nothing here."]
         lines.append("")
+    if d.get("teacher"):
+        rows = [{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")} for r in d["teacher"]]
+        a = d["teacher"][0]["annotation"]
+        diffs = [100 * (r["teacher_written"] - r["gold"]) for r in d["teacher"]]
+        mean, half = t_interval(diffs)
+        lines += ["## Teacher-written against gold sub-questions (Socratic QG + QA, same problem count)", "",
+                  f"Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, llama.cpp, greedy) wrote the sub-questions of the first "
+                  f"{a['problems']} training problems from their gold steps: {a['kept']} kept (yield {a['yield']:.1%}; "
+                  f"rejected: " + ", ".join(f"{k} {a[k]}" for k in ("unparsed", "step count", "not a question", "repeated") if a.get(k)) + "). "
+                  "The gold arm trains on the gold sub-questions of as many training problems.", "",
+                  markdown_table(rows), "",
+                  f"Teacher-written minus gold: {mean:+.2f} +- {half:.2f} points over {len(diffs)} seed(s): "
+                  f"**{reading(mean, half, 'the teacher-written ones are worse', 'the teacher-written ones are better')}**.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
