@@ -120,7 +120,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, accelerator):
             calls["n"] += 1
             if crash_at is not None and calls["n"] == crash_at:
                 raise Boom  # dies between two checkpoints, after logging past the last one
-            return {"w": float(m.student[0].weight.sum())}
+            return {"w": float(m[0].weight.sum())}  # the product: the student
 
         fit(model, data, cfg, stage="s", run=run, accelerator=accelerator, seed=7, eval_fn=evaluate, callbacks=count)
         return model

@@ -75,6 +75,9 @@ def test_budget_search_and_importance_reuse(tiny, tmp_path):
         "search.candidates=2",
         "search.tokens=200",  # 2 steps of 4 x 32 tokens (rounded up)
         "search.train.progress=false",
+        # a hint term's projection is sized by the probe that fit draws, in the search's short stages too
+        "objective=[{name: kd, loss: kl, inputs: [student.logits, teacher.logits]}, {name: hint, loss: hint,"
+        " weight: 0.1, inputs: [student.model.norm, teacher.model.layers.0.mlp.down_proj:input]}]",  # 48 -> 64 wide
     ]
     assert main(["minitron", *args]) == 0
     first = only_run(tmp_path)
@@ -82,6 +85,7 @@ def test_budget_search_and_importance_reuse(tiny, tmp_path):
     assert {r["tokens"] for r in result["tables"]["search"]} == {256}
     records = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records if r.get("stage") == "search-0") == 2
+    assert all("hint" in r for r in records if r.get("stage") == "search-0" and "loss" in r)
     assert result["tables"]["search"] and [r["val_loss"] for r in result["tables"]["search"]] == sorted(
         r["val_loss"] for r in result["tables"]["search"]
     )

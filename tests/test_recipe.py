@@ -30,6 +30,8 @@ CORE = [
     "evaluate",
     "bundled",
     "system",
+    "meter",
+    "optim",
 ]
 METHODS = ["kd", "dd", "pruning", "labeling", "textrec", "reasoning", "recipes"]
 

@@ -8,11 +8,10 @@ state, and exact resume: an interrupted-and-resumed run matches an uninterrupted
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -36,11 +35,34 @@ from distill.checkpoint import (
 from distill.config import Section
 from distill.errors import DistillError
 from distill.meter import Window, postfix
+from distill.optim import group_lr_lambda, lr_lambda, make_optimizer
 from distill.run import RunDir
 
-__all__ = ["Callbacks", "Data", "TrainConfig", "check_fits", "checkpoints", "epoch_batches", "fit", "lr_lambda"]
+__all__ = [
+    "Callbacks",
+    "Data",
+    "TrainConfig",
+    "Trainable",
+    "check_fits",
+    "checkpoints",
+    "epoch_batches",
+    "fit",
+    "lr_lambda",
+]
 
 Data = Mapping[str, Tensor] | torch.utils.data.Dataset
+
+
+class Trainable(Protocol):
+    """What `fit` trains: a module that maps a batch to (loss, {term: value}). Optional, each found by name:
+    product (what the stage delivers and saves; default: the trainable itself), build(probe) (sizes learned
+    parts from a probe batch before the optimizer exists; called again on a built one, it changes nothing),
+    param_groups() (its own optimizer groups), teachers (frozen models placed and sharded with it), close()
+    (removes the forward hooks it put on its models; called when the stage ends)."""
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
 # what a stage delivers: one model, or several named ones (e.g. a trainable teacher and its students)
 Product = nn.Module | Mapping[str, nn.Module]
 EvalFn = Callable[[Product], dict[str, float]]
@@ -92,45 +114,6 @@ class TrainConfig(Section):
 
 
 # --- pieces -------------------------------------------------------------------------------
-def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over a list of parameters or of parameter groups (each with its own lr)."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
-        )
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
-
-
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak lr at a step: linear warmup, then constant / linear / cosine decay."""
-
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "step":  # the dataset-distillation evaluation protocol
-            return 1.0 if step < total_steps // 2 else 0.1
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        decay = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
-
-    return f
-
-
-def group_lr_lambda(cfg: TrainConfig, total_steps: int, group: Mapping[str, Any]) -> Callable[[int], float]:
-    """An optimizer group's multiplier. A group that steps once every `steps_every` optimizer steps from
-    `steps_from` on (a cohort's students) follows the schedule of its own steps, as a stage of only those
-    steps would: its warmup and decay start when it joins, not at the stage's step 0."""
-    start, every = group.get("steps_from", 0), group.get("steps_every", 1)
-    if (start, every) == (0, 1):
-        return lr_lambda(cfg, total_steps)
-    own = lr_lambda(
-        cfg.model_copy(update={"warmup_steps": -(-cfg.warmup_steps // every)}), -(-(total_steps - start) // every)
-    )
-    return lambda step: own(max(0, step - start) // every)
-
-
 def check_fits(n: int, cfg: TrainConfig, where: str, world: int = 1) -> int:
     """Optimizer steps per epoch of `n` samples (as many as epoch_batches yields); a clear error for none.
 
@@ -170,7 +153,7 @@ def take(data: Data, idx: Tensor) -> dict[str, Tensor]:
 
 # --- the loop -----------------------------------------------------------------------------
 def fit(
-    model: nn.Module,
+    model: Trainable,
     data: Data,
     cfg: TrainConfig,
     *,
@@ -189,10 +172,12 @@ def fit(
     `eval_fn` and the callbacks receive the product. A stage already finished in this run is
     loaded, not retrained; a stage with a checkpoint continues from it. With `run=None` the stage
     trains in memory only (no checkpoints, logs or saved weights), e.g. for evaluation protocols.
-    A model may own its optimizer groups through a `param_groups()` method (e.g. two learning rates), and
-    a `close()` that the stage calls when it ends (to remove the forward hooks it put on its models).
+    `model` is a `Trainable`: besides its forward it may say what it delivers (`product`, the default of
+    the argument), size its learned parts on a probe batch that `fit` draws before the optimizer exists
+    (`build`), own its optimizer groups (`param_groups()`, e.g. two learning rates), and remove the forward
+    hooks it put on its models when the stage ends (`close()`).
     """
-    product = product if product is not None else model
+    product = product if product is not None else getattr(model, "product", model)
     if run is not None and (run.path / stage / "done.json").exists():
         for path, module in product_files(run, stage, product):
             load_model(module, str(path), device=str(accelerator.device))
@@ -238,6 +223,8 @@ class _Stage:
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.save_every = cfg.save_every or self.steps_per_epoch
         model.to(accelerator.device)
+        if hasattr(model, "build"):  # learned parts sized by one probe batch, before the optimizer is made
+            model.build({k: v.to(accelerator.device) for k, v in take(data, torch.arange(min(2, self.n))).items()})
         self.groups = model.param_groups() if hasattr(model, "param_groups") else None
         optimizer = make_optimizer(self.groups or [p for p in model.parameters() if p.requires_grad], cfg)
         lambdas = [group_lr_lambda(cfg, self.total, g) for g in optimizer.param_groups]

@@ -183,6 +183,11 @@ class TrajectoryMatcher(nn.Module):
         if synthetic.soft is not None and not lr_label:
             synthetic.soft.requires_grad_(False)  # assigned, not learned: no gradient to take
 
+    @property
+    def product(self) -> nn.Module:
+        """The synthetic set: what the stage learns and saves."""
+        return self.synthetic
+
     def param_groups(self) -> list[dict]:
         groups = [
             {"params": [self.synthetic.images], "lr": self.lr_img},

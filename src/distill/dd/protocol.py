@@ -25,6 +25,11 @@ class Classifier(nn.Module):
         self.net = net
         self.dsa_cfg = dsa_cfg
 
+    @property
+    def product(self) -> nn.Module:
+        """What a stage that trains this delivers and saves: the network."""
+        return self.net
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), batch["labels"]), {}
 

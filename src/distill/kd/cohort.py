@@ -86,6 +86,8 @@ class Cohort(nn.Module):
         """Each member's model by name: what the stage saves."""
         return {n: d.student for n, d in self.members.items()}
 
+    product = products  # the engine's name for it
+
     def param_groups(self) -> list[dict]:
         groups = []
         for name, d in self.members.items():
@@ -95,7 +97,10 @@ class Cohort(nn.Module):
         return groups
 
     def build(self, batch: dict[str, Tensor]) -> Cohort:
-        """Size every member's learned projections on one probe batch (before the optimizer is made)."""
+        """Size every member's learned projections on one probe batch (before the optimizer is made; `fit`
+        does); a built cohort is left as it is."""
+        if all(d._built for d in self.members.values()):
+            return self
         was_training = self.training
         self.eval()  # the probe must not move BatchNorm statistics
         out: dict[str, Signals] = {}

@@ -44,6 +44,12 @@ class Distiller(nn.Module):
         self._student_taps = Taps(student, [*student_taps, *extra_taps], owner="student")
         self._teachers = [LiveTeacher(n, m, teacher_taps[n]) for n, m in teachers.items()]
         self.source_taps = {n: teacher_taps[n] for n in sources}
+        self._built = False
+
+    @property
+    def product(self) -> nn.Module:
+        """What a stage that trains this delivers and saves: the student."""
+        return self.student
 
     @property
     def _no_split_modules(self) -> list[str]:
@@ -68,7 +74,11 @@ class Distiller(nn.Module):
         return {"student": {"logits": logits, **self._student_taps.values}, "teachers": teachers}
 
     def build(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> Distiller:
-        """Run one probe batch to size the learned projections; call before making the optimizer."""
+        """Run one probe batch to size the learned projections, before the optimizer is made (`fit` does); a
+        built distiller is left as it is."""
+        if self._built:
+            return self
+        self._built = True
         was_training = self.student.training
         self.student.eval()  # the probe must not move BatchNorm statistics
         with torch.no_grad():

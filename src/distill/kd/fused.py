@@ -46,6 +46,11 @@ class FusedLM(nn.Module):
     def teachers(self) -> list[LiveTeacher]:
         return self._teachers
 
+    @property
+    def product(self) -> nn.Module:
+        """What a stage that trains this delivers and saves: the student."""
+        return self.student
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         decoder, head = decoder_and_head(self.student, "student")
         hidden = decoder(input_ids=batch["input_ids"]).last_hidden_state

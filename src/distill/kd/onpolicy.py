@@ -72,6 +72,14 @@ class OnPolicy(nn.Module):
     def teachers(self) -> list[Any]:
         return self.distiller.teachers
 
+    @property
+    def product(self) -> nn.Module:
+        return self.distiller.product
+
+    def build(self, batch: dict[str, Tensor]) -> None:
+        if hasattr(self.distiller, "build"):
+            self.distiller.build(batch)
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         own = self.lam >= 1 or (self.lam > 0 and bool(torch.rand(()) < self.lam))
         if own:

@@ -66,6 +66,11 @@ class TextClassifier(nn.Module):
         self.model = model
         self.objective = objective
 
+    @property
+    def product(self) -> nn.Module:
+        """What a stage that trains this delivers and saves: the encoder."""
+        return self.model
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         keys = ("input_ids", "attention_mask", "token_type_ids")
         out = self.model(**{k: batch[k] for k in keys if k in batch}).logits

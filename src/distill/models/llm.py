@@ -250,6 +250,11 @@ class TargetLM(torch.nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def product(self) -> torch.nn.Module:
+        """What a stage that trains this delivers and saves: the language model."""
+        return self.model
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = int(batch["attention_mask"].sum(1).max())
         ids, mask, labels = (batch[k][:, :n] for k in ("input_ids", "attention_mask", "labels"))

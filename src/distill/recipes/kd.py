@@ -157,8 +157,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         stages = [("student-hints", hints, cfg.hint_stage), ("student", rest, cfg.train)]
     for stage, stage_terms, tcfg in stages:
         distiller = Distiller(student, stage_terms, live).to(ctx.accelerator.device)
-        distiller.build(_probe(train, tcfg.batch_size, ctx))
-        scores = ctx.fit(distiller, train, tcfg, stage=stage, eval_fn=evaluate, product=student)
+        scores = ctx.fit(distiller, train, tcfg, stage=stage, eval_fn=evaluate)
     rows.append(_row("student KD" if teachers else "student", student, scores))
 
     info = {"epochs": cfg.train.epochs, "teacher_epochs": [t.train.epochs for t in cfg.teachers], "seed": cfg.run.seed}
@@ -189,7 +188,7 @@ def train_supervised(
     ctx: Context, model: nn.Module, train: dict, tcfg: TrainConfig, stage: str, evaluate
 ) -> dict[str, float]:
     """A plain supervised run of the same engine: the objective is cross-entropy alone."""
-    return ctx.fit(supervised(model), train, tcfg, stage=stage, eval_fn=evaluate, product=model)
+    return ctx.fit(supervised(model), train, tcfg, stage=stage, eval_fn=evaluate)
 
 
 def _split_hints(terms: list[Term]) -> tuple[list[Term], list[Term]]:
@@ -199,10 +198,6 @@ def _split_hints(terms: list[Term]) -> tuple[list[Term], list[Term]]:
 
 def _teacher_stage(name: str) -> str:
     return "teacher" if name == "teacher" else f"teacher-{name}"
-
-
-def _probe(train: dict, batch_size: int, ctx: Context) -> dict:
-    return {k: v[: min(batch_size, 8)].to(ctx.accelerator.device) for k, v in train.items()}
 
 
 def _row(name: str, model: nn.Module, scores: dict[str, float]) -> dict[str, Any]:

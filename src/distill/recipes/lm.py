@@ -162,7 +162,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     trainee = (
         OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
     )
-    ctx.fit(trainee, train, cfg.train, stage="student", eval_fn=held_out, product=student)
+    ctx.fit(trainee, train, cfg.train, stage="student", eval_fn=held_out)
 
     # 4-5. evaluate and export
     rows = [_row("teacher", teacher, held_out(teacher)), _row("student before", student, before)]

@@ -173,7 +173,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return {"val_loss": loss, "ppl": math.exp(min(loss, 50))}
 
     if cfg.correction is not None:
-        ctx.fit(supervised(teacher), train, cfg.correction, stage="correction", eval_fn=evaluate, product=teacher)
+        ctx.fit(supervised(teacher), train, cfg.correction, stage="correction", eval_fn=evaluate)
         teacher.eval().requires_grad_(False)
 
     imp = importance(cfg, ctx, teacher, train)
@@ -190,8 +190,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
     distiller = Distiller(student, objective + hidden_terms(cfg, imp, target), teachers).to(dev)
-    distiller.build({k: v[:1].to(dev) for k, v in train.items()})
-    final = ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=evaluate, product=student)
+    final = ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=evaluate)
 
     rows = [
         _row("teacher", teacher, evaluate(teacher), tokenizer, cfg),
@@ -267,7 +266,7 @@ def search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers)
         ctx.seed_stage(f"search-{i}/init")
         student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
         distiller = Distiller(student, objective, teachers).to(ctx.accelerator.device)
-        metrics = ctx.fit(distiller, train, tcfg, stage=f"search-{i}", eval_fn=evaluate, product=student)
+        metrics = ctx.fit(distiller, train, tcfg, stage=f"search-{i}", eval_fn=evaluate)
         row = {"stage": f"search-{i}", **cand.as_dict(), "params": cand.params(), "tokens": tokens}
         table.append({**row, "val_loss": metrics["val_loss"]})
     best = min(range(len(shapes)), key=lambda i: table[i]["val_loss"])

@@ -210,7 +210,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return {"accuracy": sum(accs) / len(accs)}
 
     plan = schedule(d.train.max_steps, len(trajectories), d.max_start_epoch, seed)
-    ctx.fit(matcher, plan, d.train, stage="distill", eval_fn=evaluate_during, product=synthetic)
+    ctx.fit(matcher, plan, d.train, stage="distill", eval_fn=evaluate_during)
     synthetic = synthetic.cpu()
     alpha = float(synthetic.lr.detach())
 
@@ -278,7 +278,6 @@ def train_experts(ctx: Context, cfg: Config, data: ImageSplits, shape: dict[str,
             data.train,
             cfg.buffer.train,
             stage=stage,
-            product=net,
             eval_fn=lambda trained: {"accuracy": accuracy(trained, test, ctx.accelerator)},
             callbacks=Callbacks(on_epoch_end=record),
         )

@@ -194,7 +194,6 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             seen,
             tcfg,
             stage=f"alone/{s.name}",
-            product=alone[s.name],
             seed_from=BATCHES,
             eval_fn=lambda m, n=s.name: evaluate({n: m}),
         )
@@ -273,7 +272,6 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
         train,
         cfg.train,
         stage="online",
-        product=cohort.products,
         seed_from=BATCHES,
         eval_fn=lambda products: {**evaluate(products), **counts()},
         callbacks=Callbacks(on_step=joining),
@@ -288,7 +286,6 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
         train,
         cfg.train,
         stage="teacher",
-        product=models["teacher"],
         seed_from=BATCHES,
         eval_fn=lambda m: evaluate({"teacher": m}),
     )
@@ -301,9 +298,7 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
         source.forwards = 0  # the probe that sized the projections is not training
         tcfg = student_train(cfg, s, student_steps)
         scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
-        metrics = ctx.fit(
-            distiller, seen, tcfg, stage=f"offline/{s.name}", product=models[s.name], eval_fn=scored, seed_from=BATCHES
-        )
+        metrics = ctx.fit(distiller, seen, tcfg, stage=f"offline/{s.name}", eval_fn=scored, seed_from=BATCHES)
         forwards[s.name] = int(metrics["forwards"])
     return forwards
 

@@ -204,7 +204,7 @@ def train_student(ctx, cfg: Config, role: str, decomps) -> Lm:
     model, tok = load_causal_lm(s.model)
     data = encode(tok, decomps, role, s.max_length)
     # every student sees the problems in the same order: they differ in targets only
-    ctx.fit(TargetLM(model), data, s.train, stage=role, product=model, seed_from="students")
+    ctx.fit(TargetLM(model), data, s.train, stage=role, seed_from="students")
     out = ctx.run.path / "students" / role
     if ctx.accelerator.is_main_process and not out.is_dir():
         save_hf(model, tok, out)

@@ -131,9 +131,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": weights}), **shape)
         if weights is None:
             own = data.splits["train"][index]
-            ctx.fit(
-                supervised(teacher, MASKED_CE), own, cfg.teacher_train, stage=stage, eval_fn=validate, product=teacher
-            )
+            ctx.fit(supervised(teacher, MASKED_CE), own, cfg.teacher_train, stage=stage, eval_fn=validate)
         teachers[domain] = models[f"{domain} specialist"] = teacher.to(device).eval()
 
     union = data.union("train")
@@ -159,10 +157,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         else:  # each sample's signals came from its own domain's teacher: projections per teacher still
             distiller = Distiller(student, read_precomputed(terms), routed=len(teachers))
         distiller.to(device)
-        distiller.build({k: v[:8].to(device) for k, v in train.items()})
-        ctx.fit(
-            distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, product=student, seed_from="student"
-        )
+        ctx.fit(distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, seed_from="student")
         models[label] = student
 
     rows = [

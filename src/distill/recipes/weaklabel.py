@@ -160,7 +160,7 @@ def train_student(
     def evaluate(trained: torch.nn.Module) -> dict[str, float]:
         return scores(to_labels(task, predict(trained, test_data), objective), gold, task.names)
 
-    metrics = ctx.fit(TextClassifier(model, objective), data, s.train, stage=stage, eval_fn=evaluate, product=model)
+    metrics = ctx.fit(TextClassifier(model, objective), data, s.train, stage=stage, eval_fn=evaluate)
     row.update(accuracy=round(metrics["accuracy"], 4), f1=round(metrics["f1"], 4))
     return row
 
