@@ -224,7 +224,7 @@ class _Stage:
         self.save_every = cfg.save_every or self.steps_per_epoch
         model.to(accelerator.device)
         if hasattr(model, "build"):  # learned parts sized by one probe batch, before the optimizer is made
-            model.build({k: v.to(accelerator.device) for k, v in take(data, torch.arange(min(2, self.n))).items()})
+            model.build({k: v.to(accelerator.device) for k, v in _probe(data).items()})
         self.groups = model.param_groups() if hasattr(model, "param_groups") else None
         optimizer = make_optimizer(self.groups or [p for p in model.parameters() if p.requires_grad], cfg)
         lambdas = [group_lr_lambda(cfg, self.total, g) for g in optimizer.param_groups]
@@ -338,6 +338,13 @@ class _Stage:
         if hasattr(self.model, "close"):
             self.model.close()
         return self.metrics
+
+
+def _probe(data: Data) -> dict[str, Tensor]:
+    """The first two samples, drawn outside the training batches (only their shapes matter)."""
+    if isinstance(data, Mapping):
+        return {k: v[:2] for k, v in data.items()}
+    return torch.utils.data.default_collate([data[i] for i in range(min(2, len(data)))])
 
 
 def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:

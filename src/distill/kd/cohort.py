@@ -99,8 +99,8 @@ class Cohort(nn.Module):
     def build(self, batch: dict[str, Tensor]) -> Cohort:
         """Size every member's learned projections on one probe batch (before the optimizer is made; `fit`
         does); a built cohort is left as it is."""
-        if all(d._built for d in self.members.values()):
-            return self
+        if all(d._built or not d.objective.learns_projections for d in self.members.values()):
+            return self  # nothing left to size: no probe forward
         was_training = self.training
         self.eval()  # the probe must not move BatchNorm statistics
         out: dict[str, Signals] = {}

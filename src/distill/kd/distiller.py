@@ -76,7 +76,8 @@ class Distiller(nn.Module):
     def build(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> Distiller:
         """Run one probe batch to size the learned projections, before the optimizer is made (`fit` does); a
         built distiller is left as it is."""
-        if self._built:
+        if self._built or not self.objective.learns_projections:  # nothing to size: no probe forward
+            self._built = True
             return self
         self._built = True
         was_training = self.student.training

@@ -146,6 +146,11 @@ class Objective(nn.Module):
             return self.teacher_names[:1]
         return self.teacher_names if ref.teacher in POOLED else [ref.teacher]
 
+    @property
+    def learns_projections(self) -> bool:
+        """Whether a term maps student features through a learned projection (sized by a probe batch)."""
+        return any(term.loss in PROJECTED and term.project for term in self.terms)
+
     def build(self, signals: dict[str, Any], batch: dict[str, Tensor]) -> None:
         """Create projections from one probe step's shapes (before the optimizer is made)."""
         for term in self.terms:
