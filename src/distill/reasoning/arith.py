@@ -65,7 +65,7 @@ PHRASES: dict[str, list[tuple[str, str, str]]] = {
         ),
         (
             "Then {his} {item} grow to {b} times as many.",
-            "How many {item} does {name} have with {b} times as many?",
+            "How many {item} does {name} have once there are {b} times as many?",
             "{name} has {x} * {b} = {y} {item} now.",
         ),
     ],
