@@ -324,8 +324,9 @@ def test_an_interrupted_run_names_itself(sig, code, tensor_file, tmp_path):
     from distill.run import RunDir
 
     over = [*tiny_overrides(tensor_file, tmp_path), "train.epochs=400", "train.save_every=8"]
+    # a shell's background job ignores SIGINT, and a child inherits that: give it the default back
     proc = subprocess.Popen([*DISTILL, "kd", *over], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     run = tmp_path / "tiny"
     deadline = time.time() + 120
     while not list(run.glob("checkpoints/student/step-*.pt")) and time.time() < deadline:
