@@ -167,7 +167,7 @@ def fit(
 ) -> dict[str, float]:
     """Train `model` on `data`; return the last evaluation's metrics.
 
-    `product` is what the stage delivers (default: `model`): one module, saved as
+    `product` is what the stage delivers (default: `model.product`, else `model`): one module, saved as
     `<stage>/model.safetensors`, or several named ones, each saved as `<stage>/<name>.safetensors`.
     `eval_fn` and the callbacks receive the product. A stage already finished in this run is
     loaded, not retrained; a stage with a checkpoint continues from it. With `run=None` the stage
@@ -207,14 +207,8 @@ class _Stage:
     pieces of `fit`'s loop (restore, one micro-batch, one optimizer step, log, evaluate-and-save, finish)."""
 
     def __init__(self, model, data, cfg, stage, run, accelerator, seed, eval_fn, hooks, product) -> None:
-        self.model, self.data, self.cfg, self.stage, self.run, self.accelerator = (
-            model,
-            data,
-            cfg,
-            stage,
-            run,
-            accelerator,
-        )
+        self.model, self.data, self.cfg, self.stage = model, data, cfg, stage
+        self.run, self.accelerator = run, accelerator
         self.eval_fn, self.hooks, self.product = eval_fn, hooks, product
         self.world, self.rank, self.n = accelerator.num_processes, accelerator.process_index, data_len(data)
         self.steps_per_epoch = check_fits(self.n, cfg, stage, self.world)

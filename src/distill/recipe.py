@@ -168,6 +168,7 @@ class Context:
         if self.accelerator.is_main_process and save is None:
             atomic_write(path, json.dumps(value, indent=2) + "\n")
         elif self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")  # the result appears whole or not at all
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.unlink(missing_ok=True)

@@ -76,10 +76,11 @@ class Distiller(nn.Module):
     def build(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> Distiller:
         """Run one probe batch to size the learned projections, before the optimizer is made (`fit` does); a
         built distiller is left as it is."""
-        if self._built or not self.objective.learns_projections:  # nothing to size: no probe forward
-            self._built = True
+        if self._built:
             return self
         self._built = True
+        if not self.objective.learns_projections:  # nothing to size: no probe forward
+            return self
         was_training = self.student.training
         self.student.eval()  # the probe must not move BatchNorm statistics
         with torch.no_grad():

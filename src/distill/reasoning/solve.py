@@ -65,19 +65,24 @@ class Session:
 
     def __init__(self, lm: Lm, rows: int) -> None:
         self.lm, self.cache, self.mask, self.fed = lm, None, None, [""] * rows
+        self.rows = list(range(rows))  # which of the batch's problems the cache's rows are
+        self.key = ""  # the name of the model's cache argument, read at the first call
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only these rows (indices into the current ones), in this order: the others are done."""
-        if len(rows) == len(self.fed):
+        """Keep only these problems of the batch (a subset of the current rows, in order): the others are done."""
+        if rows == self.rows:
             return
+        at = [self.rows.index(r) for r in rows]
         if self.cache is not None:
-            self.cache.batch_select_indices(torch.tensor(rows))
-            self.mask = self.mask[rows]
-        self.fed = [self.fed[i] for i in rows]
+            self.cache.batch_select_indices(torch.tensor(at))
+            self.mask = self.mask[at]
+        self.rows, self.fed = rows, [self.fed[i] for i in at]
 
     @torch.no_grad()
     def lines(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int]]:
         lm, device = self.lm, next(self.lm.model.parameters()).device
+        if self.cache is None:  # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
+            self.key = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
         assert len(prompts) == len(self.fed) and all(p.startswith(f) for p, f in zip(prompts, self.fed))
         new = lm.tok([p[len(f) :] for p, f in zip(prompts, self.fed)], add_special_tokens=False)["input_ids"]
         width = max(map(len, new))
@@ -91,7 +96,7 @@ class Session:
         stop = torch.tensor(sorted(lm.newline | {lm.tok.eos_token_id} - {None}))
         out: list[list[int]] = [[] for _ in new]
         for _ in range(max_tokens):
-            logits, self.cache = _step(lm.model, ids.to(device), mask.to(device), width, self.cache)
+            logits, self.cache = _step(lm.model, ids.to(device), mask.to(device), width, self.cache, self.key)
             nxt = logits.argmax(-1).cpu()
             for i in (~done).nonzero().flatten().tolist():
                 out[i].append(int(nxt[i]))
@@ -105,11 +110,9 @@ class Session:
         return [(lm.tok.decode(row, skip_special_tokens=True).split("\n")[0], len(row)) for row in out]
 
 
-def _step(model, ids: torch.Tensor, mask: torch.Tensor, width: int, cache) -> tuple[torch.Tensor, object]:
-    """The next-token logits after `ids` (the last `width` slots of `mask`), and the grown cache."""
+def _step(model, ids: torch.Tensor, mask: torch.Tensor, width: int, cache, key: str) -> tuple[torch.Tensor, object]:
+    """The next-token logits after `ids` (the last `width` slots of `mask`), and the grown cache (passed as `key`)."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -width:]
-    # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{key: cache}
     )
@@ -182,15 +185,12 @@ def solve(
 def _solve_batch(traces, variant, qg, qa, max_steps, max_tokens, calculator, cache, bar) -> None:
     check = calculate if calculator else (lambda s: s)
     sessions = {id(lm): Session(lm, len(traces)) for lm in {id(qg): qg, id(qa or qg): qa or qg}.values()}
-    alive = {k: list(range(len(traces))) for k in sessions}  # per session: which traces its rows are
     index = {id(t): i for i, t in enumerate(traces)}
 
     def run(lm: Lm, todo: list[Trace], prefix: str) -> list[str]:
-        session = None
-        if cache:
-            session, rows = sessions[id(lm)], [index[id(t)] for t in todo]
-            session.keep([alive[id(lm)].index(r) for r in rows])
-            alive[id(lm)] = rows
+        session = sessions[id(lm)] if cache else None
+        if session is not None:
+            session.keep([index[id(t)] for t in todo])
         got = lines(lm, [header(t.problem) + t.text + prefix for t in todo], max_tokens, len(traces), session)
         for t, (_, n) in zip(todo, got):
             t.tokens, t.calls = t.tokens + n, t.calls + 1
