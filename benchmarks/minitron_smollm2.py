@@ -172,15 +172,26 @@ def main() -> None:
         for how, scores in [("importance", imp), ("random", rand_imp)]:
             right_after[f"{name}/{how}"] = evaluate(prune(teacher, scores, target).to(dev))
 
-    t0 = time.perf_counter()
-    cache = open_or_capture(Path(args.dir) / f"cache-k{args.k}", teacher, tok, train, CacheConfig(k=args.k),
-                            ctx.accelerator)  # fmt: skip
-    capture = {"seconds": time.perf_counter() - t0, **cache.captured}
-    stats = Path(args.dir) / f"cache-k{args.k}.json"  # a resumed invocation reports the capture it reused
-    if cache.captured["tokens"]:
-        atomic_write(stats, json.dumps(capture))
-    elif stats.is_file():
-        capture = {**json.loads(stats.read_text()), "reused": True}
+    committed = RESULTS / f"{args.name}.json"  # runs a clean clone need not repeat (runs/ may be gone)
+    landed_res = json.loads(committed.read_text()) if committed.is_file() else {}
+    landed = landed_res.get("runs", {})
+    cache, capture = None, landed_res.get("capture", {"seconds": 0.0, "tokens": 0})
+
+    def teacher_cache():
+        """The top-k cache, captured on first use only: a resumed invocation left with CE runs skips it."""
+        nonlocal cache, capture
+        if cache is None:
+            t0 = time.perf_counter()
+            cache = open_or_capture(Path(args.dir) / f"cache-k{args.k}", teacher, tok, train, CacheConfig(k=args.k),
+                                    ctx.accelerator)  # fmt: skip
+            capture = {"seconds": time.perf_counter() - t0, **cache.captured}
+            stats = Path(args.dir) / f"cache-k{args.k}.json"  # a resumed invocation reports the capture it reused
+            if cache.captured["tokens"]:
+                atomic_write(stats, json.dumps(capture))
+            elif stats.is_file():
+                capture = {**json.loads(stats.read_text()), "reused": True}
+        return cache
+
     steps = args.tokens // (args.batch * args.seq_len)
     tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
                        log_every=10, eval_every=max(1, steps // 4), clip_grad_norm=1.0, progress=True)  # fmt: skip
@@ -204,8 +215,6 @@ def main() -> None:
 
     # seed by seed, so that the variants' paired comparisons land as early as the runs do
     jobs = [(seed, name) for seed in range(args.seeds) for name in variants if seed == 0 or not name.startswith("d")]
-    committed = RESULTS / f"{args.name}.json"  # runs a clean clone need not repeat (runs/ may be gone)
-    landed = json.loads(committed.read_text())["runs"] if committed.is_file() else {}
     for seed, name in jobs:
         target, scores, term = variants[name]
         key = f"{name[0]}-s{seed}"
@@ -217,7 +226,7 @@ def main() -> None:
             continue
         torch.manual_seed(seed)
         student = type(teacher)(target.apply_to(teacher.config)) if scores is None else prune(teacher, scores, target)
-        out = student_fit(ctx, key, teacher, student.to(dev), term, cache if term is KD else train, tcfg, seed,
+        out = student_fit(ctx, key, teacher, student.to(dev), term, teacher_cache() if term is KD else train, tcfg, seed,
                           evaluate)  # fmt: skip
         out.update(
             val_loss=evaluate(student),
