@@ -32,10 +32,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, finish, reading, t_interval  # noqa: E402
 
 ROOT = Path("runs/bench-socratic-arith")
+LANDED: dict[str, dict] = {}  # finished runs of the committed results, by run name
+RUNS: dict[str, dict] = {}  # the runs of this invocation (landed or new), committed in the results
 VARIANTS = ["answer", "cot", "socratic", "unified"]
 LRS = [1e-4, 3e-4]
 TEACHER_PROBLEMS = 300
 DATA = {"source": "arith", "steps": [2, 3], "size": 1700, "val": 200, "test": 500, "seed": 0}
+BOOT = 2000
 CLAIMS = [("cot", "answer", "premise: chain of thought beats answer-only"),
           ("socratic", "cot", "Socratic QG + QA beats chain of thought"),
           ("socratic", "answer", "Socratic QG + QA beats answer-only"),
@@ -60,8 +63,12 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int, extra: 
 
     name = f"{tag}{split}-{variant}-lr{lr:g}-e{epochs}-s{seed}"
     done = ROOT / "done" / f"{name}.json"
+    if not done.is_file() and name in LANDED:  # committed by an earlier session whose runs/ is gone
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(LANDED[name]))
     if done.is_file():
-        return json.loads(done.read_text())
+        RUNS[name] = json.loads(done.read_text())
+        return RUNS[name]
     run_dir = ROOT / "runs" / name
     if (run_dir / "config.yaml").is_file():
         result = socratic.run(load_config(socratic.Config, run_dir / "config.yaml"), resume=run_dir)
@@ -72,13 +79,14 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int, extra: 
     traces = [json.loads(x) for x in (run_dir / "traces.jsonl").read_text().splitlines()]
     (row,) = result.rows
     out = {"variant": variant, "lr": lr, "epochs": epochs, "split": split, "seed": seed,
-           "accuracy": row["accuracy"], "tokens_per_problem": row["tokens_per_problem"],
-           "problems_per_s": row["problems_per_s"], "correct": [t["correct"] for t in traces],
+           "name": name, "accuracy": row["accuracy"], "tokens_per_problem": row["tokens_per_problem"],
+           "problems_per_s": row["problems_per_s"], "correct": "".join("01"[bool(t["correct"])] for t in traces),
            "by_steps": {str(r["solution steps"]): r[socratic.LABELS[variant]] for r in result.tables["accuracy by solution steps"]},
            "example": result.tables["example solutions"][0]["solution"],
            "trained_on": row["trained_on"], "annotation": result.tables["annotation"][0]}  # fmt: skip
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out))
+    RUNS[name] = out
     return out
 
 
@@ -100,13 +108,16 @@ def main() -> None:
         data = json.loads((RESULTS / "socratic_arith.json").read_text())
         (RESULTS / "socratic_arith.md").write_text(markdown(data))
         return
+    committed = RESULTS / "socratic_arith.json"
+    if committed.is_file():
+        LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []) if "name" in r)
     t0 = time.perf_counter()
-    data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": []}
+    data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": [], "runs": []}
     for v in VARIANTS:  # every choice before any test run
         chosen, tried = select(v)
         data["selection"] += [{k: r[k] for k in ("variant", "lr", "epochs", "accuracy")} for r in tried]
         data["chosen"][v] = {"lr": chosen["lr"], "epochs": chosen["epochs"]}
-        finish("socratic_arith", data, markdown, t0)
+        save(data, t0)
     for seed in range(args.seeds):
         for v in VARIANTS:
             c = data["chosen"][v]
@@ -115,6 +126,7 @@ def main() -> None:
                 {
                     k: r[k]
                     for k in (
+                        "name",
                         "variant",
                         "seed",
                         "accuracy",
@@ -125,10 +137,15 @@ def main() -> None:
                     )
                 }
             )
-            data["claims"] = claims(data["test"])
-            finish("socratic_arith", data, markdown, t0)
+            data["claims"] = claims(data["test"], RUNS)
+            save(data, t0)
     if not args.no_teacher:
         teacher_stage(data, args.seeds, t0)
+
+
+def save(data: dict, t0: float) -> None:
+    data["runs"] = list(RUNS.values())
+    finish("socratic_arith", data, markdown, t0)
 
 
 def teacher_stage(data: dict, seeds: int, t0: float) -> None:
@@ -149,21 +166,39 @@ def teacher_stage(data: dict, seeds: int, t0: float) -> None:
             data["teacher"] = [r for r in data.get("teacher", []) if r["seed"] != seed] + [
                 {"seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
                  "annotation": written["annotation"]}]  # fmt: skip
-            finish("socratic_arith", data, markdown, t0)
+            save(data, t0)
 
 
-def claims(test: list[dict]) -> list[dict]:
-    acc = {(r["variant"], r["seed"]): r["accuracy"] for r in test}
+def claims(test: list[dict], runs: dict[str, dict]) -> list[dict]:
+    """Each claim paired on the same test problems by seed: a two-level bootstrap (seeds, then problems, both
+    drawn with replacement) of the mean difference decides; the t interval over the seeds' accuracies is shown."""
+    import numpy as np
+
+    by = {(r["variant"], r["seed"]): r["name"] for r in test}
+    rng = np.random.default_rng(0)
     out = []
     for a, b, what in CLAIMS:
-        seeds = sorted(s for v, s in acc if v == a and (b, s) in acc)
+        seeds = sorted(s for v, s in by if v == a and (b, s) in by)
         if not seeds:
             continue
-        diffs = [100 * (acc[a, s] - acc[b, s]) for s in seeds]
-        mean, half = t_interval(diffs)
-        out.append({"claim": what, "a": a, "b": b, "seeds": len(seeds), "diff_pts": round(mean, 2),
-                    "ci95_pts": round(half, 2), "verdict": reading(mean, half, "did not hold (lower)", "held")})  # fmt: skip
+        bits = lambda v, ss=seeds: np.array([[c == "1" for c in runs[by[v, s]]["correct"]] for s in ss], float)  # noqa: E731
+        diff = 100 * (bits(a) - bits(b))  # seeds x problems
+        pick_s = rng.integers(0, len(seeds), (BOOT, len(seeds)))
+        pick_p = rng.integers(0, diff.shape[1], (BOOT, diff.shape[1]))
+        boot = np.array([diff[s][:, p].mean() for s, p in zip(pick_s, pick_p)])
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        mean, half = t_interval(list(diff.mean(axis=1)))
+        verdict = "held" if lo > 0 else "did not hold (lower)" if hi < 0 else "a tie (the interval holds 0)"
+        out.append({"claim": what, "a": a, "b": b, "seeds": len(seeds), "problems": diff.shape[1],
+                    "diff_pts": round(float(diff.mean()), 2), "boot95_pts": [round(float(lo), 2), round(float(hi), 2)],
+                    "seed_t95_pts": round(half, 2), "verdict": verdict})  # fmt: skip
     return out
+
+
+def _pooled(counts: list[str]) -> str:
+    """'right/total' strings of several seeds pooled, as an accuracy."""
+    right, total = (sum(int(c.split("/")[i]) for c in counts) for i in (0, 1))
+    return f"{right / total:.1%} ({right}/{total})"
 
 
 def markdown(d: dict) -> str:
@@ -189,9 +224,20 @@ def markdown(d: dict) -> str:
             for r in d["test"]
         ]
         lines += ["## Test accuracy, per seed", "", markdown_table(rows), ""]
+        steps = sorted({k for r in d["test"] for k in r["by_steps"]}, key=int)
+        by_steps = [{"variant": LABELS[v], **{f"{k} steps": _pooled([r["by_steps"][k] for r in rs]) for k in steps}}
+                    for v in VARIANTS if (rs := [r for r in d["test"] if r["variant"] == v])]  # fmt: skip
+        lines += ["## Test accuracy by solution steps (mean over seeds)", "", markdown_table(by_steps), ""]
     if d.get("claims"):
-        lines += ["## The claims (paired by seed, accuracy points, 95% t interval, n-1 df)", ""]
-        lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} +- {c['ci95_pts']:.2f} points over {c['seeds']} seed(s): **{c['verdict']}**"
+        lines += [
+            "## The claims",
+            "",
+            "Paired on the same test problems, seed by seed; the 95% interval is a bootstrap drawing seeds, then "
+            "problems, with replacement (the t interval over the seeds' accuracies, n-1 df, in parentheses).",
+            "",
+        ]
+        lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
+                  f"over {c['seeds']} seed(s) x {c['problems']} problems (t: +- {c['seed_t95_pts']:.2f}): **{c['verdict']}**"
                   for c in d["claims"]]  # fmt: skip
         premise = next((c for c in d["claims"] if c["a"] == "cot" and c["b"] == "answer"), None)
         if premise and premise["verdict"] != "held":
