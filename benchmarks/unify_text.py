@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
+from distill.meter import SAMPLES  # noqa: E402
 from distill.recipes import unify  # noqa: E402
 
 TERMS = ("logits", "hint", "attention", "affinity")
@@ -74,8 +75,8 @@ def stage_speed(run_dir: Path) -> dict[str, float]:
     """Median training images per second of each stage (its logged windows; the first holds the warm-up)."""
     rates: dict[str, list[float]] = {}
     for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        if "samples_per_s" in r:
-            rates.setdefault(r["stage"], []).append(r["samples_per_s"])
+        if SAMPLES in r:
+            rates.setdefault(r["stage"], []).append(r[SAMPLES])
     return {stage: statistics.median(v[1:] or v) for stage, v in rates.items()}
 
 

@@ -16,6 +16,7 @@ import torch
 
 from conftest import ROOT, kill_after_checkpoints, kill_when, straight_killed_resumed, tiny_overrides
 from distill.cli import main
+from distill.meter import SAMPLES, TOKENS
 from distill.recipe import recipes
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -24,7 +25,7 @@ ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 
 def strip(records: list[dict]) -> list[dict]:
     """Metrics without wall-clock fields, for comparing two runs."""
-    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s", "tokens_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("time", SAMPLES, TOKENS)} for r in records]
 
 
 def read_metrics(run: Path) -> list[dict]:

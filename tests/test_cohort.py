@@ -16,6 +16,7 @@ from cohort_job import CE, KD, cohort, data, net
 from conftest import ROOT, kill_after_checkpoints, steps_logged_since
 from distill.errors import ConfigError
 from distill.kd import Cohort, Distiller, Member
+from distill.meter import SAMPLES, TOKENS
 
 # the checkout under test first (never whatever distill is installed), then the job's own folder
 PATH = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -74,7 +75,7 @@ def test_killed_cohort_resumes_to_the_same_weights_for_all_three(tmp_path):
         a, b = (load_file(str(tmp_path / r / "online" / f"{member}.safetensors")) for r in ("straight", "killed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), member
     straight, killed = (
-        [{k: v for k, v in json.loads(line).items() if k not in ("time", "samples_per_s", "tokens_per_s")}
+        [{k: v for k, v in json.loads(line).items() if k not in ("time", SAMPLES, TOKENS)}
          for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
         for r in ("straight", "killed")
     )  # fmt: skip

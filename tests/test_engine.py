@@ -12,12 +12,14 @@ from torch import nn
 from distill.engine import Callbacks, TrainConfig, checkpoints, epoch_batches, fit, lr_lambda
 from distill.kd.distiller import Distiller
 from distill.kd.objective import Term
+from distill.meter import SAMPLES, TOKENS
+from distill.report import chart_of, write_report
 from distill.run import RunDir
 
 CE = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
 KD = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"temperature": 2.0})
 
-CLOCK = ("time", "samples_per_s", "tokens_per_s")  # what differs between two equal runs
+CLOCK = ("time", SAMPLES, TOKENS)  # what differs between two equal runs
 
 
 def toy_data(n: int = 64) -> dict[str, torch.Tensor]:
@@ -75,7 +77,13 @@ def test_training_lowers_the_loss_and_logs(tmp_path, accelerator):
     assert losses[-1] < 0.6 * losses[0]
     assert metrics == {"n_params": 163.0}
     assert (run.path / "s" / "model.safetensors").is_file() and (run.path / "s" / "done.json").is_file()
-    assert {"lr", "ce", "samples_per_s", "step"} <= set(run.metrics()[0])
+    assert {"lr", "ce", SAMPLES, "step"} <= set(run.metrics()[0])
+    # each logged key on its chart: throughput never on the (log-scale) loss chart
+    charts = {k: chart_of(k) for r in run.metrics() for k in r}
+    assert {k for k, c in charts.items() if c == "loss"} == {"loss", "ce"}
+    assert charts[SAMPLES] == "speed" and charts["eval/n_params"] == "eval" and charts["lr"] == "lr"
+    (run.path / "config.yaml").write_text("{}\n")  # fit alone writes no config; the report wants a run
+    assert "plots/s-speed.png" in write_report(run.path).read_text()
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, accelerator):

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from distill.cli import main
+from distill.meter import SAMPLES, TOKENS
 from llm_fixtures import save_corpus, save_tiny_llama
 
 
@@ -48,8 +49,8 @@ def test_explicit_shape_end_to_end(tiny, tmp_path, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("hidden0" in r and "hidden1" in r for r in records), "one hidden-state term per kept layer"
     # a language model's throughput is logged in tokens: 4 sequences x 32 positions a step
-    speed = [r for r in records if "tokens_per_s" in r]
-    assert speed and all(r["tokens_per_s"] == pytest.approx(32 * r["samples_per_s"]) for r in speed)
+    speed = [r for r in records if TOKENS in r]
+    assert speed and all(r[TOKENS] == pytest.approx(32 * r[SAMPLES]) for r in speed)
     assert (run / "importance" / "importance.safetensors").is_file()
     assert (run / "correction" / "done.json").is_file(), "the teacher was corrected before pruning"
     report = (run / "report.md").read_text()

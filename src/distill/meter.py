@@ -10,10 +10,13 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
+# throughput under its own prefix, so that the report never mistakes it for a loss term
+SAMPLES, TOKENS = "speed/samples_per_s", "speed/tokens_per_s"
+
 
 def postfix(record: dict[str, float]) -> dict[str, str]:
     """The progress bar's loss and throughput: tokens/s for language models, else samples/s."""
-    unit, key = ("tok_s", "tokens_per_s") if "tokens_per_s" in record else ("samples_s", "samples_per_s")
+    unit, key = ("tok_s", TOKENS) if TOKENS in record else ("samples_s", SAMPLES)
     rate = record[key]  # slow steps (an MTT iteration: seconds) would show 0 at whole numbers
     return {"loss": f"{record['loss']:.4f}", unit: f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"}
 
@@ -57,8 +60,8 @@ class Window:
         if accelerator.num_processes > 1:
             values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
         record = {k: float(v) for k, v in zip(names, values.tolist())}
-        record["samples_per_s"] = self.samples / max(self.elapsed, 1e-9)
+        record[SAMPLES] = self.samples / max(self.elapsed, 1e-9)
         if self.tokens:
-            record["tokens_per_s"] = self.tokens / max(self.elapsed, 1e-9)
+            record[TOKENS] = self.tokens / max(self.elapsed, 1e-9)
         self.sums, self.count, self.samples, self.tokens, self.elapsed = {}, 0, 0, 0, 0.0
         return record

@@ -8,10 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distill.meter import SAMPLES, TOKENS
 from distill.plots import save_figure
 from distill.run import RunDir, atomic_write
 
-SKIP = {"time", "stage", "step", "epoch", "lr", "samples_per_s", "tokens_per_s", "samples_seen"}  # not loss terms
+BOOKKEEPING = {"time", "stage", "step", "epoch", "samples_seen"}
+PREFIXES = {"eval/": "eval", "param/": "params", "speed/": "speed"}
+
+
+def chart_of(key: str) -> str | None:
+    """The chart a logged key belongs on, by its prefix: eval/, param/ (learned scalars, e.g. mtt's step size),
+    speed/ (throughput); `lr` on its own; a key without a prefix is a loss term; None for bookkeeping."""
+    if key in BOOKKEEPING:
+        return None
+    if key == "lr":
+        return "lr"
+    return next((chart for p, chart in PREFIXES.items() if key.startswith(p)), "loss" if "/" not in key else None)
+
+
 Series = dict[str, tuple[list[float], list[float]]]
 
 
@@ -73,21 +87,22 @@ def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sampl
     lines = [f"## Stage `{stage}`", ""]
     train = [r for r in recs if "loss" in r]
     evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
-    is_eval = lambda k: k.startswith("eval/")  # noqa: E731
-    is_param = lambda k: k.startswith("param/")  # noqa: E731  learned scalars (e.g. mtt's step size)
+    on = lambda chart: lambda k: chart_of(k) == chart  # noqa: E731
+    is_eval = on("eval")
     by_step = lambda r: r["step"]  # noqa: E731
     plots = [
         (
             "loss",
             "loss per term",
-            _series(train, lambda k: k not in SKIP and not is_eval(k) and not is_param(k), by_step),
+            _series(train, on("loss"), by_step),
             "loss",
             "step",
             True,
         ),
         ("eval", "evaluation", _series(evals, is_eval, by_step), "value", "step", False),
-        ("lr", "learning rate", _series(train, lambda k: k == "lr", by_step), "lr", "step", False),
-        ("params", "learned parameters", _series(train, is_param, by_step), "value", "step", False),
+        ("lr", "learning rate", _series(train, on("lr"), by_step), "lr", "step", False),
+        ("params", "learned parameters", _series(train, on("params"), by_step), "value", "step", False),
+        ("speed", "training throughput", _series(train, on("speed"), by_step), "per second", "step", False),
     ]
     if tokens_per_sample and evals and "samples_seen" in evals[0]:
         by_tokens = _series(evals, is_eval, lambda r: r["samples_seen"] * tokens_per_sample)
@@ -99,8 +114,8 @@ def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sampl
     if train:
         last = train[-1]
         lines += [
-            f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get('samples_per_s', 0):.0f} samples/s"
-            + (f", {last['tokens_per_s']:.0f} tokens/s." if "tokens_per_s" in last else "."),
+            f"Last step {last['step']}: loss {last['loss']:.4f}, {last.get(SAMPLES, 0):.0f} samples/s"
+            + (f", {last[TOKENS]:.0f} tokens/s." if TOKENS in last else "."),
             "",
         ]
     if evals:
