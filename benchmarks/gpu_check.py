@@ -78,9 +78,9 @@ def main() -> None:
     import torch
     from safetensors.torch import load_model
 
+    from distill.context import RuntimeConfig, start
     from distill.engine import Callbacks, TrainConfig
     from distill.kd import Distiller, Term
-    from distill.recipe import RuntimeConfig, start
 
     tmp = Path(tempfile.mkdtemp())
     teacher, llama, train, val, corpus = tiny(tmp)

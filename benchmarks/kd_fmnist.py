@@ -27,11 +27,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, mean_std, write  # noqa: E402
 from distill.config import load_config  # noqa: E402
+from distill.context import start  # noqa: E402
 from distill.data import ImageData, load_images  # noqa: E402
 from distill.engine import TrainConfig, fit  # noqa: E402
 from distill.kd.distiller import Distiller  # noqa: E402
 from distill.models import ModelSpec, build_model  # noqa: E402
-from distill.recipe import start  # noqa: E402
 from distill.recipes import kd  # noqa: E402
 from distill.run import atomic_write  # noqa: E402
 

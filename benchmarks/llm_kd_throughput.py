@@ -95,11 +95,11 @@ def bare(args) -> float:
 
 
 def engine(args, chunk: int | None, cached: bool = False) -> float:
+    from distill.context import RuntimeConfig, start
     from distill.engine import TrainConfig, fit
     from distill.kd.cache import TeacherCache, from_cache
     from distill.kd.distiller import Distiller
     from distill.kd.objective import Term
-    from distill.recipe import RuntimeConfig, start
 
     teacher, student, data = setup(args.batch, args.seq_len)
     kd = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": chunk})

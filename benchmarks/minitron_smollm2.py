@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, mean_std, reading, t_interval, write  # noqa: E402
+from distill.context import RuntimeConfig, start  # noqa: E402
 from distill.data.text import TextData, token_splits  # noqa: E402
 from distill.engine import TrainConfig  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
@@ -36,7 +37,6 @@ from distill.kd.distiller import Distiller  # noqa: E402
 from distill.kd.objective import Term  # noqa: E402
 from distill.models.llm import LlmSpec, load_causal_lm  # noqa: E402
 from distill.pruning import Importance, LlmShape, compute_importance, prune  # noqa: E402
-from distill.recipe import RuntimeConfig, start  # noqa: E402
 from distill.run import atomic_write  # noqa: E402
 
 KD = Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 512})

@@ -31,10 +31,10 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from common import finish, mean_std  # noqa: E402
 from distill.config import load_config  # noqa: E402
+from distill.context import stage_seed  # noqa: E402
 from distill.data import load_images  # noqa: E402
 from distill.dd.coreset import random_real  # noqa: E402
 from distill.dd.protocol import evaluate_set  # noqa: E402
-from distill.recipe import stage_seed  # noqa: E402
 from distill.recipes import mtt  # noqa: E402
 from distill.run import atomic_write  # noqa: E402
 

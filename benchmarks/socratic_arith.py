@@ -46,7 +46,7 @@ CLAIMS = [("cot", "answer", "premise: chain of thought beats answer-only"),
 
 
 def overrides(variant: str, lr: float, epochs: int, split: str, seed: int, name: str) -> list[str]:
-    from distill.recipe import cpu_has_bf16
+    from distill.context import cpu_has_bf16
 
     data = ", ".join(f"{k}: {json.dumps(v)}" for k, v in {**DATA, "evaluate_on": split}.items())
     return [f"data={{{data}}}", "teacher=null", f"students.variants=[{variant}]", "students.max_length=160",

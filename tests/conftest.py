@@ -115,16 +115,16 @@ def tiny_overrides(tensor_file: Path, out: Path) -> list[str]:
 
 def batches_by_stage(monkeypatch) -> dict[str, list[torch.Tensor]]:
     """Record the input_ids of every training batch, by the stage that drew it."""
+    import distill.context
     import distill.engine
-    import distill.recipe
 
     seen: dict[str, list[torch.Tensor]] = {}
-    fit, take = distill.recipe.fit, distill.engine.take
+    fit, take = distill.context.fit, distill.engine.take
 
     def fit_tagged(*args, stage: str, **kw):
         seen[stage] = []
         monkeypatch.setattr(distill.engine, "take", lambda d, i: seen[stage].append(take(d, i)) or seen[stage][-1])
         return fit(*args, stage=stage, **kw)
 
-    monkeypatch.setattr(distill.recipe, "fit", fit_tagged)
+    monkeypatch.setattr(distill.context, "fit", fit_tagged)
     return seen

@@ -16,8 +16,8 @@ import torch
 
 from conftest import ROOT, kill_after_checkpoints, kill_when, straight_killed_resumed, tiny_overrides
 from distill.cli import main
+from distill.context import recipes
 from distill.meter import SAMPLES, TOKENS
-from distill.recipe import recipes
 
 DISTILL = [sys.executable, "-m", "distill.cli"]
 ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.config import apply_override, describe, dump, load_config, parse_override, read_yaml
+from distill.context import recipes
 from distill.errors import ConfigError
-from distill.recipe import recipes
 from distill.recipes.kd import Config
 
 

@@ -318,3 +318,31 @@ def test_killed_before_the_first_checkpoint_the_metrics_hold_each_step_once(tmp_
     assert not checkpoints(broken, "s") and broken.metrics()
     resumed = _crashing_fit(broken, cfg, None)
     _same_run(RunDir(tmp_path / "a"), broken, straight, resumed)
+
+
+def test_under_sharding_fit_hands_every_frozen_teacher_to_the_sharder(monkeypatch, accelerator):
+    """The contract's place_frozen: the engine shards what the trainable says is frozen, and nothing reaches
+    into its attributes (a distiller wrapped for on-policy sampling delegates)."""
+    import distill.engine
+    from distill.kd.onpolicy import OnPolicy
+
+    placed = []
+    monkeypatch.setattr(distill.engine, "sharded", lambda acc: True)
+    monkeypatch.setattr(distill.engine, "shard_frozen", lambda acc, m: placed.append(m) or nn.Sequential(m))
+    teachers = {"a": toy_model(1), "b": toy_model(2)}
+    mean = KD.model_copy(update={"inputs": ["student.logits", "teacher[mean].logits"]})
+    model = Distiller(toy_model(), [mean], teachers=teachers)
+    fit(
+        model,
+        toy_data(),
+        TrainConfig(max_steps=1, batch_size=8, progress=False),
+        stage="s",
+        run=None,
+        accelerator=accelerator,
+        seed=0,
+    )
+    assert placed == list(teachers.values())
+    assert [t.model[0] for t in model.teachers] == list(teachers.values())  # the sharded ones are used from now on
+    placed.clear()
+    OnPolicy(Distiller(toy_model(), [mean], teachers=teachers), 0.0, 4, 1.0, 0, 0).place_frozen(placed.append)
+    assert placed == list(teachers.values())

@@ -267,7 +267,7 @@ def test_generation_needs_prompts_and_a_live_teacher(tiny, tmp_path, capsys, ext
 
 # --- bf16 on the CPU ----------------------------------------------------------------------------------------------
 def test_bf16_on_a_cpu_without_it_is_one_line(tiny, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("distill.recipe.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("distill.context.cpu_has_bf16", lambda: False)
     assert main(["lm", *tiny, "run.precision=bf16"]) == 2
     err = capsys.readouterr().err.strip()
     assert "run.precision=bf16 on the CPU needs AVX-512 BF16 or AMX" in err and len(err.splitlines()) == 1
@@ -275,16 +275,16 @@ def test_bf16_on_a_cpu_without_it_is_one_line(tiny, tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize("native", [False, True])
 def test_precision_auto_is_bf16_only_where_the_cpu_runs_it(tmp_path, monkeypatch, native):
-    from distill.recipe import RuntimeConfig, start
+    from distill.context import RuntimeConfig, start
 
-    monkeypatch.setattr("distill.recipe.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("distill.context.cpu_has_bf16", lambda: native)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     ctx = start("t", RuntimeConfig(), RuntimeConfig(output_dir=str(tmp_path), precision="auto"))
     assert ctx.accelerator.mixed_precision == ("bf16" if native else "no")
 
 
 def test_bf16_autocast_on_a_cpu_with_it_keeps_the_divergence_in_fp32(tiny, tmp_path, monkeypatch):
-    from distill.recipe import cpu_has_bf16
+    from distill.context import cpu_has_bf16
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no native bf16")

@@ -16,6 +16,7 @@ from torch import nn
 from conftest import ROOT, straight_killed_resumed, write_tensor_file
 from distill.cli import main
 from distill.config import load_config
+from distill.context import stage_seed
 from distill.data import ImageData, load_images
 from distill.dd import StudentNet, StudentSteps, SyntheticSet, TrajectoryMatcher, herding, schedule, unroll
 from distill.dd.augment import OPS, DSAConfig, dsa
@@ -25,7 +26,6 @@ from distill.dd.zca import ZCA
 from distill.errors import DistillError
 from distill.losses import trajectory_matching
 from distill.models import ModelSpec, build_model
-from distill.recipe import stage_seed
 from distill.recipes import mtt
 from test_cli import DISTILL, ENV, read_metrics, strip
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from distill.cli import main
 from distill.config import load_config, named_configs
-from distill.recipe import Recipe, recipes, stage_seed
+from distill.context import Recipe, recipes, stage_seed
 
 SRC = ROOT / "src" / "distill"
 CORE = [
@@ -25,7 +25,7 @@ CORE = [
     "checkpoint",
     "report",
     "errors",
-    "recipe",
+    "context",
     "plots",
     "evaluate",
     "bundled",
@@ -39,7 +39,7 @@ THIRD_PARTY = '''
 """A recipe from another package: it doubles a number."""
 from pydantic import Field
 from distill.config import Section
-from distill.recipe import Result
+from distill.context import Result
 
 name = "double"
 
@@ -138,7 +138,7 @@ def test_the_core_knows_no_method_and_no_recipe_imports_another():
         assert not bad, f"recipe {path.name} imports a recipe: {bad}"
     for package in set(METHODS) - {"recipes"}:  # method code is a library: runs and their directories are the recipes'
         for path in (SRC / package).rglob("*.py"):
-            assert "distill.recipe" not in _imports(path), f"{path.relative_to(SRC)} imports the run context"
+            assert "distill.context" not in _imports(path), f"{path.relative_to(SRC)} imports the run context"
     for path in SRC.rglob("*.py"):  # the shared layers know no method either
         if path.parent.name in ("models", "data", "losses"):
             bad = {m for m in _imports(path) if m.split(".")[1] in METHODS}
@@ -173,7 +173,7 @@ def test_no_source_file_is_over_400_lines():
 
 
 def test_work_done_once_is_stored_as_made_and_read_back_on_resume(tmp_path):
-    from distill.recipe import RuntimeConfig, start
+    from distill.context import RuntimeConfig, start
 
     cfg = RuntimeConfig(output_dir=str(tmp_path), run_name="r")
     calls = []

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 
 from distill.config import CONFIGS, describe, load_config, named_configs
+from distill.context import Recipe, recipes
 from distill.errors import DistillError
-from distill.recipe import Recipe, recipes
 from distill.run import RunDir
 
 USAGE = (

@@ -57,7 +57,8 @@ class Trainable(Protocol):
     """What `fit` trains: a module that maps a batch to (loss, {term: value}). Optional, each found by name:
     product (what the stage delivers and saves; default: the trainable itself), build(probe) (sizes learned
     parts from a probe batch before the optimizer exists; called again on a built one, it changes nothing),
-    param_groups() (its own optimizer groups), teachers (frozen models placed and sharded with it), close()
+    param_groups() (its own optimizer groups), place_frozen(place) (puts each frozen model it holds, e.g. a
+    teacher, where `place` returns it: sharded under FSDP), close()
     (removes the forward hooks it put on its models; called when the stage ends)."""
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
@@ -224,9 +225,8 @@ class _Stage:
         lambdas = [group_lr_lambda(cfg, self.total, g) for g in optimizer.param_groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
-        if sharded(accelerator):  # frozen teachers are sharded too (they sit outside the student's parameters)
-            for teacher in getattr(model, "teachers", []):
-                teacher.model = shard_frozen(accelerator, teacher.model)
+        if sharded(accelerator) and hasattr(model, "place_frozen"):  # frozen models sit outside its parameters
+            model.place_frozen(lambda frozen: shard_frozen(accelerator, frozen))
         self.step, self.metrics = 0, {}
 
     def restore(self) -> None:

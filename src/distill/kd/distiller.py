@@ -7,7 +7,7 @@ trains in the same step is not held here: its signals come in through `given` (s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -59,6 +59,11 @@ class Distiller(nn.Module):
     @property
     def teachers(self) -> list[LiveTeacher]:
         return self._teachers
+
+    def place_frozen(self, place: Callable[[nn.Module], nn.Module]) -> None:
+        """Put each frozen teacher where `place` says (the engine shards them under FSDP)."""
+        for t in self._teachers:
+            t.model = place(t.model)
 
     def to(self, *args: Any, **kwargs: Any) -> Distiller:
         super().to(*args, **kwargs)

@@ -11,7 +11,7 @@ reproducible and a resumed run draws what the uninterrupted one drew.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -69,12 +69,11 @@ class OnPolicy(nn.Module):
         self.register_buffer("sampled", torch.zeros((), dtype=torch.long))  # batches completed by the student
 
     @property
-    def teachers(self) -> list[Any]:
-        return self.distiller.teachers
-
-    @property
     def product(self) -> nn.Module:
         return self.distiller.product
+
+    def place_frozen(self, place: Callable[[nn.Module], nn.Module]) -> None:
+        self.distiller.place_frozen(place)
 
     def build(self, batch: dict[str, Tensor]) -> None:
         if hasattr(self.distiller, "build"):

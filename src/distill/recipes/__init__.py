@@ -1,3 +1,3 @@
 """The package's own recipes, one module each; they are registered under the `distill.recipes` entry
-points (see distill.recipe for the contract). No recipe imports another: shared stages live in the
+points (see distill.context for the contract). No recipe imports another: shared stages live in the
 method subpackages."""

@@ -17,10 +17,10 @@ from pathlib import Path
 from pydantic import Field
 
 from distill.config import Section
+from distill.context import Result, RuntimeConfig, start
 from distill.data.text import TextData, token_splits
 from distill.kd.cache import CacheConfig, check_cache, open_or_capture
 from distill.models.llm import LlmSpec, load_causal_lm
-from distill.recipe import Result, RuntimeConfig, start
 from distill.report import markdown_table
 
 name = "capture"

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from distill.config import Section
+from distill.context import Context, Result, RuntimeConfig, start
 from distill.data import ImageData, ImageSplits, load_images
 from distill.engine import TrainConfig, check_fits
 from distill.evaluate import accuracy
@@ -36,7 +37,6 @@ from distill.kd import (
     supervised,
 )
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
-from distill.recipe import Context, Result, RuntimeConfig, start
 from distill.report import markdown_table
 
 name = "kd"

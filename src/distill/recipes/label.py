@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from distill.context import Result, start
 from distill.labeling import coverage_precision
 from distill.labeling.stages import THRESHOLDS, LabelConfig, check_inputs, label_split
 from distill.labeling.store import LabelStore
-from distill.recipe import Result, start
 from distill.report import markdown_table
 
 name = "label"

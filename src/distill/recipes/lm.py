@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.config import Section
+from distill.context import Result, RuntimeConfig, start
 from distill.data.sft import PromptData, pad_id, sft_splits
 from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
@@ -38,7 +39,6 @@ from distill.kd.fused import FusedLM
 from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
 from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm, save_hf
-from distill.recipe import Result, RuntimeConfig, start
 from distill.report import markdown_table
 from distill.run import atomic_write
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from distill.checkpoint import sharded, whole_copy
 from distill.config import Section
+from distill.context import Context, Result, RuntimeConfig, start
 from distill.data.text import TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
@@ -35,7 +36,6 @@ from distill.models.llm import load_causal_lm, save_hf
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
-from distill.recipe import Context, Result, RuntimeConfig, start
 from distill.report import markdown_table
 
 name = "minitron"

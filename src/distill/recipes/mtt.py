@@ -21,6 +21,7 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from distill.config import Section
+from distill.context import Context, Result, RuntimeConfig, stage_seed, start
 from distill.data import ImageData, ImageSplits, load_images
 from distill.dd import (
     ZCA,
@@ -42,7 +43,6 @@ from distill.engine import Callbacks, TrainConfig, check_fits
 from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model, count_parameters
 from distill.plots import image_grid
-from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 from distill.report import markdown_table
 from distill.run import atomic_write
 

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from distill.config import Section
+from distill.context import Context, Result, RuntimeConfig, stage_seed, start
 from distill.data.text import TextData, learned_tokenizer, token_splits
 from distill.engine import Callbacks, TrainConfig, check_fits
 from distill.evaluate import lm_loss
@@ -33,7 +34,6 @@ from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, rel
 from distill.kd.cohort import learner_batches, learner_steps
 from distill.models import count_parameters
 from distill.models.llm import LlamaShape, ModelConfig, load_tokenizer, save_hf
-from distill.recipe import Context, Result, RuntimeConfig, stage_seed, start
 from distill.report import markdown_table
 
 name = "online"

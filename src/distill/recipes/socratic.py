@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from distill.config import Section, load_config
+from distill.context import Result, RuntimeConfig, start
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.labeling.clients import LlmTeacher, client
@@ -35,7 +36,6 @@ from distill.reasoning.annotate import REASONS, annotate, parse_final, solve_mes
 from distill.reasoning.formats import encode, header
 from distill.reasoning.problems import Problem, ProblemData, load_problems, parse_number, same
 from distill.reasoning.solve import Lm, Trace, solve
-from distill.recipe import Result, RuntimeConfig, start
 from distill.report import markdown_table
 
 name = "socratic"

@@ -25,13 +25,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from distill.config import Section
+from distill.context import Context, Result, RuntimeConfig, start
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.kd.distiller import Distiller, supervised
 from distill.kd.objective import CE, Objective, Term, Terms, check_refs, parse_ref, read_precomputed
 from distill.kd.teachers import TeacherSignals, precompute_signals
 from distill.models import ModelSpec, build_model, check_accepts, count_parameters
-from distill.recipe import Context, Result, RuntimeConfig, start
 from distill.report import markdown_table
 from distill.textrec.data import TextImageData, TextImages, load_text_images
 from distill.textrec.evaluate import read, readings_figure, scores

@@ -19,12 +19,12 @@ import torch
 from pydantic import Field, field_validator
 
 from distill.config import Section
+from distill.context import Context, Result, start
 from distill.engine import TrainConfig
 from distill.labeling import Task, scores
 from distill.labeling.stages import LabelConfig, check_inputs, label_split
 from distill.labeling.store import LabelStore
 from distill.models.encoder import EncoderSpec, TextClassifier, load_encoder, load_tokenizer, predict, tokenize
-from distill.recipe import Context, Result, start
 from distill.report import markdown_table
 
 name = "weaklabel"

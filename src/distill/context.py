@@ -1,4 +1,4 @@
-"""The recipe contract, and what every recipe starts with (processes, the run directory, seeds).
+"""The recipe context: the recipe contract, and what every recipe starts with (processes, the run directory, seeds).
 
 A recipe is anything with these four attributes (a module is the usual form):
 
