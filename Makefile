@@ -69,8 +69,10 @@ $(LLAMA_SERVER_BIN): $(STAMP)
 	cmake --build $$src/build --target llama-server -j2 >/dev/null && \
 	mkdir -p $(dir $(LLAMA_SERVER_BIN)) && cp $$src/build/bin/llama-server $(LLAMA_SERVER_BIN) && rm -rf $$d
 
+# the fast tests first, so that a plain slip fails in a minute; then the rest (together: the whole suite)
 test: $(STAMP) data $(SERVER)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow and not bundled"
+	$(BIN)/python -m pytest -q -m "slow or bundled"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not bundled"

@@ -324,6 +324,7 @@ def test_under_sharding_fit_hands_every_frozen_teacher_to_the_sharder(monkeypatc
     """The contract's place_frozen: the engine shards what the trainable says is frozen, and nothing reaches
     into its attributes (a distiller wrapped for on-policy sampling delegates)."""
     import distill.engine
+    from distill.kd.fused import FusedLM
     from distill.kd.onpolicy import OnPolicy
 
     placed = []
@@ -344,5 +345,6 @@ def test_under_sharding_fit_hands_every_frozen_teacher_to_the_sharder(monkeypatc
     assert placed == list(teachers.values())
     assert [t.model[0] for t in model.teachers] == list(teachers.values())  # the sharded ones are used from now on
     placed.clear()
+    assert hasattr(FusedLM, "place_frozen")  # the fused LM distiller holds its teacher the same way
     OnPolicy(Distiller(toy_model(), [mean], teachers=teachers), 0.0, 4, 1.0, 0, 0).place_frozen(placed.append)
     assert placed == list(teachers.values())

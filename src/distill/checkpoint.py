@@ -11,7 +11,7 @@ import io
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from distill.run import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from distill.meter import Window
 
 
 def rng_state() -> dict[str, Any]:
@@ -67,7 +70,20 @@ def latest_intact_checkpoint(run: RunDir, stage: str, speak: bool = True) -> dic
     return state
 
 
-def save_checkpoint(run, stage, step, wrapped, optimizer, scheduler, metrics, accelerator, keep, window) -> None:
+def save_checkpoint(
+    run: RunDir,
+    stage: str,
+    step: int,
+    wrapped: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    metrics: dict[str, float],
+    accelerator: Accelerator,
+    keep: int,
+    window: Window,
+) -> None:
+    """The stage's state at `step` (model, optimizer, schedule, every process's random streams and log window),
+    written atomically with a checksum after it; only the last `keep` are kept."""
     # per process: its random streams, and the loss sums since its last log record (so that a resumed run
     # logs the same averages as an uninterrupted one, whatever the checkpoint's place between two logs)
     mine = {"rng": rng_state(), "window": window.state()}

@@ -6,6 +6,7 @@ import importlib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -167,7 +168,7 @@ def read_config(name: str | Path, recipe: str | None = None, _seen: tuple[Path, 
 
 
 def load_config(
-    cls: type[C], path: str | Path | None = None, overrides: list[str] = (), recipe: str | None = None
+    cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = (), recipe: str | None = None
 ) -> C:
     """Build `cls` from an optional config (a YAML path, or a named config of `recipe`) plus dotted overrides."""
     data = read_config(path, recipe) if path else {}
@@ -206,14 +207,16 @@ def with_defaults(
             value = field.get_default(call_default_factory=True)
         sub, item = _section_type(field.annotation), _list_item_section(field.annotation)
         if field.discriminator is not None:
-            default = TypeAdapter(field.annotation).dump_python(value, mode="json")
+            default = TypeAdapter(Any if field.annotation is None else field.annotation).dump_python(value, mode="json")
             given = out.get(name, {})
             if not unions or not isinstance(given, dict):
                 continue
             kind = given.get(field.discriminator, default[field.discriminator])
             out[name] = merge(default, given) if kind == default[field.discriminator] else given
         elif name not in out:
-            out[name] = TypeAdapter(field.annotation).dump_python(value, mode="json")
+            out[name] = TypeAdapter(Any if field.annotation is None else field.annotation).dump_python(
+                value, mode="json"
+            )
         elif sub is not None and isinstance(out[name], dict):
             out[name] = with_defaults(sub, out[name], value if isinstance(value, sub) else None)
         elif item is not None and isinstance(out[name], list):  # each item completed from its class's defaults
@@ -274,10 +277,10 @@ def describe(
             rows.append((key, "section", "", field.description or ""))
             for variant in variants:
                 kind = variant.model_fields[disc].default
-                shown = value if isinstance(value, variant) else None
+                example = value if isinstance(value, variant) else None
                 rows += [
                     (k, t, d, f"[{disc}={kind}] {x}".strip())
-                    for k, t, d, x in describe(variant, key + ".", shown, _open)
+                    for k, t, d, x in describe(variant, key + ".", example, _open)
                 ]
         elif item is not None:
             shown = "" if value is None else _short(value)
@@ -295,7 +298,7 @@ def describe(
     return rows
 
 
-def _kinds(field: Any) -> tuple[tuple[type, ...], str] | None:
+def _kinds(field: Any) -> tuple[tuple[type[BaseModel], ...], str] | None:
     """(the kinds, the discriminator) of a discriminated union field, also one that may be null."""
     if field.discriminator is not None:
         return typing.get_args(field.annotation), field.discriminator

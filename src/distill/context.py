@@ -88,10 +88,10 @@ def recipes() -> dict[str, Recipe]:
     targets = {ep.name: ep.value for ep in entry_points(group=GROUP)}
     if not targets:
         raise DistillError(f"no recipes are registered under {GROUP!r}: install the package (pip install -e .)")
-    out = {}
+    out: dict[str, Recipe] = {}
     for name, target in targets.items():
         module, _, attr = target.partition(":")
-        obj = importlib.import_module(module)
+        obj: Any = importlib.import_module(module)
         obj = getattr(obj, attr) if attr else obj
         if not isinstance(obj, Recipe):
             missing = [a for a in ("name", "Config", "run", "table") if not hasattr(obj, a)]
@@ -167,7 +167,7 @@ class Context:
         value = compute()
         if self.accelerator.is_main_process and save is None:
             atomic_write(path, json.dumps(value, indent=2) + "\n")
-        elif self.accelerator.is_main_process:
+        elif self.accelerator.is_main_process and save is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")  # the result appears whole or not at all
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,10 +8,10 @@ state, and exact resume: an interrupted-and-resumed run matches an uninterrupted
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from accelerate import Accelerator
@@ -66,7 +66,7 @@ class Trainable(Protocol):
 
 # what a stage delivers: one model, or several named ones (e.g. a trainable teacher and its students)
 Product = nn.Module | Mapping[str, nn.Module]
-EvalFn = Callable[[Product], dict[str, float]]
+EvalFn = Callable[[Any], dict[str, float]]  # called with the trainable's product, whichever kind it is
 
 
 @dataclass
@@ -80,10 +80,10 @@ class Callbacks:
     on_save(product, step)              after a checkpoint is written (main process)
     """
 
-    on_step: Callable[[Product, int], None] | None = None
-    on_eval: Callable[[Product, int, dict[str, float]], None] | None = None
-    on_epoch_end: Callable[[Product, int], None] | None = None
-    on_save: Callable[[Product, int], None] | None = None
+    on_step: Callable[[Any, int], None] | None = None
+    on_eval: Callable[[Any, int, dict[str, float]], None] | None = None
+    on_epoch_end: Callable[[Any, int], None] | None = None
+    on_save: Callable[[Any, int], None] | None = None
 
 
 class TrainConfig(Section):
@@ -130,7 +130,7 @@ def check_fits(n: int, cfg: TrainConfig, where: str, world: int = 1) -> int:
 
 
 def data_len(data: Data) -> int:
-    return len(next(iter(data.values()))) if isinstance(data, Mapping) else len(data)
+    return len(next(iter(data.values()))) if isinstance(data, Mapping) else len(cast(Sized, data))
 
 
 def epoch_batches(
@@ -178,7 +178,7 @@ def fit(
     (`build`), own its optimizer groups (`param_groups()`, e.g. two learning rates), and remove the forward
     hooks it put on its models when the stage ends (`close()`).
     """
-    product = product if product is not None else getattr(model, "product", model)
+    product = product if product is not None else getattr(model, "product", cast(nn.Module, model))
     if run is not None and (run.path / stage / "done.json").exists():
         for path, module in product_files(run, stage, product):
             load_model(module, str(path), device=str(accelerator.device))
@@ -227,7 +227,7 @@ class _Stage:
         self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
         if sharded(accelerator) and hasattr(model, "place_frozen"):  # frozen models sit outside its parameters
             model.place_frozen(lambda frozen: shard_frozen(accelerator, frozen))
-        self.step, self.metrics = 0, {}
+        self.step, self.metrics = 0, cast(dict[str, float], {})
 
     def restore(self) -> None:
         """Continue from the stage's latest intact checkpoint, if any (every process reads the same one)."""
@@ -285,7 +285,7 @@ class _Stage:
         if self.run is None or (self.step % self.cfg.log_every and self.step != self.total):
             return
         record = self.window.flush(self.accelerator)
-        record.update(lr=self.scheduler.get_last_lr()[0])
+        record.update(lr=float(self.scheduler.get_last_lr()[0]))
         self.bar.set_postfix(**postfix(record))
         self._record(epoch, record)
 
@@ -338,7 +338,7 @@ def _probe(data: Data) -> dict[str, Tensor]:
     """The first two samples, drawn outside the training batches (only their shapes matter)."""
     if isinstance(data, Mapping):
         return {k: v[:2] for k, v in data.items()}
-    return torch.utils.data.default_collate([data[i] for i in range(min(2, len(data)))])
+    return torch.utils.data.default_collate([data[i] for i in range(min(2, data_len(data)))])
 
 
 def _evaluate(wrapped: nn.Module, accelerator: Accelerator, eval_fn: EvalFn, product: Product) -> dict[str, float]:
@@ -357,8 +357,9 @@ def _whole(wrapped: nn.Module):
     if not hasattr(wrapped, "unshard"):
         yield
         return
-    wrapped.unshard()
+    fsdp: Any = wrapped  # FSDP2's wrapper class is made at run time
+    fsdp.unshard()
     try:
         yield
     finally:
-        wrapped.reshard()
+        fsdp.reshard()

@@ -60,7 +60,7 @@ class RunDir:
         self.path = Path(path)
         self.is_main = is_main
         self._writer = None
-        self._lock = None
+        self._lock: FileLock | None = None
         self.fresh = False  # made by this process's start() (set there)
         if is_main:
             if self.path.exists() and not self.path.is_dir():

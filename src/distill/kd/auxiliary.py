@@ -12,12 +12,16 @@ its attention output and MLP would receive no gradient and are not built.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.kd.objective import Term
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class OnlineStudent(nn.Module):
@@ -27,7 +31,7 @@ class OnlineStudent(nn.Module):
     `aux.v_proj`.
     """
 
-    def __init__(self, lm: nn.Module, auxiliary: bool = False) -> None:
+    def __init__(self, lm: PreTrainedModel, auxiliary: bool = False) -> None:
         super().__init__()
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -62,9 +66,9 @@ class OnlineStudent(nn.Module):
 RELATIONS = {"qq": "q_proj", "kk": "k_proj", "vv": "v_proj"}  # MiniLMv2's relations and the projections they read
 
 
-def lm_of(model: nn.Module) -> nn.Module:
+def lm_of(model: nn.Module) -> PreTrainedModel:
     """The causal LM itself (an OnlineStudent's `lm`)."""
-    return model.lm if isinstance(model, OnlineStudent) else model
+    return cast("PreTrainedModel", model.lm if isinstance(model, OnlineStudent) else model)
 
 
 def layer_path(model: nn.Module, index: int) -> str:
@@ -77,7 +81,7 @@ def relation_terms(
     source: nn.Module,
     student: nn.Module,
     ref: str,
-    relations: list[str],
+    relations: Sequence[str],
     weight: float,
     heads: int,
     source_layer: int = -1,
@@ -101,7 +105,7 @@ def relation_terms(
     ]
 
 
-def check_relation_heads(shapes: dict[str, dict[str, Any]], relations: list[str], heads: int) -> None:
+def check_relation_heads(shapes: dict[str, dict[str, Any]], relations: Sequence[str], heads: int) -> None:
     """Relation heads must divide the width of every projection they split (shapes: hidden, heads, kv_heads)."""
     for n, shape in shapes.items():
         head_dim = shape["hidden"] // shape["heads"]

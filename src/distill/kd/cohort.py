@@ -10,6 +10,7 @@ student into its teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,9 @@ class Cohort(nn.Module):
     them be. `forwards` counts each member's training forwards (checkpointed).
     """
 
+    steps: Tensor
+    forwards: Tensor
+
     def __init__(self, members: dict[str, Member], every: int = 1, grad_accum: int = 1, start: int = 0) -> None:
         super().__init__()
         if every < 1 or grad_accum < 1:
@@ -72,9 +76,14 @@ class Cohort(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # micro-batches seen (checkpointed)
         self.register_buffer("forwards", torch.zeros(len(members), dtype=torch.long))
 
+    @property
+    def distillers(self) -> dict[str, Distiller]:
+        """The members' distillers by name, in order."""
+        return cast(dict[str, Distiller], dict(self.members.items()))
+
     def close(self) -> None:
         """Remove every member's hooks (the engine calls it when the stage ends)."""
-        for member in self.members.values():
+        for member in self.distillers.values():
             member.close()
 
     def forward_counts(self) -> dict[str, int]:
@@ -84,7 +93,7 @@ class Cohort(nn.Module):
     @property
     def products(self) -> dict[str, nn.Module]:
         """Each member's model by name: what the stage saves."""
-        return {n: d.student for n, d in self.members.items()}
+        return {n: d.student for n, d in self.distillers.items()}
 
     product = products  # the engine's name for it
 
@@ -99,13 +108,13 @@ class Cohort(nn.Module):
     def build(self, batch: dict[str, Tensor]) -> Cohort:
         """Size every member's learned projections on one probe batch (before the optimizer is made; `fit`
         does); a built cohort is left as it is."""
-        if all(d._built or not d.objective.learns_projections for d in self.members.values()):
+        if all(d._built or not d.objective.learns_projections for d in self.distillers.values()):
             return self  # nothing left to size: no probe forward
         was_training = self.training
         self.eval()  # the probe must not move BatchNorm statistics
         out: dict[str, Signals] = {}
         with torch.no_grad():
-            for name, d in self.members.items():
+            for name, d in self.distillers.items():
                 given = {s: out[s] for s in self.sources[name]}
                 d.build(batch, given)
                 out[name] = _detached(d.signals(batch, given))
@@ -119,7 +128,7 @@ class Cohort(nn.Module):
         # an optimizer step in which the members with sources take part: all of its micro-batches, or none
         learning = takes_part(int(self.steps) // self.grad_accum, self.every, self.start)
         self.steps += 1
-        for i, (name, d) in enumerate(self.members.items()):
+        for i, (name, d) in enumerate(self.distillers.items()):
             if self.sources[name] and not learning:
                 continue
             self.forwards[i] += 1
@@ -128,7 +137,7 @@ class Cohort(nn.Module):
             total = total + loss
             terms.update({f"{name}/{k}": v for k, v in own.items()})
             out[name] = _detached(signals)
-        return total, terms
+        return cast(Tensor, total), terms  # the members without sources run every step: a tensor
 
 
 def _detached(signals: Signals) -> Signals:
@@ -150,6 +159,8 @@ def learner_batches(n: int, cfg: TrainConfig, seed: int, every: int, start: int 
     """Indices of the micro-batches members with sources train on in a cohort's stage (`cfg`, drawn from `seed`),
     in their order and laid out so that an unshuffled stage on every process reads them as they came: the data of
     a baseline that must see what the cohort's learners saw."""
+    if cfg.max_steps is None:
+        raise ConfigError("a cohort's learner batches need train.max_steps")
     per_epoch = check_fits(n, cfg, "train", world) * cfg.grad_accum  # micro-batches per epoch
     epochs: dict[int, list[list[Tensor]]] = {}
     picked = []  # (micro-batches, ranks) of index batches

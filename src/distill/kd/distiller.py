@@ -7,7 +7,7 @@ trains in the same step is not held here: its signals come in through `given` (s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,13 +15,13 @@ from torch import Tensor, nn
 
 from distill.kd.objective import CE, Objective, Term
 from distill.kd.taps import Taps
-from distill.kd.teachers import LiveTeacher
+from distill.kd.teachers import HoldsTeachers, LiveTeacher
 from distill.models import call_model
 
 Signals = dict[str, Any]
 
 
-class Distiller(nn.Module):
+class Distiller(HoldsTeachers, nn.Module):
     def __init__(
         self,
         student: nn.Module,
@@ -55,15 +55,6 @@ class Distiller(nn.Module):
     def _no_split_modules(self) -> list[str]:
         """The student's layer classes: what FSDP's transformer wrap policy shards one unit each."""
         return list(getattr(self.student, "_no_split_modules", None) or [])
-
-    @property
-    def teachers(self) -> list[LiveTeacher]:
-        return self._teachers
-
-    def place_frozen(self, place: Callable[[nn.Module], nn.Module]) -> None:
-        """Put each frozen teacher where `place` says (the engine shards them under FSDP)."""
-        for t in self._teachers:
-            t.model = place(t.model)
 
     def to(self, *args: Any, **kwargs: Any) -> Distiller:
         super().to(*args, **kwargs)

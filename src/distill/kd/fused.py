@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.kd.teachers import LiveTeacher
+from distill.kd.teachers import HoldsTeachers, LiveTeacher
 from distill.losses.fused import linear_divergence
 
 
@@ -28,7 +28,7 @@ def decoder_and_head(model: nn.Module, who: str) -> tuple[nn.Module, nn.Linear]:
     return decoder, head
 
 
-class FusedLM(nn.Module):
+class FusedLM(HoldsTeachers, nn.Module):
     """The student toward a live teacher (or cached top-k signals in the batch), with the output projection and the
     divergence fused and chunked. `args`: linear_divergence's divergence, beta, temperature, ce_weight, chunk_size.
     The product, optimized and saved, is `student`; the teacher stays outside the parameters (`teachers`)."""
@@ -41,10 +41,6 @@ class FusedLM(nn.Module):
             decoder_and_head(teacher, "teacher")
         self._teachers = [LiveTeacher("teacher", teacher)] if teacher is not None else []  # outside parameters()
         self.weight, self.args = weight, args
-
-    @property
-    def teachers(self) -> list[LiveTeacher]:
-        return self._teachers
 
     @property
     def product(self) -> nn.Module:

@@ -4,6 +4,7 @@ a member of a `Cohort` (distill.kd.cohort)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -45,6 +46,22 @@ class LiveTeacher:
         self.forwards += 1
         logits = call_model(self.model, batch)
         return {"logits": logits, **self.taps.values}
+
+
+class HoldsTeachers:
+    """A trainable's frozen live teachers, kept in a plain list outside its `parameters()` (never optimized, never
+    saved with the product), and placed by the engine through `place_frozen` (sharded under FSDP)."""
+
+    _teachers: list[LiveTeacher]
+
+    @property
+    def teachers(self) -> list[LiveTeacher]:
+        return self._teachers
+
+    def place_frozen(self, place: Callable[[nn.Module], nn.Module]) -> None:
+        """Put each frozen teacher where `place` says (the engine shards them under FSDP)."""
+        for t in self._teachers:
+            t.model = place(t.model)
 
 
 @torch.no_grad()

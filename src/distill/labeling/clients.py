@@ -91,7 +91,7 @@ class ServerClient:
         self.base = spec.url.rstrip("/").removesuffix("/v1")
         # the client requires a key; local servers ignore it
         key = spec.api_key or os.environ.get(spec.api_key_env) or "not-needed"
-        self.options = dict(base_url=f"{self.base}/v1", api_key=key, timeout=spec.timeout_s)
+        self.options: dict[str, Any] = dict(base_url=f"{self.base}/v1", api_key=key, timeout=spec.timeout_s)
 
     def check(self) -> None:
         """One clear line when the server is unreachable or does not serve the model (asked once, no retries)."""

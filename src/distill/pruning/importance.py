@@ -15,13 +15,17 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from distill.run import atomic_write
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -49,7 +53,8 @@ class Importance:
     def load(cls, directory: str | Path) -> Importance:
         d = Path(directory)
         meta = json.loads((d / "importance.json").read_text())
-        return cls(**load_file(str(d / "importance.safetensors")), **meta)
+        tensors: dict[str, Any] = load_file(str(d / "importance.safetensors"))
+        return cls(**tensors, **meta)
 
     @classmethod
     def exists(cls, directory: str | Path) -> bool:
@@ -67,16 +72,18 @@ class _SumSq:
         self.total = v if self.total is None else self.total + v
 
     def value(self) -> Tensor:
+        if self.total is None:
+            raise ValueError("no activations were recorded")
         return self.total.sqrt()
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def _decoder_layers(model: PreTrainedModel) -> Any:  # an nn.ModuleList of HF decoder layers
     return model.model.layers
 
 
 @torch.no_grad()
 def compute_importance(
-    model: nn.Module, batches: Iterable[Tensor], depth_batches: int = 4, progress: bool = True
+    model: PreTrainedModel, batches: Iterable[Tensor], depth_batches: int = 4, progress: bool = True
 ) -> Importance:
     """Score every channel, neuron, head and layer of `model` on calibration token batches (B, S)."""
     model.eval()
@@ -153,7 +160,7 @@ def compute_importance(
     )
 
 
-def _mean_loss(model: nn.Module, batches: list[Tensor], skip: int | None = None) -> float:
+def _mean_loss(model: PreTrainedModel, batches: list[Tensor], skip: int | None = None) -> float:
     """Mean LM loss; with `skip`, that decoder layer passes its input through unchanged."""
     handle = None
     if skip is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -31,8 +32,8 @@ class Trace:
 class Lm:
     """A student ready to generate: model and tokenizer (left padding, a pad token)."""
 
-    model: torch.nn.Module
-    tok: object
+    model: Any  # a Hugging Face causal LM
+    tok: Any  # its tokenizer
     newline: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -64,7 +65,9 @@ class Session:
     each call: the calculator may rewrite the line, which is then fed back as text."""
 
     def __init__(self, lm: Lm, rows: int) -> None:
-        self.lm, self.cache, self.mask, self.fed = lm, None, None, [""] * rows
+        self.lm, self.fed = lm, [""] * rows
+        self.cache: Any = None  # the model's key/value cache (a transformers Cache)
+        self.mask: Any = None  # its attention mask (a tensor once the first call ran)
         self.rows = list(range(rows))  # which of the batch's problems the cache's rows are
         self.key = ""  # the name of the model's cache argument, read at the first call
 

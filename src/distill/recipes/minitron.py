@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -27,8 +27,8 @@ from distill.checkpoint import sharded, whole_copy
 from distill.config import Section
 from distill.context import Context, Result, RuntimeConfig, start
 from distill.data.text import TextData, token_splits
-from distill.engine import TrainConfig, check_fits
-from distill.errors import DistillError
+from distill.engine import Data, EvalFn, TrainConfig, check_fits
+from distill.errors import ConfigError, DistillError
 from distill.evaluate import lm_loss
 from distill.kd import Distiller, Term, Terms, supervised
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
@@ -37,6 +37,9 @@ from distill.pruning import Importance, LlmShape, check_supported, compute_impor
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
 from distill.report import markdown_table
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 name = "minitron"
 # tokens each search candidate trains on before the ranking: twice the earlier 20 steps x 4 x 256. In
@@ -157,6 +160,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
                 "or target.depth_metric=block"
             )
     train, val = token_splits(cfg.data, tokenizer)
+    data: Data = train  # what the students read: these rows, or the teacher's cache of them
     search_train = cfg.search.train.model_copy(update={"max_steps": cfg.search.steps(cfg.data.seq_len)})
     for where, tcfg in [("train", cfg.train), ("search.train", search_train), ("correction", cfg.correction)]:
         if tcfg is not None and (where != "search.train" or shapes):
@@ -178,19 +182,19 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     imp = importance(cfg, ctx, teacher, train)
     if cfg.teacher.cache:  # after the correction: the cache holds the teacher the students learn from
-        train = open_or_capture(
+        data = open_or_capture(
             cfg.teacher.cache, teacher, tokenizer, train, cfg.teacher.capture, ctx.accelerator, expected
         )
     teachers = {} if cfg.teacher.cache else {"teacher": teacher}
     table: list[dict[str, Any]] = []
     if target is None:
-        target, table = search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers)
+        target, table = search(cfg, ctx, teacher, imp, shapes, data, evaluate, objective, teachers)
 
     ctx.seed_stage("student/init")
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
     distiller = Distiller(student, objective + hidden_terms(cfg, imp, target), teachers).to(dev)
-    final = ctx.fit(distiller, train, cfg.train, stage="student", eval_fn=evaluate)
+    final = ctx.fit(distiller, data, cfg.train, stage="student", eval_fn=evaluate)
 
     rows = [
         _row("teacher", teacher, evaluate(teacher), tokenizer, cfg),
@@ -210,7 +214,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     return ctx.finish(rows, products={"model": "model"}, tables={"search": table}, info=info)
 
 
-def importance(cfg: Config, ctx: Context, teacher: nn.Module, train: dict) -> Importance:
+def importance(cfg: Config, ctx: Context, teacher: PreTrainedModel, train: dict) -> Importance:
     """`importance_from`'s saved scores, else this run's (computed once, saved)."""
     if cfg.importance_from:
         d = Path(cfg.importance_from) / "importance"
@@ -246,7 +250,10 @@ def hidden_terms(cfg: Config, imp: Importance, target: LlmShape) -> list[Term]:
 
 def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
     """The shapes the search tries for the params budget; a clear error when none is near it."""
-    budget = cfg.target.params * shape.params() if cfg.target.params <= 1 else cfg.target.params
+    params = cfg.target.params
+    if params is None:
+        raise ConfigError("set target.params: a fraction (<= 1) or a count of the teacher's parameters")
+    budget = params * shape.params() if params <= 1 else params
     shapes = pick(candidates(shape, int(budget), cfg.search.tolerance), cfg.search.candidates)
     if not shapes:
         raise DistillError(
@@ -256,7 +263,17 @@ def candidate_shapes(cfg: Config, shape: LlmShape) -> list[LlmShape]:
     return shapes
 
 
-def search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers) -> tuple[LlmShape, list[dict]]:
+def search(
+    cfg: Config,
+    ctx: Context,
+    teacher: PreTrainedModel,
+    imp: Importance,
+    shapes: list[LlmShape],
+    train: Data,
+    evaluate: EvalFn,
+    objective: list[Term],
+    teachers: dict[str, nn.Module],
+) -> tuple[LlmShape, list[dict]]:
     """Prune to each candidate, distill it on search.tokens tokens, keep the lowest validation loss."""
     steps = cfg.search.steps(cfg.data.seq_len, ctx.accelerator.num_processes)
     tcfg = cfg.search.train.model_copy(update={"max_steps": steps})
@@ -274,7 +291,7 @@ def search(cfg, ctx, teacher, imp, shapes, train, evaluate, objective, teachers)
     return shapes[best], table
 
 
-def _row(name: str, model: nn.Module, metrics: dict[str, float], tokenizer, cfg: Config) -> dict[str, Any]:
+def _row(name: str, model: Any, metrics: dict[str, float], tokenizer, cfg: Config) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     row = {"model": name, "params": params, "val_loss": round(metrics["val_loss"], 4), "ppl": round(metrics["ppl"], 2)}
     if tokenizer is not None:
@@ -283,7 +300,7 @@ def _row(name: str, model: nn.Module, metrics: dict[str, float], tokenizer, cfg:
 
 
 @torch.no_grad()
-def _generate(model: nn.Module, tokenizer, cfg: Config) -> tuple[float, list[str]]:
+def _generate(model: Any, tokenizer, cfg: Config) -> tuple[float, list[str]]:
     """Greedy continuations of the sample prompts, and decode speed in new tokens per second."""
     model.eval()
     texts, new_tokens, seconds = [], 0, 0.0

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
@@ -61,8 +62,9 @@ class StudentConfig(ModelConfig):
 
     def weights(self, cfg: Config) -> tuple[float, float, float]:
         """(KL, relations, own LM loss): its own where set, else the run's (one cohort, several objectives)."""
-        run = (cfg.kl.weight, cfg.relation.weight, cfg.student_ce)
-        return tuple(o if o is not None else d for o, d in zip((self.kl, self.relation, self.ce), run))
+        defaults = (cfg.kl.weight, cfg.relation.weight, cfg.student_ce)
+        kl, rel, ce = (o if o is not None else d for o, d in zip((self.kl, self.relation, self.ce), defaults))
+        return kl, rel, ce
 
 
 class KLConfig(Section):
@@ -75,7 +77,7 @@ class RelationConfig(Section):
     """MiniLMv2's self-attention relations of one layer (the source's and the student's, or its auxiliary layer)."""
 
     weight: float = Field(0.0, ge=0, description="weight of each relation's KL (0: off)")
-    relations: list[Literal["qq", "kk", "vv"]] = Field(default_factory=lambda: ["qq", "kk", "vv"])
+    relations: list[Literal["qq", "kk", "vv"]] = Field(["qq", "kk", "vv"])  # pydantic copies a mutable default
     heads: int = Field(4, gt=0, description="relation heads; must divide every width it splits")
     source_layer: int = Field(-1, description="the source's layer (-1: its last)")
     student_layer: int = Field(-1, description="the student's layer without an auxiliary layer (-1: its last)")
@@ -137,6 +139,10 @@ class Config(Section):
             seen.append(s.name)
         return students
 
+    @property
+    def teacher_steps(self) -> int:
+        return cast(int, self.train.max_steps)  # set: _budget checks it
+
     @model_validator(mode="after")
     def _budget(self) -> Config:
         if self.train.max_steps is None:
@@ -156,7 +162,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 1-2. data, tokenizer and models: everything a user can get wrong fails before the run directory exists
     tokenizer = _tokenizer(cfg, resume)
     train, val = token_splits(cfg.data, tokenizer)
-    student_steps = learner_steps(cfg.train.max_steps, cfg.distill_every, cfg.students_from_step)
+    student_steps = learner_steps(cfg.teacher_steps, cfg.distill_every, cfg.students_from_step)
     check_fits(len(train["input_ids"]), cfg.train, "train")
     shapes = {"teacher": cfg.teacher.widths(tokenizer, "teacher")}
     shapes.update({s.name: s.widths(tokenizer, s.name) for s in cfg.students})
@@ -173,7 +179,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return {f"{n}/val_loss": held_out(m) for n, m in models.items()}
 
     # 3. the teacher and the students, each initialised from its own stage seed
-    models = {"teacher": _lm(cfg.teacher, tokenizer, ctx)}
+    models: dict[str, nn.Module] = {"teacher": _lm(cfg.teacher, tokenizer, ctx)}
     models.update({s.name: OnlineStudent(_lm(s, tokenizer, ctx), s.auxiliary_layer) for s in cfg.students})
     start_file = ctx.run.path / "teacher_start.json"  # measured once, before the teacher trains (kept for a resume)
     if start_file.is_file():
@@ -195,11 +201,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
             tcfg,
             stage=f"alone/{s.name}",
             seed_from=BATCHES,
-            eval_fn=lambda m, n=s.name: evaluate({n: m}),
+            eval_fn=partial(lambda n, m: evaluate({n: m}), s.name),
         )
 
     # 5-6. evaluate and export
-    t_steps = cfg.train.max_steps
+    t_steps = cfg.teacher_steps
     teacher_end = held_out(models["teacher"])
     # the premise compares the teacher the students learn from, as they start: online, when they join
     joined = ctx.run.path / "teacher_joined.json"  # written by `online` at students_from_step
@@ -227,7 +233,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         for n, m in [("teacher", models["teacher"])] + [(s.name, lm_of(models[s.name])) for s in cfg.students]:
             save_hf(m, tokenizer, ctx.run.path / "models" / n)
             products[n] = f"models/{n}"
-    info = {
+    info: dict[str, Any] = {
         "mode": cfg.mode,
         "vocabulary": len(tokenizer),
         "teacher_steps": cfg.train.max_steps,
@@ -289,7 +295,7 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
         seed_from=BATCHES,
         eval_fn=lambda m: evaluate({"teacher": m}),
     )
-    forwards = {"teacher": cfg.train.max_steps * cfg.train.grad_accum}
+    forwards = {"teacher": cfg.teacher_steps * cfg.train.grad_accum}
     seen = students_batches(cfg, train, ctx)
     for s in cfg.students:
         distiller = Distiller(models[s.name], student_terms(cfg, s, models), {s.source: models[s.source]})
@@ -350,7 +356,7 @@ def _tokenizer(cfg: Config, resume: str | Path | None):
     return load_tokenizer(cfg.tokenizer or cfg.teacher.path or "smollm2-135m")
 
 
-def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> nn.Module:
+def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> Any:  # an HF causal LM
     """The model of `spec` (checked by `ModelConfig.widths` before the run), new ones from their own stage seed."""
     return spec.build(tokenizer, lambda: ctx.seed_stage(f"init/{getattr(spec, 'name', 'teacher')}"))
 
