@@ -152,6 +152,7 @@ def main() -> None:
     args = parse(p)
     if args.render:
         res = json.loads((RESULTS / f"{args.name}.json").read_text())
+        _plot(res, args.name)
         return write(args.name, res, markdown(res))
     t_start = time.perf_counter()
     teacher, tok, train, val, ood, ctx = setup(args)
@@ -251,24 +252,25 @@ def summary(res: dict) -> dict[str, dict]:
         val, ood = (mean_std([s[k] for s in seeds.values()]) for k in ("val_loss", "ood_loss"))
         out[name[0]] = {"name": name, "val": val, "ood": ood, "n": len(seeds),
                         "range": max(s["val_loss"] for s in seeds.values()) - min(s["val_loss"] for s in seeds.values()),
-                        "per_seed": {int(k): v["val_loss"] for k, v in seeds.items()}}  # fmt: skip
+                        "per_seed": {int(k): v["val_loss"] for k, v in seeds.items()},
+                        "per_seed_ood": {int(k): v["ood_loss"] for k, v in seeds.items()}}  # fmt: skip
     return out
 
 
-def compare(s: dict, better: str, worse: str, what: str) -> tuple[str, str, str] | None:
+def compare(s: dict, better: str, worse: str, what: str, ood: bool = False) -> tuple[str, str, str] | None:
     """Decided on the held-out loss paired by seed (the variants of one seed see the same batches), with a 95% t
     interval at n-1 degrees of freedom: held when the whole interval favours `better`, did not hold when it
-    favours `worse`, a tie when it holds 0. None until both have a run."""
+    favours `worse`, a tie when it holds 0. None until both have a run. `ood`: on the out-of-domain loss."""
     if better not in s or worse not in s:
         return None
-    a, b = s[better], s[worse]
-    seeds = sorted(set(a["per_seed"]) & set(b["per_seed"]))
+    (a, b), (per, mean) = (s[better], s[worse]), (("per_seed_ood", "ood") if ood else ("per_seed", "val"))
+    seeds = sorted(set(a[per]) & set(b[per]))
     if len(seeds) < 2:  # one seed, no interval: the difference is shown, not decided
-        diff = b["val"][0] - a["val"][0]
-        return what, "undecided (fewer than 2 paired seeds)", f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: {diff:+.3f}"
-    m, h = t_interval([b["per_seed"][i] - a["per_seed"][i] for i in seeds])
+        diff = b[mean][0] - a[mean][0]
+        return what, "undecided (fewer than 2 paired seeds)", f"{a[mean][0]:.3f} vs {b[mean][0]:.3f}: {diff:+.3f}"
+    m, h = t_interval([b[per][i] - a[per][i] for i in seeds])
     verdict = reading(m, h, "did not hold", "held")
-    return what, verdict, f"{a['val'][0]:.3f} vs {b['val'][0]:.3f}: {m:+.3f} +- {h:.3f} paired over {len(seeds)} seeds"
+    return what, verdict, f"{a[mean][0]:.3f} vs {b[mean][0]:.3f}: {m:+.3f} +- {h:.3f} paired over {len(seeds)} seeds"
 
 
 def markdown(res: dict) -> str:
@@ -306,10 +308,15 @@ def markdown(res: dict) -> str:
     ra = res["right_after_pruning"]
     for name in ("width", "depth"):
         lines.append(f"| {name} | {ra[f'{name}/importance']:.3f} | {ra[f'{name}/random']:.3f} |")
-    lines += ["", "The paper's claims, here (held-out loss, paired by seed, 95% t interval with n-1 df):", ""]
+    lines += [
+        "",
+        "The paper's claims, here (held-out loss unless said, paired by seed, 95% t interval with n-1 df):",
+        "",
+    ]
     checks = [compare(s, "a", "b", "(a) prune + KD beats (b) prune + CE"),
               compare(s, "b", "c", "(b) prune + CE beats (c) random init + KD"),
-              compare(s, "a", "e", "width pruning beats depth pruning after retraining (a vs e)")]  # fmt: skip
+              compare(s, "a", "e", "width pruning beats depth pruning after retraining (a vs e)"),
+              compare(s, "a", "b", "out of domain: (a) prune + KD keeps more than (b) prune + CE", ood=True)]  # fmt: skip
     lines += [f"- {what}: **{verdict}** ({figures})" for what, verdict, figures in filter(None, checks)]
     for name in ("width", "depth"):
         imp, rnd = ra[f"{name}/importance"], ra[f"{name}/random"]
@@ -337,10 +344,10 @@ def _plot(res: dict, name: str) -> None:
     from common import RESULTS
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (name, seeds) in enumerate(res["runs"].items()):
+    for i, (variant, seeds) in enumerate(res["runs"].items()):
         for j, r in enumerate(seeds.values()):
             xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, marker="o", color=f"C{i}", alpha=1 if j == 0 else 0.5, label=name if j == 0 else None)
+            ax.plot(xs, ys, marker="o", color=f"C{i}", alpha=1 if j == 0 else 0.5, label=variant if j == 0 else None)
     ax.axhline(res["teacher"]["val_loss"], color="k", ls="--", lw=1, label="teacher")
     ax.set(xlabel="tokens seen", ylabel="held-out loss", title="SmolLM2-135M pruned to ~45%: retraining")
     ax.grid(alpha=0.3)
