@@ -80,6 +80,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/distill
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/kd_fmnist.py

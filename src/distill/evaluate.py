@@ -8,6 +8,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
+from distill.data.text import Rows
 from distill.models import call_model
 
 # (logits, batch) -> (sum of the metric, number of items) for one batch
@@ -15,9 +16,7 @@ BatchSums = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, int]]
 
 
 @torch.no_grad()
-def sharded_mean(
-    model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int, sums: BatchSums
-) -> float:
+def sharded_mean(model: nn.Module, data: Rows, accelerator: Accelerator, batch_size: int, sums: BatchSums) -> float:
     """Mean of a per-item metric over `data`; each process scores its stride of the samples."""
     was_training = model.training
     model.eval()
@@ -45,7 +44,7 @@ def accuracy(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator
     )
 
 
-def lm_loss(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 8) -> float:
+def lm_loss(model: nn.Module, data: Rows, accelerator: Accelerator, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy over the positions of `data` ({"input_ids", "labels"}) whose label is not -100
     (prompt data: the completion tokens)."""
 
@@ -57,9 +56,7 @@ def lm_loss(model: nn.Module, data: dict[str, Tensor], accelerator: Accelerator,
     return sharded_mean(model, data, accelerator, batch_size, sums)
 
 
-def lm_kl(
-    student: nn.Module, teacher: nn.Module, data: dict[str, Tensor], accelerator: Accelerator, batch_size: int = 8
-) -> float:
+def lm_kl(student: nn.Module, teacher: nn.Module, data: Rows, accelerator: Accelerator, batch_size: int = 8) -> float:
     """Mean forward KL(teacher || student) of the next-token distributions over the positions of `data` whose
     label is not -100: how far the student is from imitating the teacher."""
     was_training = teacher.training

@@ -76,7 +76,7 @@ class ImageSplits:
 
     def pixels(self, x: Tensor) -> Tensor:
         """Normalised images back to [0, 1] pixels."""
-        return (x * self.std + self.mean).clamp(0, 1) if self.mean is not None else x
+        return (x * self.std + self.mean).clamp(0, 1) if self.mean is not None and self.std is not None else x
 
     @property
     def num_classes(self) -> int:

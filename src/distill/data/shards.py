@@ -115,7 +115,9 @@ class TokenShards:
                 f"{path} holds token shards of another corpus or tokenizer; use another data.shards directory"
             )
         path.mkdir(parents=True, exist_ok=True)
-        names, buf, size = [], [], 0
+        names: list[str] = []
+        buf: list[list[int]] = []
+        size = 0
 
         def flush(final: bool) -> None:
             nonlocal buf, size

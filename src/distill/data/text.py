@@ -9,9 +9,9 @@ import itertools
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -21,6 +21,9 @@ from distill.config import Section
 from distill.data.files import iter_jsonl, read_text
 from distill.data.shards import TokenRows, TokenShards, tokenizer_fingerprint
 from distill.errors import DistillError
+
+# token rows by column ("input_ids", "labels"): tensors in memory, or memory-mapped from shards (TokenRows)
+Rows = Mapping[str, Any]
 
 AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
 AUSTEN_ROOTS = [
@@ -153,7 +156,7 @@ def pack(token_lists: list[list[int]], seq_len: int, eos: int | None) -> Tensor:
     return torch.tensor(flat[: n * seq_len]).view(n, seq_len)
 
 
-def token_splits(cfg: TextData, tokenizer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def token_splits(cfg: TextData, tokenizer) -> tuple[Rows, Rows]:
     """(train, held-out) batches-to-be {"input_ids", "labels"}: rows of seq_len tokens and their next tokens.
 
     The held-out split is the corpus's last sequences, so it never overlaps training text.
@@ -200,7 +203,7 @@ def _shard_splits(cfg: TextData, tokenizer) -> tuple[TokenRows, TokenRows]:
         while batch := list(itertools.islice(texts, 256)):
             yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
 
-    shards = TokenShards.write(cfg.shards, docs(), tokenizer.eos_token_id, meta)
+    shards = TokenShards.write(cast(str, cfg.shards), docs(), tokenizer.eos_token_id, meta)
     rows = shards.tokens // (cfg.seq_len + 1)
     if rows == 0:
         raise DistillError(f"the corpus has {shards.tokens} tokens: fewer than one sequence of {cfg.seq_len + 1}")

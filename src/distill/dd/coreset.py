@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -49,7 +51,8 @@ def herding_select(net: nn.Module, images: Tensor, labels: Tensor, num_classes: 
     if not hasattr(net, "head"):
         raise DistillError("herding needs a model with a `head` module (its input are the features)")
     feats: list[Tensor] = []
-    hook = net.head.register_forward_pre_hook(lambda _m, args: feats.append(args[0].flatten(1)))
+    head = cast(nn.Module, net.head)
+    hook = head.register_forward_pre_hook(lambda _m, args: feats.append(args[0].flatten(1)))
     net.eval()
     try:
         for chunk in images.split(1000):

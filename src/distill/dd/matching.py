@@ -17,7 +17,7 @@ Two ways to get the meta-gradient, equal up to floating-point rounding:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +71,7 @@ class StudentNet:
             leaves = [p.detach().requires_grad_(True) for p in params]
             x, t = x.detach().requires_grad_(True), t.detach().requires_grad_(soft)
             grads = torch.autograd.grad(self.ce(leaves, x, t), leaves, create_graph=True)
-            dot = sum((g * a).sum() for g, a in zip(grads, lam))
+            dot = cast(Tensor, sum((g * a).sum() for g, a in zip(grads, lam)))
             back = torch.autograd.grad(dot, [*leaves, x, *([t] if soft else [])])
         return (back[: len(leaves)], *back[len(leaves) :]), dot.detach()
 
@@ -90,7 +90,8 @@ class StudentSteps:
         cls, student: StudentNet, n: int, steps: int, batch_size: int, dsa_cfg: DSAConfig, device: torch.device
     ) -> StudentSteps:
         """Mini-batches walk through random permutations of the set, as in the paper."""
-        plan, chunks = [], []
+        plan: list[tuple[Tensor, int]] = []
+        chunks: list[Tensor] = []
         for _ in range(steps):
             if not chunks:
                 chunks = list(torch.randperm(n).split(batch_size))
@@ -145,7 +146,7 @@ class _ConstantMemory(torch.autograd.Function):
             back, dot = ctx.steps.student.vjp(ctx.trajectory[i], x.detach(), t, lam, soft)
             d_lr = d_lr - dot
             d_images -= alpha * torch.autograd.grad(x, leaf, back[1])[0]
-            if soft:
+            if d_targets is not None:  # soft labels learn
                 d_targets.index_add_(0, ctx.steps.plan[i][0], -alpha * back[2])
             lam = [a - alpha * b for a, b in zip(lam, back[0])]
         ctx.trajectory = None  # free the stored parameters

@@ -16,6 +16,8 @@ class SyntheticSet(nn.Module):
     """`ipc` learnable images per class, their class labels, the learnable step size alpha and, when
     `soft` logits are given, learned soft labels (TESLA): students then train on softmax(soft)."""
 
+    labels: Tensor
+
     def __init__(self, images: Tensor, labels: Tensor, lr: float, soft: Tensor | None = None) -> None:
         super().__init__()
         self.images = nn.Parameter(images.clone())

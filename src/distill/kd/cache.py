@@ -74,7 +74,7 @@ class CachedTeacher(LlmSpec):
 def model_fingerprint(model: nn.Module) -> str:
     """A hash of the config and of a strided sample of every tensor's values (cheap for billions of weights)."""
     h = hashlib.sha256()
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     h.update((config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else "").encode())
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1)

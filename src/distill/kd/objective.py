@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -156,10 +156,10 @@ class Objective(nn.Module):
         for term in self.terms:
             if term.loss in PROJECTED and term.project:
                 s, t = (self.resolve(r, signals, batch) for r in term.inputs)
-                proj = Projection.between(s, t)
+                proj: nn.Module | None = Projection.between(s, t)
                 if proj is not None and parse_ref(term.inputs[1]).teacher == "routed" and self.routed > 1:
                     # teachers trained apart have unrelated feature bases: one map each, each sample through its own
-                    proj = RoutedProjection([Projection.between(s, t) for _ in range(self.routed)])
+                    proj = RoutedProjection([cast(Projection, Projection.between(s, t)) for _ in range(self.routed)])
                 if proj is not None:
                     self.projections[term.name] = proj.to(s.device)
 
@@ -196,7 +196,7 @@ class Objective(nn.Module):
             if term.mask is not None:
                 kwargs["mask"] = self.resolve(term.mask, signals, batch)
             raw[term.name] = loss_fn(term.loss)(*inputs, **kwargs)
-        total = sum(self._weight(term, raw) * raw[term.name] for term in self.terms)
+        total = cast(Tensor, sum(self._weight(term, raw) * raw[term.name] for term in self.terms))  # terms: >= 1
         return total, {name: value.detach() for name, value in raw.items()}
 
     @staticmethod

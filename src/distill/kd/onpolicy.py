@@ -12,16 +12,21 @@ reproducible and a resumed run draws what the uninterrupted one drew.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from distill.data.sft import IGNORE
+from distill.kd.distiller import Distiller
+
+if TYPE_CHECKING:
+    from distill.kd.fused import FusedLM
 
 
 @torch.no_grad()
 def complete(
-    model: nn.Module,
+    model: Any,
     batch: dict[str, Tensor],
     max_new_tokens: int,
     temperature: float,
@@ -62,7 +67,12 @@ def complete(
 class OnPolicy(nn.Module):
     """A `Distiller` whose batches are, with probability `lam`, completed by the student itself."""
 
-    def __init__(self, distiller: nn.Module, lam: float, max_new_tokens: int, temperature: float, eos: int, pad: int):
+    distiller: Distiller | FusedLM
+    sampled: Tensor
+
+    def __init__(
+        self, distiller: Distiller | FusedLM, lam: float, max_new_tokens: int, temperature: float, eos: int, pad: int
+    ):
         super().__init__()
         self.distiller = distiller
         self.lam, self.max_new_tokens, self.temperature, self.eos, self.pad = lam, max_new_tokens, temperature, eos, pad
@@ -76,7 +86,7 @@ class OnPolicy(nn.Module):
         self.distiller.place_frozen(place)
 
     def build(self, batch: dict[str, Tensor]) -> None:
-        if hasattr(self.distiller, "build"):
+        if isinstance(self.distiller, Distiller):  # the fused one learns no projection
             self.distiller.build(batch)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

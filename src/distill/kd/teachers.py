@@ -4,7 +4,7 @@ a member of a `Cohort` (distill.kd.cohort)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -29,7 +29,7 @@ class LiveTeacher:
     the student's backward pass.
     """
 
-    def __init__(self, name: str, model: nn.Module, taps: list[str] = ()) -> None:
+    def __init__(self, name: str, model: nn.Module, taps: Sequence[str] = ()) -> None:
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.taps = Taps(model, taps, owner=f"teacher {name!r}")

@@ -30,7 +30,7 @@ def vote(labels: Sequence[str | None], values: dict[str, float]) -> Vote:
 
 
 def coverage_precision(
-    votes: Sequence[Vote], gold: Sequence[str], thresholds: Sequence[float]
+    votes: Sequence[Vote], gold: Sequence[str | None], thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """For each agreement threshold: the share of items kept (coverage) and how many of them are right."""
     rows = []

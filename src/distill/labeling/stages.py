@@ -13,7 +13,7 @@ from distill.config import RuntimeConfig, Section
 from distill.data.labeled_text import Item, TextItems, load_items
 from distill.errors import DistillError
 from distill.labeling.aggregate import scores, vote
-from distill.labeling.clients import Generation, LlmTeacher, LocalTeacher, Request, client
+from distill.labeling.clients import Generation, LlmTeacher, LocalClient, LocalTeacher, Request, ServerClient, client
 from distill.labeling.pipeline import Sampling, label
 from distill.labeling.task import Task, load_task
 
@@ -35,7 +35,7 @@ class LabelConfig(Section):
     store: str | None = Field(
         None, description="SQLite label store (default: <run>/labels.sqlite); share it to reuse answers"
     )
-    splits: list[Literal["pool", "test"]] = Field(default_factory=lambda: ["pool", "test"], description="what to label")
+    splits: list[Literal["pool", "test"]] = Field(["pool", "test"], description="what to label")
     export: Literal["jsonl", "parquet", "datasets"] | None = Field("jsonl", description="export format (null: none)")
 
 
@@ -56,6 +56,7 @@ def check_inputs(cfg, resume, need_gold: bool = False) -> tuple[Task, dict[str, 
         raise DistillError(
             "students are scored on gold labels: the test texts need them (data.label_field, data.test_fraction > 0)"
         )
+    teacher: ServerClient | LocalClient | OnDemand
     if resume is None:
         teacher = client(cfg.teacher)
         teacher.check()  # an unreachable server stops a new run before its directory exists
@@ -68,7 +69,11 @@ class OnDemand:
     """A teacher client made (and checked) at the first request it has to send, not before."""
 
     def __init__(self, spec: LlmTeacher) -> None:
-        self.spec, self._client = spec, None
+        self.spec = spec
+        self._client: ServerClient | LocalClient | None = None
+
+    def check(self) -> None:
+        """Nothing to check before a request needs the teacher."""
 
     def generate(self, requests: list[Request]) -> Iterator[tuple[Request, Generation]]:
         if not requests:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from distill.errors import DistillError
 from distill.run import atomic_write
@@ -98,7 +98,7 @@ class LabelStore:
         return set(self.labels(teacher, keys))
 
     def responses(self, teacher: str | None = None, mode: str | None = None) -> Iterator[dict[str, Any]]:
-        q, args = "SELECT * FROM responses WHERE 1=1", []
+        q, args = "SELECT * FROM responses WHERE 1=1", cast(list[Any], [])
         if teacher is not None:
             q, args = q + " AND teacher = ?", [*args, teacher]
         if mode is not None:

@@ -91,7 +91,7 @@ def attention_transfer(student: Tensor, teacher: Tensor, p: float = 2.0, reducti
     to the teacher's size.
     """
     if student.shape[-2:] != teacher.shape[-2:]:
-        student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
+        student = F.adaptive_avg_pool2d(student, (teacher.shape[-2], teacher.shape[-1]))
     diff = (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2)
     if reduction == "sum":
         return diff.sum(1).mean()

@@ -110,12 +110,13 @@ def linear_divergence(
     if ce_weight and labels is None:
         raise ValueError("ce_weight needs the labels")
     rows = _teacher_rows(teacher, teacher_weight, lead, temperature)
-    row_loss: RowLoss = {
+    losses: dict[str, RowLoss] = {
         "kl": _forward_kl_rows,
         "reverse_kl": _reverse_kl_rows,
         "jsd": _jsd_rows(beta),
         "sparse_kl": _sparse_kl_rows,
-    }[divergence]
+    }
+    row_loss = losses[divergence]
     w = _row_weights(lead, mask, h.device)
     flat_labels = None if labels is None else labels.reshape(-1).long()
     args = (rows, flat_labels, w, row_loss, float(temperature), float(ce_weight), int(chunk_size), t2_scale)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RowLoss = Callable[[Tensor, Tensor], Tensor]
+RowLoss = Callable[[Tensor, Any], Tensor]  # (student rows, teacher rows: logits, or a cached top-k tuple)
 
 
 # --- per-row divergences on fp32 logits already divided by the temperature ----------------
@@ -63,7 +64,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
     """Sum of `row_loss` over rows with weights; gradient computed a chunk at a time in forward."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t, weights: Tensor, row_loss: RowLoss, scale: float, chunk: int) -> Tensor:
+    def forward(ctx, s: Tensor, t: Any, weights: Tensor, row_loss: RowLoss, scale: float, chunk: int) -> Tensor:
         grad = torch.zeros_like(s) if s.requires_grad else None
         total = s.new_zeros((), dtype=torch.float32)
         for start in range(0, s.shape[0], chunk):

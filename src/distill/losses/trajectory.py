@@ -4,6 +4,7 @@ epoch t land from the expert's epoch t+M, relative to how far the expert itself 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor
 
@@ -16,4 +17,4 @@ def trajectory_matching(
         raise ValueError("student and expert parameter lists differ in length")
     num = sum(((s - e) ** 2).sum() for s, e in zip(student_end, expert_end))
     den = sum(((a - e) ** 2).sum() for a, e in zip(expert_start, expert_end))
-    return num / den
+    return cast(Tensor, num / den)  # sums of tensors (the lists are not empty)

@@ -76,7 +76,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         hf_logging.set_verbosity_error()  # a foreign file's warnings before the error: the error says it
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
                 tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except Exception as e:  # a damaged or foreign file fails deep inside the GGUF reader, in many ways
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -93,7 +93,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         save_hf(model, tok, out)
 
 
-def save_hf(model: torch.nn.Module, tokenizer, out: Path, card: str | None = None) -> Path:
+def save_hf(model: Any, tokenizer: Any, out: Path, card: str | None = None) -> Path:
     """`model` and `tokenizer` as a Hugging Face directory at `out`, with `card` as its README.md: written into a
     temporary sibling and renamed, so the directory appears whole or not at all (an older one is replaced)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def load_causal_lm(spec: LlmSpec, check: Callable[[Any], None] | None = None):
     return model, tokenizer
 
 
-def keep_layers(model: torch.nn.Module, n: int) -> None:
+def keep_layers(model: Any, n: int) -> None:
     """Cut a decoder to its first `n` layers, in place, its config saying so (a saved copy reloads as cut)."""
     layers, cfg = getattr(model.base_model, "layers", None), model.config
     if not isinstance(layers, torch.nn.ModuleList):
@@ -242,6 +242,8 @@ def same_vocabulary(a, b) -> bool:
 
 
 class TargetLM(torch.nn.Module):
+    model: Any  # a Hugging Face causal LM
+
     """A causal LM trained on its target tokens only, for the engine: a batch {"input_ids", "attention_mask",
     "labels"} (labels -100 off target) -> (loss, {"ce": loss}). Each batch is cut to its longest row, and the
     output head runs only where a label is (a 49k-word head over every prompt token would be most of a step)."""

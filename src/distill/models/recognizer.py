@@ -74,9 +74,9 @@ class Recognizer(nn.Module):
         values = feats.flatten(2).transpose(1, 2)  # (B, N, C)
         keys = (self.key(feats) + self.position).flatten(2).transpose(1, 2)  # (B, N, hidden)
         state = torch.tanh(self.init_state(values.mean(1)))
-        forced = decoder_input_ids is not None
-        steps = decoder_input_ids.shape[1] if forced else self.max_length + 1
-        prev = decoder_input_ids[:, 0] if forced else torch.full((b,), self.start, device=x.device)
+        forced = decoder_input_ids
+        steps = forced.shape[1] if forced is not None else self.max_length + 1
+        prev = forced[:, 0] if forced is not None else torch.full((b,), self.start, device=x.device)
         logits, maps, glimpses = [], [], []
         ended = torch.zeros(b, dtype=torch.bool, device=x.device)
         for t in range(steps):
@@ -87,8 +87,8 @@ class Recognizer(nn.Module):
             logits.append(step)
             maps.append(alpha)
             glimpses.append(glimpse)
-            if forced:
-                prev = decoder_input_ids[:, t + 1] if t + 1 < steps else prev
+            if forced is not None:
+                prev = forced[:, t + 1] if t + 1 < steps else prev
             else:
                 prev = step.argmax(-1)
                 ended |= prev == END

@@ -10,7 +10,7 @@ unchanged. The result is a fresh model built from the new config, so every modul
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,7 @@ def prune(model: nn.Module, imp: Importance, target: LlmShape, depth_metric: Dep
             state[f"model.layers.{new_index[old]}.{rest}"] = _slice_layer(rest, t, hid, ffn[old], qrows[old])
 
     config = target.apply_to(model.config)
-    pruned = type(model)(config).to(dtype=next(model.parameters()).dtype)
+    pruned: Any = type(model)(config).to(dtype=next(model.parameters()).dtype)  # an HF causal LM like `model`
     missing, unexpected = pruned.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and target.tied)]
     if missing or unexpected:

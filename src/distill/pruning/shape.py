@@ -19,7 +19,7 @@ def check_supported(config: Any) -> None:
         "qwen2",
     ):
         raise DistillError(
-            f"architecture {archs or getattr(config, 'model_type', '?')} is not supported for pruning; "
+            f"architecture {archs if archs else getattr(config, 'model_type', '?')} is not supported for pruning; "
             f"supported: {', '.join(SUPPORTED)}"
         )
 
@@ -51,7 +51,7 @@ class LlmShape:
             qkv_bias=bool(getattr(config, "attention_bias", False) or config.model_type == "qwen2"),
         )
 
-    def with_(self, **changes: int) -> LlmShape:
+    def with_(self, **changes: Any) -> LlmShape:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def params(self) -> int:

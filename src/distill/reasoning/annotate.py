@@ -91,7 +91,8 @@ def messages(problem: Problem) -> Messages:
 def parse(text: str) -> str | None:
     """The reply's numbered lines as JSON {"q": [...], "a": [...], "final": number|null}, or None when any
     non-empty line is something else or the numbering is not 1, 2, 3... (stored with the raw reply)."""
-    qs, answers = [], []
+    qs: list[str] = []
+    answers: list[str] = []
     for line in text.strip().splitlines():
         if not line.strip() or line.strip().startswith(FINAL):
             continue

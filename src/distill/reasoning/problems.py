@@ -80,7 +80,7 @@ def load_problems(cfg: ProblemData) -> dict[str, list[Problem]]:
         sizes = {"test": cfg.test, "val": cfg.val, "train": cfg.size - cfg.test - cfg.val}
         splits = generate_splits(sizes, cfg.seed, cfg.steps, cfg.held_out)
         return {**splits, "train": _gold(splits["train"][: cfg.max_train], cfg.gold_subquestions)}
-    problems = read_problems(Path(cfg.path)) if cfg.source == "jsonl" else generate(cfg.size, cfg.seed)
+    problems = read_problems(Path(cfg.path or "")) if cfg.source == "jsonl" else generate(cfg.size, cfg.seed)
     if len(problems) < cfg.test + cfg.val + 1:
         raise DistillError(
             f"{len(problems)} problems cannot hold {cfg.test} test and {cfg.val} validation "
@@ -107,7 +107,7 @@ def generate(size: int, seed: int) -> list[Problem]:
             Problem(
                 f"gsm{seed}-{i}",
                 " ".join(x["question"].split()),
-                parse_number(str(x["answer"])),
+                _number(str(x["answer"])),
                 x["metadata"]["answer_cot"],
             )
         )
@@ -174,6 +174,14 @@ def parse_number(text: str) -> float | None:
     if not re.fullmatch(NUMBER.pattern, t):
         return None
     return float(t.replace(",", ""))
+
+
+def _number(text: str) -> float:
+    """A number a generator wrote (never missing): its parse, or a clear error."""
+    value = parse_number(text)
+    if value is None:
+        raise DistillError(f"a generated problem's answer {text!r} is not a number")
+    return value
 
 
 def final_answer(text: str) -> float | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.config import Section
-from distill.context import Result, RuntimeConfig, start
+from distill.context import Context, Result, RuntimeConfig, start
 from distill.data.sft import PromptData, pad_id, sft_splits
-from distill.data.text import TextData, token_splits
+from distill.data.text import Rows, TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_kl, lm_loss
@@ -174,7 +174,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     return ctx.finish(rows, products={"model": "model"}, info=info)
 
 
-def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> nn.Module:
+def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> Distiller | FusedLM:
     """What trains: the fused output projection + divergence (`FusedLM`), or the general `Distiller`."""
     o = cfg.objective
     if o.fused and o.kd_weight:
@@ -184,7 +184,7 @@ def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, ter
     return Distiller(student, terms, {} if teacher is None else {"teacher": teacher})  # no projections to size
 
 
-def teacher_targets(cfg: Config, ctx, teacher: nn.Module, tokenizer, train: dict[str, Tensor]) -> dict[str, Tensor]:
+def teacher_targets(cfg: Config, ctx: Context, teacher: nn.Module, tokenizer: Any, train: Rows) -> dict[str, Tensor]:
     """Sequence-level KD's data: the teacher's greedy completion of every training prompt, generated once and kept
     in the run (a resumed run reads them)."""
     path = ctx.run.path / "teacher_targets.safetensors"

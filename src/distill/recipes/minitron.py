@@ -26,7 +26,7 @@ from torch import nn
 from distill.checkpoint import sharded, whole_copy
 from distill.config import Section
 from distill.context import Context, Result, RuntimeConfig, start
-from distill.data.text import TextData, token_splits
+from distill.data.text import Rows, TextData, token_splits
 from distill.engine import Data, EvalFn, TrainConfig, check_fits
 from distill.errors import ConfigError, DistillError
 from distill.evaluate import lm_loss
@@ -214,7 +214,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     return ctx.finish(rows, products={"model": "model"}, tables={"search": table}, info=info)
 
 
-def importance(cfg: Config, ctx: Context, teacher: PreTrainedModel, train: dict) -> Importance:
+def importance(cfg: Config, ctx: Context, teacher: PreTrainedModel, train: Rows) -> Importance:
     """`importance_from`'s saved scores, else this run's (computed once, saved)."""
     if cfg.importance_from:
         d = Path(cfg.importance_from) / "importance"

@@ -13,11 +13,12 @@ Stages, in order:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field, model_validator
 from safetensors.torch import save
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from distill.config import Section
@@ -131,7 +132,7 @@ class EvalConfig(Section):
         description="how each fresh net trains on a small set (the MTT code: 1000 epochs); lr is the real-image "
         "baselines' (the synthetic set trains at its learned alpha)",
     )
-    baselines: list[Literal["random", "herding"]] = Field(default_factory=lambda: ["random", "herding"])
+    baselines: list[Literal["random", "herding"]] = Field(["random", "herding"])
     cross_arch: list[ModelSpec] = Field(
         default_factory=lambda: [ModelSpec(arch="mlp", args={"hidden": [128, 128]}), ModelSpec(arch="resnet")],
         description="other architectures the synthetic set is evaluated on",
@@ -209,7 +210,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         )
         return {"accuracy": sum(accs) / len(accs)}
 
-    plan = schedule(d.train.max_steps, len(trajectories), d.max_start_epoch, seed)
+    plan = schedule(cast(int, d.train.max_steps), len(trajectories), d.max_start_epoch, seed)
     ctx.fit(matcher, plan, d.train, stage="distill", eval_fn=evaluate_during)
     synthetic = synthetic.cpu()
     alpha = float(synthetic.lr.detach())
@@ -231,7 +232,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
 
     # 5. outputs
     pixels = data.pixels(zca.inverse(synthetic.images.detach()) if zca else synthetic.images.detach())
-    tensors = {
+    tensors: dict[str, Tensor] = {
         "images": synthetic.images,
         "pixels": pixels,
         "labels": synthetic.labels,

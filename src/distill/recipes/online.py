@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from distill.config import Section
 from distill.context import Context, Result, RuntimeConfig, stage_seed, start
-from distill.data.text import TextData, learned_tokenizer, token_splits
-from distill.engine import Callbacks, TrainConfig, check_fits
+from distill.data.text import Rows, TextData, learned_tokenizer, token_splits
+from distill.engine import Callbacks, EvalFn, TrainConfig, check_fits
 from distill.evaluate import lm_loss
 from distill.kd import CE, Cohort, Distiller, Member, Term, supervised
 from distill.kd.auxiliary import OnlineStudent, check_relation_heads, lm_of, relation_terms
@@ -254,7 +254,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     return ctx.finish(rows, products=products, info=info)
 
 
-def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
+def online(
+    cfg: Config, ctx: Context, models: dict[str, nn.Module], train: Rows, evaluate: EvalFn, student_steps: int
+) -> dict[str, int]:
     """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
     members = {"teacher": Member(models["teacher"], [CE])}
     members.update(
@@ -285,7 +287,9 @@ def online(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stude
     return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
 
 
-def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, student_steps: int) -> dict[str, int]:
+def offline(
+    cfg: Config, ctx: Context, models: dict[str, nn.Module], train: Rows, evaluate: EvalFn, student_steps: int
+) -> dict[str, int]:
     """The teacher first; then each student from its finished, frozen source over the same batches."""
     ctx.fit(
         supervised(models["teacher"]),
@@ -309,7 +313,7 @@ def offline(cfg: Config, ctx: Context, models: dict, train: dict, evaluate, stud
     return forwards
 
 
-def students_batches(cfg: Config, train: dict[str, Tensor], ctx: Context) -> dict[str, Tensor]:
+def students_batches(cfg: Config, train: Rows, ctx: Context) -> dict[str, Tensor]:
     """What the online students trained on, in their order, for the offline and alone students' unshuffled
     stages (`student_train`): every stage of the run sees the same samples."""
     seed, world = stage_seed(ctx.seed, BATCHES), ctx.accelerator.num_processes
@@ -361,7 +365,7 @@ def _lm(spec: ModelConfig, tokenizer, ctx: Context) -> Any:  # an HF causal LM
     return spec.build(tokenizer, lambda: ctx.seed_stage(f"init/{getattr(spec, 'name', 'teacher')}"))
 
 
-def _probe(train: dict, ctx: Context) -> dict:
+def _probe(train: Rows, ctx: Context) -> dict[str, Tensor]:
     return {k: v[:2].to(ctx.accelerator.device) for k, v in train.items()}
 
 

@@ -58,7 +58,7 @@ class Students(Section):
     """The small models and how they train (each variant from the same weights, same budget)."""
 
     model: LlmSpec = Field(default_factory=LlmSpec, description="any causal LM: an HF directory, .gguf, bundled")
-    variants: list[Variant] = Field(default_factory=lambda: ["answer", "cot", "socratic", "unified"])
+    variants: list[Variant] = Field(["answer", "cot", "socratic", "unified"])
     max_length: int = Field(384, gt=8, description="longest training sequence in tokens (longer ones are cut)")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
@@ -138,7 +138,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     store.close()
 
     # 4-5. students, each then scored on the test split
-    by_steps: dict[str, dict[str, Any]] = defaultdict(dict)
+    by_steps: dict[int, dict[str, Any]] = defaultdict(dict)
     examples, per_problem = [], []
     for variant in cfg.students.variants:
         traces, seconds = train_and_solve(ctx, cfg, variant, decomps, test)

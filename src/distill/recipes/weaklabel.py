@@ -35,7 +35,7 @@ class StudentConfig(Section):
 
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     objectives: list[Literal["cls", "reg"]] = Field(
-        default_factory=lambda: ["reg"],
+        ["reg"],
         description="reg: regress the soft score (the mean label value of the K answers; the paper's student, "
         "tied texts included); cls: the majority label (ties dropped)",
     )
@@ -87,7 +87,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     store.close()
     del teacher  # a local teacher's weights are not needed any more
     votes, scored = labelled[0][1], labelled[-1][0]
-    gold = [i.gold for i in test]
+    gold = [i.gold for i in test if i.gold is not None]  # all of them: check_inputs made sure
     rows = []
     if "teacher_accuracy" in scored:
         where = "" if scored["split"] == "test" else ", on the pool"
@@ -114,8 +114,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         stage = f"student-{objective}-agree{threshold:g}"
         rows.append(train_student(ctx, cfg, task, stage, objective, texts, targets, test_data, gold, tok))
     if s.gold:
-        texts, labels = [i.text for i in pool if i.gold], [i.gold for i in pool if i.gold]
-        rows.append(train_student(ctx, cfg, task, "student-gold", "cls", texts, labels, test_data, gold, tok))
+        gold_texts = [i.text for i in pool if i.gold]
+        gold_labels = [i.gold for i in pool if i.gold is not None]  # the same texts' labels
+        rows.append(train_student(ctx, cfg, task, "student-gold", "cls", gold_texts, gold_labels, test_data, gold, tok))
 
     products = {
         r["model"]: f"{r['model']}/model.safetensors"
@@ -136,7 +137,7 @@ def train_student(
     cfg: Config,
     task: Task,
     stage: str,
-    objective: str,
+    objective: Literal["cls", "reg"],
     texts: list[str],
     targets: list,
     test_data: dict,

@@ -85,7 +85,7 @@ def _font(path: str) -> ImageFont.FreeTypeFont:
 def _text_mask(text: str, font: Path, stroke: int) -> Image.Image:
     f = _font(str(font))
     left, top, right, bottom = f.getbbox(text, stroke_width=stroke)
-    img = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    img = Image.new("L", (int(right - left) + 8, int(bottom - top) + 8), 0)
     ImageDraw.Draw(img).text((4 - left, 4 - top), text, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
     return img
 
@@ -177,7 +177,8 @@ def handwritten_digits(
 
 def _paper(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     level, ink = rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.35)
-    return np.asarray(_compose(mask, _texture(rng, *mask.shape, level, 0.04), ink))
+    height, width = mask.shape
+    return np.asarray(_compose(mask, _texture(rng, height, width, level, 0.04), ink))
 
 
 def elastic(
