@@ -42,9 +42,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 name = "minitron"
-# tokens each search candidate trains on before the ranking: twice the earlier 20 steps x 4 x 256. In
-# benchmarks/minitron_search.py (SmolLM2-135M -> 50%, 6 candidates) the pick is the same from 5,120 tokens on and
-# the whole ranking equals this budget's from 35,840 (Spearman 0.83 at the old 20,480); longer was not measured
+# tokens each search candidate trains on before the ranking: where its pick and ranking settle,
+# benchmarks/results/minitron_search.md
 SEARCH_TOKENS = 40_960
 
 
