@@ -199,6 +199,30 @@ def accuracy_runs(args: argparse.Namespace, root: Path) -> dict:
     return out
 
 
+def reproduction_runs(args: argparse.Namespace, root: Path, committed: dict) -> dict:
+    """`--methods`: only these rows, at the committed results' chosen settings (no sweep: the choice on the
+    validation split was made when they were measured), to check that a change reproduces them."""
+    runs = Runs(root, args)
+    teacher, teacher_row = teacher_overrides(runs)
+    chosen = committed["accuracy"]["chosen"]
+    t, a = chosen["hinton"]["temperature"], chosen["hinton"]["alpha"]
+    known = {"student_alone": ("student_alone", "student_alone", []),
+             "hinton": (f"hinton-T{t:g}-a{a:g}", "hinton", teacher + kd_over(t, a))}  # fmt: skip
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(known))
+    if unknown:
+        raise SystemExit(f"--methods {unknown}: reproducible here are {sorted(known)}")
+    runs.prefetch([j for m in methods for j in runs.jobs(*known[m])])
+    reference = {m.split(" (")[0]: e for m, e in committed["accuracy"]["methods"].items()}
+    out = {"teacher": teacher_row, "methods": {}, "sweeps": {}, "chosen": chosen, "reference": {}}
+    for m in methods:
+        out["methods"][m] = runs.seeds(*known[m])
+        out["reference"][m] = {"test": reference[m]["test"], "val": reference[m]["val"]}
+    out["reference_teacher"] = committed["accuracy"]["teacher"]["test_accuracy"]
+    out["runs_wall_s"] = round(sum(r["wall_s"] for r in runs.done.values()))
+    return out
+
+
 def bare_loop(student, teacher, data, steps: int, batch: int, lr: float, temperature: float) -> float:
     """Hinton KD written by hand: the same math as configs/kd/hinton.yaml, no engine."""
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=5e-4)
@@ -349,6 +373,18 @@ def markdown(res: dict) -> str:
         for name, e in entries.items():
             (vm, vs), (tm, ts) = mean_std(e["val"]), mean_std(e["test"])
             lines.append(f"| {name} | {vm:.4f} ± {vs:.4f} | {tm:.4f} ± {ts:.4f} |")
+    if acc.get("reference"):
+        lines += ["", "### Against the committed figures (`kd_fmnist.json`, the same budget and settings)", "",
+                  "| model | committed test (mean ± std) | this run's test (mean ± std) | difference | t | verdict |",
+                  "|---|---:|---:|---:|---:|---|",
+                  f"| teacher (seed 0) | {acc['reference_teacher']:.4f} | {t['test_accuracy']:.4f} | "
+                  f"{100 * (t['test_accuracy'] - acc['reference_teacher']):+.2f} pts | | one run |"]  # fmt: skip
+        for name, ref in acc["reference"].items():
+            e = acc["methods"][name]
+            diff, tt = significance(e["test"], ref["test"])
+            (rm, rs), (tm, ts) = mean_std(ref["test"]), mean_std(e["test"])
+            lines.append(f"| student: {name} | {rm:.4f} ± {rs:.4f} | {tm:.4f} ± {ts:.4f} | {100 * diff:+.2f} pts | "
+                         f"{tt:+.1f} | {'reproduced (within noise)' if abs(tt) <= 2 else 'differs'} |")  # fmt: skip
     lines += [
         "",
         f"Student/teacher parameter ratio: 1/{t['params'] / base['params']:.1f}. t = difference over its standard "
@@ -384,6 +420,8 @@ def main() -> None:
     p.add_argument("--overhead-steps", type=int, default=200)
     p.add_argument("--overhead-reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a small subset, to check the script")
+    p.add_argument("--methods", help="e.g. student_alone,hinton: only these rows, at kd_fmnist.json's chosen settings, "
+                   "compared with its figures (write with --name)")  # fmt: skip
     p.add_argument("--dir", default="runs/kd_fmnist", help="where runs are kept (resumable)")
     p.add_argument("--name", default="kd_fmnist")
     p.add_argument("--note", help="a sentence stored with the results and printed under the table")
@@ -396,7 +434,10 @@ def main() -> None:
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
     if args.part in ("all", "accuracy"):
-        acc = accuracy_runs(args, root)
+        if args.methods:
+            acc = reproduction_runs(args, root, json.loads((RESULTS / "kd_fmnist.json").read_text()))
+        else:
+            acc = accuracy_runs(args, root)
         if args.worker:
             return
         budget = {"seeds": args.seeds, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
