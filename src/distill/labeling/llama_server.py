@@ -42,6 +42,7 @@ def llama_cpp_server(
     answers; stops the server after. `binary`: a llama-server executable to run instead of llama-cpp-python's
     server, with `parallel` slots of `n_ctx` tokens each."""
     port = port or free_port()
+    serve = ["--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]  # both servers' own flags
     if binary is None:
         if parallel != 1:
             raise DistillError(
@@ -52,12 +53,7 @@ def llama_cpp_server(
             sys.executable,
             "-m",
             "llama_cpp.server",
-            "--model",
-            str(gguf),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *serve,
             "--n_ctx",
             str(n_ctx),
             "--model_alias",
@@ -70,12 +66,7 @@ def llama_cpp_server(
         # --kv-unified: one KV buffer for every slot (llama.cpp's own default only when it picks the slot count)
         cmd = [
             str(binary),
-            "--model",
-            str(gguf),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *serve,
             "--ctx-size",
             str(n_ctx * parallel),
             "--parallel",
