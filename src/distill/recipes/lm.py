@@ -11,7 +11,8 @@ Stages, in order:
                  live teacher, or from a `distill capture` cache (`teacher.cache`: sparse KL on its top-k)
     4. evaluate  held-out loss (on the completion tokens for prompt data) of the teacher, and of the student
                  before and after
-    5. export    the student as an HF directory with its tokenizer and a model card (README.md)
+    5. export    the student as an HF directory with its tokenizer and a model card (README.md); with `gguf`,
+                 also as one GGUF file for llama.cpp
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_cap
 from distill.kd.fused import FusedLM
 from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
+from distill.models.gguf import OutType, converter_dir, export_gguf
 from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm, save_hf
 from distill.report import markdown_table
 from distill.run import atomic_write
@@ -113,6 +115,9 @@ class Config(Section):
         ),
     )
     eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+    gguf: OutType | None = Field(
+        None, description="also write model.gguf for llama.cpp, weights in this type (llama.cpp's own converter)"
+    )
 
     @model_validator(mode="after")
     def _learns(self) -> Config:
@@ -140,6 +145,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         terms = from_cache(terms)  # a divergence other than forward KL at T=1 needs the live teacher: one line
     check_fits(len(train["input_ids"]), cfg.train, "train")
     expected = check_cache(cfg.teacher.cache, teacher, tokenizer, train) if cfg.teacher.cache else None
+    if cfg.gguf:
+        converter_dir()  # found (or fetched) now: a missing converter must not end a finished training
     ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev).eval().requires_grad_(False)
@@ -167,11 +174,15 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 4-5. evaluate and export
     rows = [_row("teacher", teacher, held_out(teacher)), _row("student before", student, before)]
     rows.append(_row("student after", student, held_out(student)))
-    export = ctx.run.path / "model"
+    export, products = ctx.run.path / "model", {"model": "model"}
     if ctx.accelerator.is_main_process:
         save_hf(student, tokenizer, export, model_card(cfg, rows, len(train["input_ids"])))
+        if cfg.gguf:
+            export_gguf(export, ctx.run.path / "model.gguf", cfg.gguf)
+    if cfg.gguf:
+        products["gguf"] = "model.gguf"
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
-    return ctx.finish(rows, products={"model": "model"}, info=info)
+    return ctx.finish(rows, products=products, info=info)
 
 
 def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> Distiller | FusedLM:
@@ -256,4 +267,7 @@ def _completions(g: Generation) -> str:
 
 
 def table(result: Result) -> str:
-    return markdown_table(result.rows) + f"\n\nexported model: {result.run_dir / result.products['model']}"
+    lines = [markdown_table(result.rows), "", f"exported model: {result.run_dir / result.products['model']}"]
+    if "gguf" in result.products:
+        lines.append(f"for llama.cpp: {result.run_dir / result.products['gguf']}")
+    return "\n".join(lines)
