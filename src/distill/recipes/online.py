@@ -40,6 +40,7 @@ from distill.report import markdown_table
 name = "online"
 PREMISE_NATS = 0.3  # how much better than the students alone a teacher must start, for distillation to show
 BATCHES = "batches"  # every training stage draws its batch order from this one seed: all models see the same data
+Models = dict[str, nn.Module]  # by name: the teacher and the students
 
 
 class TeacherConfig(ModelConfig):
@@ -254,9 +255,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     return ctx.finish(rows, products=products, info=info)
 
 
-def online(
-    cfg: Config, ctx: Context, models: dict[str, nn.Module], train: Rows, evaluate: EvalFn, student_steps: int
-) -> dict[str, int]:
+def online(cfg: Config, ctx: Context, models: Models, train: Rows, evaluate: EvalFn, steps: int) -> dict[str, int]:
     """One cohort: the teacher on its LM loss every step, each student toward its source every k steps."""
     members = {"teacher": Member(models["teacher"], [CE])}
     members.update(
@@ -287,9 +286,7 @@ def online(
     return {"teacher": int(metrics["forwards/teacher"])}  # the students reused those: they cost none
 
 
-def offline(
-    cfg: Config, ctx: Context, models: dict[str, nn.Module], train: Rows, evaluate: EvalFn, student_steps: int
-) -> dict[str, int]:
+def offline(cfg: Config, ctx: Context, models: Models, train: Rows, evaluate: EvalFn, steps: int) -> dict[str, int]:
     """The teacher first; then each student from its finished, frozen source over the same batches."""
     ctx.fit(
         supervised(models["teacher"]),
@@ -306,7 +303,7 @@ def offline(
         distiller.build(_probe(train, ctx))
         source = distiller.teachers[0]  # counts the forward passes it runs for this student
         source.forwards = 0  # the probe that sized the projections is not training
-        tcfg = student_train(cfg, s, student_steps)
+        tcfg = student_train(cfg, s, steps)
         scored = lambda m, n=s.name, c=source: {**evaluate({n: m}), "forwards": c.forwards}  # noqa: E731
         metrics = ctx.fit(distiller, seen, tcfg, stage=f"offline/{s.name}", eval_fn=scored, seed_from=BATCHES)
         forwards[s.name] = int(metrics["forwards"])
