@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from distill.cli import main
 from distill.data.sft import PromptData, sft_rows
-from distill.kd import Distiller
+from distill.kd import Distiller, Term
 from distill.recipes.lm import Objective
 from llm_fixtures import char_tokenizer, save_corpus, save_tiny_llama
 
@@ -308,9 +308,15 @@ def test_bf16_autocast_on_a_cpu_with_it_keeps_the_divergence_in_fp32(tiny, tmp_p
 
 
 # --- the fused output projection + divergence ---------------------------------------------------------------------
-@pytest.mark.parametrize("divergence", ["kl", "jsd"])
-def test_the_fused_student_matches_the_distiller_value_and_gradient(divergence):
+MINITRON_KL = [Term(name="kd", loss="kl", inputs=["student.logits", "teacher.logits"], args={"chunk_size": 3})]
+
+
+@pytest.mark.parametrize("objective", ["kl", "jsd", "minitron"])
+def test_the_shared_llm_stage_trains_fused_with_the_distillers_value_and_gradient(objective):
+    """`lm_trainable` maps an objective onto the fused projection + divergence (weights, CE mix, beta, temperature,
+    chunk, mask): `distill lm`'s objectives on prompt data, and Minitron's default forward KL on plain text."""
     from distill.kd.fused import FusedLM
+    from distill.kd.lm_stage import lm_trainable
     from distill.models.llm import LlamaShape, new_llama
 
     tok = char_tokenizer()
@@ -319,11 +325,26 @@ def test_the_fused_student_matches_the_distiller_value_and_gradient(divergence):
     teacher = new_llama(LlamaShape(layers=2, hidden=24, heads=2, ffn=32), tok)
     recs = [{"prompt": "ab", "completion": "cdef"}, {"prompt": "xyz", "completion": "qq"}]
     batch = sft_rows(recs, PromptData(path="x", seq_len=10), tok)
-    o = Objective(divergence=divergence, beta=0.3, temperature=2.0, ce_weight=0.5, kd_weight=0.8, chunk_size=4)
-    plain, _ = Distiller(student, o.terms(masked=True), {"teacher": teacher})(batch)
-    args = {"divergence": divergence, "beta": 0.3, "temperature": 2.0, "chunk_size": 4}
-    fused, _ = FusedLM(student, teacher, 0.8, ce_weight=0.5 / 0.8, **args)(batch)
+    if objective == "minitron":
+        terms, batch = MINITRON_KL, {k: batch[k] for k in ("input_ids", "labels")}
+    else:
+        o = Objective(divergence=objective, beta=0.3, temperature=2.0, ce_weight=0.5, kd_weight=0.8, chunk_size=4)
+        terms = o.terms(masked=True)
+    plain, _ = Distiller(student, terms, {"teacher": teacher})(batch)
+    trainable = lm_trainable(student, teacher, terms)
+    assert isinstance(trainable, FusedLM)
+    fused, _ = trainable(batch)
     torch.testing.assert_close(fused, plain)
     params = [p for p in student.parameters()]
     for a, e in zip(torch.autograd.grad(fused, params), torch.autograd.grad(plain, params)):
         torch.testing.assert_close(a, e)
+
+
+def test_objectives_the_fused_stage_does_not_compute_train_through_the_distiller():
+    from distill.kd.lm_stage import fusable
+
+    hint = Term(name="hint", loss="hint", inputs=["student.model.layers.0", "teacher.model.layers.1"])
+    relation = MINITRON_KL[0].model_copy(update={"inputs": ["student.logits", "teacher[a].logits"]})
+    for terms in ([*MINITRON_KL, hint], [relation], [MINITRON_KL[0].model_copy(update={"args": {"other": 1}})]):
+        assert fusable(terms) is None, terms
+    assert fusable(MINITRON_KL) == (MINITRON_KL[0], None)

@@ -34,13 +34,13 @@ from distill.data.text import Rows, TextData, token_splits
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
 from distill.evaluate import lm_kl, lm_loss
-from distill.kd import CE, Distiller, Term
+from distill.kd import CE, Term
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
-from distill.kd.fused import FusedLM
+from distill.kd.lm_stage import export_lm, lm_trainable
 from distill.kd.onpolicy import OnPolicy, complete
 from distill.models import count_parameters
-from distill.models.gguf import OutType, converter_dir, export_gguf
-from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm, save_hf
+from distill.models.gguf import OutType, converter_dir
+from distill.models.llm import LlamaShape, ModelConfig, load_causal_lm
 from distill.report import markdown_table
 from distill.run import atomic_write
 
@@ -164,7 +164,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         )
     if cfg.generation.targets == "teacher":
         train = teacher_targets(cfg, ctx, teacher, tokenizer, train)
-    distiller = distillation(cfg, student, None if cfg.teacher.cache else teacher, terms).to(dev)
+    distiller = lm_trainable(student, None if cfg.teacher.cache else teacher, terms, cfg.objective.fused).to(dev)
     g, pad = cfg.generation, pad_id(tokenizer)
     trainee = (
         OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
@@ -174,25 +174,10 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 4-5. evaluate and export
     rows = [_row("teacher", teacher, held_out(teacher)), _row("student before", student, before)]
     rows.append(_row("student after", student, held_out(student)))
-    export, products = ctx.run.path / "model", {"model": "model"}
-    if ctx.accelerator.is_main_process:
-        save_hf(student, tokenizer, export, model_card(cfg, rows, len(train["input_ids"])))
-        if cfg.gguf:
-            export_gguf(export, ctx.run.path / "model.gguf", cfg.gguf)
-    if cfg.gguf:
-        products["gguf"] = "model.gguf"
+    card = model_card(cfg, rows, len(train["input_ids"]))
+    products = export_lm(ctx.accelerator, ctx.run.path, student, tokenizer, card, cfg.gguf)
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
     return ctx.finish(rows, products=products, info=info)
-
-
-def distillation(cfg: Config, student: nn.Module, teacher: nn.Module | None, terms: list[Term]) -> Distiller | FusedLM:
-    """What trains: the fused output projection + divergence (`FusedLM`), or the general `Distiller`."""
-    o = cfg.objective
-    if o.fused and o.kd_weight:
-        divergence = "sparse_kl" if teacher is None else o.divergence
-        args = {"divergence": divergence, "beta": o.beta, "temperature": o.temperature, "chunk_size": o.chunk_size}
-        return FusedLM(student, teacher, o.kd_weight, ce_weight=o.ce_weight / o.kd_weight, **args)
-    return Distiller(student, terms, {} if teacher is None else {"teacher": teacher})  # no projections to size
 
 
 def teacher_targets(cfg: Config, ctx: Context, teacher: nn.Module, tokenizer: Any, train: Rows) -> dict[str, Tensor]:

@@ -23,16 +23,17 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from distill.checkpoint import sharded, whole_copy
 from distill.config import Section
 from distill.context import Context, Result, RuntimeConfig, start
 from distill.data.text import Rows, TextData, token_splits
 from distill.engine import Data, EvalFn, TrainConfig, check_fits
 from distill.errors import ConfigError, DistillError
 from distill.evaluate import lm_loss
-from distill.kd import Distiller, Term, Terms, supervised
+from distill.kd import Term, Terms, supervised
 from distill.kd.cache import CachedTeacher, check_cache, from_cache, open_or_capture
-from distill.models.llm import load_causal_lm, save_hf
+from distill.kd.lm_stage import export_lm, lm_trainable
+from distill.models.gguf import OutType, converter_dir
+from distill.models.llm import load_causal_lm
 from distill.pruning import Importance, LlmShape, check_supported, compute_importance, prune
 from distill.pruning.prune import layers_to_keep
 from distill.pruning.search import candidates, pick
@@ -128,6 +129,12 @@ class Config(Section):
         "that of the teacher layer it was pruned from (learned projection when widths differ), scaled each step "
         "to the first objective term's size (0: off)",
     )
+    fused: bool = Field(
+        True,
+        description="a logit divergence (+ CE) objective trains the fused output projection + divergence, a chunk of "
+        "positions at a time (the same loss, neither model's full logits in memory); false: the general objective",
+    )
+    gguf: OutType | None = Field(None, description="also write model.gguf for llama.cpp, weights in this type")
     eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
     samples: list[str] = Field(
         default_factory=lambda: ["It is a truth universally acknowledged", "Emma Woodhouse, handsome,"],
@@ -167,6 +174,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     expected = None
     if cfg.teacher.cache and cfg.correction is None:  # a corrected teacher is known only after its correction
         expected = check_cache(cfg.teacher.cache, teacher, tokenizer, train)
+    if cfg.gguf:
+        converter_dir()  # found (or fetched) now: a missing converter must not end a finished run
     ctx = start(name, cfg, cfg.run, resume)
     dev = ctx.accelerator.device
     teacher.to(dev)
@@ -192,7 +201,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     ctx.seed_stage("student/init")
     student = prune(teacher, imp, target, cfg.target.depth_metric).to(dev)
     pruned_eval = evaluate(student)
-    distiller = Distiller(student, objective + hidden_terms(cfg, imp, target), teachers).to(dev)
+    distiller = lm_trainable(student, teachers.get("teacher"), objective + hidden_terms(cfg, imp, target), cfg.fused)
+    distiller.to(dev)
     final = ctx.fit(distiller, data, cfg.train, stage="student", eval_fn=evaluate)
 
     rows = [
@@ -200,17 +210,13 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         _row("pruned (before KD)", student, pruned_eval, None, cfg),
         _row("distilled", student, final or evaluate(student), tokenizer, cfg),
     ]
-    export = ctx.run.path / "model"
-    if ctx.accelerator.is_main_process:
-        if sharded(ctx.accelerator):  # its weights are spread over the processes; the stage saved them whole
-            student = whole_copy(student, ctx.run.path / "student" / "model.safetensors")
-        save_hf(student, tokenizer, export)
+    products = export_lm(ctx.accelerator, ctx.run.path, student, tokenizer, gguf=cfg.gguf)
     info = {
         "target": target.as_dict(),
         "tokens_per_sample": cfg.data.seq_len,
         "train_tokens": _tokens(cfg.train, cfg.data.seq_len, ctx),
     }
-    return ctx.finish(rows, products={"model": "model"}, tables={"search": table}, info=info)
+    return ctx.finish(rows, products=products, tables={"search": table}, info=info)
 
 
 def importance(cfg: Config, ctx: Context, teacher: PreTrainedModel, train: Rows) -> Importance:
@@ -281,7 +287,7 @@ def search(
     for i, cand in enumerate(shapes):
         ctx.seed_stage(f"search-{i}/init")
         student = prune(teacher, imp, cand, cfg.target.depth_metric).to(ctx.accelerator.device)
-        distiller = Distiller(student, objective, teachers).to(ctx.accelerator.device)
+        distiller = lm_trainable(student, teachers.get("teacher"), objective, cfg.fused).to(ctx.accelerator.device)
         metrics = ctx.fit(distiller, train, tcfg, stage=f"search-{i}", eval_fn=evaluate)
         row = {"stage": f"search-{i}", **cand.as_dict(), "params": cand.params(), "tokens": tokens}
         table.append({**row, "val_loss": metrics["val_loss"]})
