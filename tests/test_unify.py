@@ -237,7 +237,7 @@ def _tiny_run(words: Path, out: Path) -> list[str]:
         "data.width=48",
         "data.max_length=6",
         "teacher.args={channels: [8, 16], hidden: 16, embed: 8}",
-        "student.args={channels: [4, 8], hidden: 8, embed: 8}",
+        "student={arch: recognizer, args: {channels: [4, 8], hidden: 8, embed: 8}}",
         "teacher_train={epochs: 2, batch_size: 16, progress: false, log_every: 2}",
         "train={epochs: 2, batch_size: 16, progress: false, log_every: 2, save_every: 2}",
         "examples=2",
@@ -278,7 +278,7 @@ def test_end_to_end_through_the_cli_with_ablations(words, tmp_path, capsys, monk
     data = load_text_images(cfg.data)
     shape = {"num_chars": len(data.charset), "max_length": 6, "image_size": (16, 48)}
     for label, spec, stage in [("printed specialist", cfg.teacher, "teacher-printed"),
-                               ("student KD", cfg.student, "student")]:  # fmt: skip
+                               ("student KD", cfg.student_spec, "student")]:  # fmt: skip
         model = build_model(spec, **shape)
         model.load_state_dict(load_file(str(run / stage / "model.safetensors")))
         row = next(r for r in result["rows"] if r["model"] == label)
@@ -286,6 +286,11 @@ def test_end_to_end_through_the_cli_with_ablations(words, tmp_path, capsys, monk
             got = read(model.eval(), tensors["pixel_values"], data.charset, "cpu")
             assert row[f"{name}_cer"] == round(character_error_rate(got, truth), 4), (label, name)
             assert row[f"{name}_word_accuracy"] == round(word_accuracy(got, truth), 4), (label, name)
+        # what choices read: the validation split's score, not the test split's
+        val = [read(model, t["pixel_values"], data.charset, "cpu") for t in data.splits["val"]]
+        for metric, score in [("word_accuracy", word_accuracy), ("cer", character_error_rate)]:
+            by_domain = [score(got, truth) for got, truth in zip(val, data.texts["val"])]
+            assert row[f"val_mean_{metric}"] == round(sum(by_domain) / len(by_domain), 4), (label, metric)
     assert result["rows"][0]["params"] > result["rows"][3]["params"]  # the teachers are larger
     assert (run / "readings.png").is_file() and "readings.png" in (run / "report.md").read_text()
     logged = {
@@ -340,3 +345,11 @@ def test_cli_refuses_cached_signals_with_an_unrouted_teacher_reference(words, tm
     err = capsys.readouterr().err
     assert "teacher[routed]" in err and not (tmp_path / "runs").exists()
     assert subprocess.run([*DISTILL, "unify", "--help"], env=ENV, capture_output=True).returncode == 0
+
+
+def test_the_unified_student_has_the_specialists_shape_unless_told(words, tmp_path):
+    over = [o for o in _tiny_run(words, tmp_path) if not o.startswith("student=")]
+    over += ["run.run_name=same", "union_baseline=false", "examples=0"]
+    assert main(["unify", *over]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "same" / "results.json").read_text())["rows"]}
+    assert rows["student KD"]["params"] == rows["printed specialist"]["params"]

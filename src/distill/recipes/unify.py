@@ -71,9 +71,11 @@ class Config(Section):
         default_factory=lambda: TrainConfig(epochs=10, lr=2e-3, batch_size=64, warmup_steps=200, clip_grad_norm=5.0),
         description="how each specialist trains on its own domain",
     )
-    student: ModelSpec = Field(
-        default_factory=lambda: ModelSpec(arch="recognizer", args={"channels": [16, 32, 64], "hidden": 64}),
-        description="the unified student's network",
+    student: ModelSpec | None = Field(
+        None,
+        description="the unified student's network (null: the specialists' own shape, as in the paper: one model "
+        "instead of several, not a compressed one; a smaller one is a choice, e.g. {arch: recognizer, args: "
+        "{channels: [16, 32, 64], hidden: 64}})",
     )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=8, lr=2e-3, batch_size=64, warmup_steps=200, clip_grad_norm=5.0),
@@ -107,6 +109,11 @@ class Config(Section):
             )
         return self
 
+    @property
+    def student_spec(self) -> ModelSpec:
+        """The unified student's network: its own, or the specialists' shape (never their weights)."""
+        return self.student or self.teacher.model_copy(update={"checkpoint": None})
+
 
 def run(cfg: Config, resume: str | Path | None = None) -> Result:
     data = load_text_images(cfg.data)  # before the run directory exists: a bad font or label leaves nothing behind
@@ -123,6 +130,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         return scores(model, data, "val", device, cfg.eval_batch_size)
 
     models: dict[str, nn.Module] = {}
+    val: dict[str, dict[str, float]] = {}  # each trained model's last validation scores (what choices read)
     teachers: dict[str, nn.Module] = {}
     for index, domain in enumerate(data.names):
         stage = f"teacher-{domain}"
@@ -131,7 +139,9 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         teacher = build_model(cfg.teacher.model_copy(update={"checkpoint": weights}), **shape)
         if weights is None:
             own = data.splits["train"][index]
-            ctx.fit(supervised(teacher, MASKED_CE), own, cfg.teacher_train, stage=stage, eval_fn=validate)
+            val[f"{domain} specialist"] = ctx.fit(
+                supervised(teacher, MASKED_CE), own, cfg.teacher_train, stage=stage, eval_fn=validate
+            )
         teachers[domain] = models[f"{domain} specialist"] = teacher.to(device).eval()
 
     union = data.union("train")
@@ -149,7 +159,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         ]
     for label, terms in students:
         ctx.seed_stage("student/init")  # every student starts from the same weights
-        student = build_model(cfg.student, **shape)
+        student = build_model(cfg.student_spec, **shape)
         live = cfg.teacher_signals == "live" and reads_teacher(terms)
         train = cached if reads_teacher(terms) and not live else union
         if live:
@@ -157,11 +167,12 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         else:  # each sample's signals came from its own domain's teacher: projections per teacher still
             distiller = Distiller(student, read_precomputed(terms), routed=len(teachers))
         distiller.to(device)
-        ctx.fit(distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, seed_from="student")
+        val[label] = ctx.fit(distiller, train, cfg.train, stage=_stage(label), eval_fn=validate, seed_from="student")
         models[label] = student
 
     rows = [
         _row(label, model, scores(model, data, "test", device, cfg.eval_batch_size), data.names)
+        | _validation(val.get(label) or validate(model), data.names)
         for label, model in models.items()
     ]
     figures = _figure(cfg, ctx, data, models) if cfg.examples else []
@@ -195,7 +206,7 @@ def check(cfg: Config, data: TextImages, shape: dict[str, Any]) -> None:
     """What would fail after minutes of training fails now: nets that do not take the images, batches larger
     than a domain, teacher weights that are not there."""
     sample = data.splits["train"][0]["pixel_values"][:2]
-    for where, spec in (("student", cfg.student), ("teacher", cfg.teacher)):
+    for where, spec in (("student", cfg.student_spec), ("teacher", cfg.teacher)):
         check_accepts(
             build_model(spec.model_copy(update={"checkpoint": None}), **shape), sample, f"{where} ({spec.arch})"
         )
@@ -221,6 +232,12 @@ def _row(label: str, model: nn.Module, metrics: dict[str, float], names: list[st
         row[f"{n}_cer"] = round(metrics[f"{n}_cer"], 4)
     row["mean_word_accuracy"] = round(metrics["mean_word_accuracy"], 4)
     return row
+
+
+def _validation(metrics: dict[str, float], names: list[str]) -> dict[str, float]:
+    """The validation split's scores a choice may read (word accuracy and CER, means over the domains)."""
+    cer = sum(metrics[f"{n}_cer"] for n in names) / len(names)
+    return {"val_mean_word_accuracy": round(metrics["mean_word_accuracy"], 4), "val_mean_cer": round(cer, 4)}
 
 
 def _figure(cfg: Config, ctx: Context, data: TextImages, models: dict[str, nn.Module]) -> list[str]:
