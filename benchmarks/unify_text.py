@@ -1,236 +1,238 @@
 """ "Text is Text, No Matter What" (Bhunia et al., ICCV 2021) on generated printed and handwritten text: the
-paper's claims, checked at a CPU budget.
+paper's claims, decided with seeds and intervals at a CPU budget.
 
-    python benchmarks/unify_text.py [--seeds 3] [--ablation-seeds 2] [--quick]
+    python benchmarks/unify_text.py [--seeds 3] [--scales 0.5,1,2] [--quick] [--render]
 
-`distill unify` with its defaults: two domains of 8,000 training and 1,000 test images each (printed words and
-numbers in 14 printed fonts under scene-like noise; handwritten words in 7 handwriting fonts with elastic
-distortion, and numbers composed of real MNIST digits), test words never seen in training. A specialist per
-domain is trained once (seed 0's run) and serves every seed; each seed then trains, from the same initial
-weights and over the same batches:
-    union      the student's network on both domains, cross-entropy alone
-    KD         the unified student: cross-entropy + logits + hint + attention + affinity, each sample against
-               its own domain's specialist
-    KD - term  the same without one of the four terms (the ablation; on the first --ablation-seeds seeds)
-Writes benchmarks/results/unify_text.{json,md}; runs stay in runs/bench-unify (an interrupted benchmark
-resumes its unfinished run and reuses the finished ones).
+`distill unify` with its defaults: two domains of 8,000 training, validation and 1,000 test images each (printed
+words and numbers in 14 printed fonts under scene-like noise; handwritten words in 7 handwriting fonts with
+elastic distortion, and numbers of real MNIST digits), test words never seen in training. The unified student
+has the specialists' own shape (the paper's setting). A specialist per domain trains once (the first run) and
+serves every run after it.
+
+1. select (seed 0, the validation split; the test split unread): the four distillation terms' weights times a
+   shared scale from --scales (cross-entropy stays 1), chosen by the KD student's validation mean word accuracy.
+2. test (seeds 0..n-1, each seed the students' initial weights and batch order, shared by every student of it):
+   the union baseline (the same network on both domains, cross-entropy alone), the KD student, the KD student
+   without each term in turn, and the KD student with the smaller network of earlier releases.
+
+Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
+domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
+term contributes. Validation curves of every stage (seed 0) show whether the budget converged. Each finished run
+lands in the results JSON (a clean clone reads it back, rerunning only what is missing; the specialists'
+weights live in runs/, so a clean clone trains them again, from the same seed).
+Writes benchmarks/results/unify_text.{json,md} and unify_text_curves.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, mean_std, write  # noqa: E402
-from distill.config import load_config  # noqa: E402
-from distill.meter import SAMPLES  # noqa: E402
-from distill.recipes import unify  # noqa: E402
+from common import RESULTS, finish, reading, t_interval  # noqa: E402
 
+ROOT = Path("runs/bench-unify")
 TERMS = ("logits", "hint", "attention", "affinity")
+SMALL = "{arch: recognizer, args: {channels: [16, 32, 64], hidden: 64}}"
+QUICK = [
+    "data.domains=[{name: printed, train: 256, val: 64, test: 64}, "
+    "{name: handwritten, kind: handwritten, train: 256, val: 64, test: 64}]",
+    "teacher_train.epochs=1",
+    "train.epochs=1",
+]
+LANDED: dict[str, dict] = {}  # finished runs of the committed results, by name
+RUNS: dict[str, dict] = {}
 
 
-def run_seed(args, root: Path, seed: int, ablations: bool) -> dict:
-    name = f"seed{seed}"
-    run_dir = root / name
-    if (run_dir / "results.json").exists():
-        return json.loads((run_dir / "results.json").read_text())
-    over = [
-        f"run.output_dir={root}",
-        f"run.run_name={name}",
-        f"run.seed={seed}",
-        f"ablations={str(ablations).lower()}",
-        "train.progress=false",
-        "teacher_train.progress=false",
-    ]
-    if seed != 0:  # the specialists of seed 0 serve every seed
-        over.append(
-            "teacher_checkpoints={"
-            + ", ".join(
-                f"{d}: {root / 'seed0' / f'teacher-{d}' / 'model.safetensors'}" for d in ("printed", "handwritten")
-            )
-            + "}"
+def scaled(scale: float) -> list[str]:
+    """The paper's objective with its distillation terms' weights times `scale` (cross-entropy stays 1)."""
+    from distill.recipes.unify import paper_objective
+
+    return [f"objective.{i}.weight={scale * t.weight:g}" for i, t in enumerate(paper_objective()) if t.name in TERMS]
+
+
+def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | None = None) -> dict:
+    """One `distill unify` run (read back when finished, resumed when broken): its rows and validation curves.
+    `specialists`: the run whose specialists it loads (None: it trains its own)."""
+    from distill.config import load_config
+    from distill.recipes import unify
+
+    weights = ROOT / name / "teacher-printed" / "model.safetensors"
+    if name not in RUNS and name in LANDED and (specialists or weights.is_file()):  # specialists needed later
+        RUNS[name] = LANDED[name]
+    if name in RUNS:
+        return RUNS[name]
+    run_dir = ROOT / name
+    base = [f"run.output_dir={ROOT}", f"run.run_name={name}", f"run.seed={seed}", "train.progress=false",
+            "teacher_train.progress=false", *(QUICK if quick else [])]  # fmt: skip
+    if specialists is not None:
+        trained = {d: ROOT / specialists / f"teacher-{d}" / "model.safetensors" for d in ("printed", "handwritten")}
+        base.append("teacher_checkpoints={" + ", ".join(f"{d}: {p}" for d, p in trained.items()) + "}")
+    resume = run_dir if (run_dir / "config.yaml").is_file() else None
+    if resume is not None and (run_dir / "results.json").is_file():
+        result = json.loads((run_dir / "results.json").read_text())
+    else:
+        cfg = (
+            load_config(unify.Config, run_dir / "config.yaml")
+            if resume
+            else load_config(unify.Config, None, base + over)
         )
-    if args.quick:
-        over += [
-            "data.domains=[{name: printed, train: 256, val: 64, test: 64}, "
-            "{name: handwritten, kind: handwritten, train: 256, val: 64, test: 64}]",
-            "teacher_train.epochs=1",
-            "train.epochs=1",
-        ]
-    t0 = time.perf_counter()
-    resume = run_dir if (run_dir / "config.yaml").exists() else None
-    cfg = load_config(unify.Config, None, over) if resume is None else None
-    result = unify.run(cfg or load_config(unify.Config, run_dir / "config.yaml"), resume=resume).to_json()
-    print(f"{name}: {time.perf_counter() - t0:.0f}s", flush=True)
-    return result
+        result = unify.run(cfg, resume=resume).to_json()
+    RUNS[name] = {"name": name, "seed": seed, "rows": result["rows"], "info": result["info"], "curves": curves(run_dir)}
+    return RUNS[name]
 
 
-def stage_speed(run_dir: Path) -> dict[str, float]:
-    """Median training images per second of each stage (its logged windows; the first holds the warm-up)."""
-    rates: dict[str, list[float]] = {}
+def curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """Each stage's validation mean word accuracy against its epoch."""
+    out: dict[str, list[list[float]]] = {}
     for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        if SAMPLES in r:
-            rates.setdefault(r["stage"], []).append(r[SAMPLES])
-    return {stage: statistics.median(v[1:] or v) for stage, v in rates.items()}
+        if "eval/mean_word_accuracy" in r:
+            out.setdefault(r["stage"], []).append([r["epoch"], r["eval/mean_word_accuracy"]])
+    return out
 
 
-def logged_minutes(run_dir: Path) -> float:
-    """Minutes from a run's first metrics record to its last (its stages' training and evaluation)."""
-    times = [r["time"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
-    return (max(times) - min(times)) / 60
+def row(r: dict, model: str) -> dict:
+    return next(x for x in r["rows"] if x["model"] == model)
 
 
-def verdict(diff: float, spread: float) -> str:
-    if abs(diff) <= 2 * spread:
-        return "tie (inside 2x the spread)"
-    return "higher" if diff > 0 else "lower"
+def paired(a: list[float], b: list[float], lower: str, higher: str) -> dict:
+    """a - b seed by seed in points, its mean and 95% t half-width, and what the interval says."""
+    diffs = [100 * (x - y) for x, y in zip(a, b)]
+    mean, half = t_interval(diffs)
+    return {"diffs": [round(d, 2) for d in diffs], "mean": round(mean, 2), "ci95": round(half, 2),
+            "verdict": reading(mean, half, lower, higher)}  # fmt: skip
+
+
+def claims(d: dict) -> dict:
+    spec, tests = (
+        d["runs"][d["specialists"]],
+        [d["runs"][f"test-s{s}"] for s in range(d["seeds"]) if f"test-s{s}" in d["runs"]],
+    )
+    domains = spec["info"]["domains"]
+    out: dict = {"collapse": {}, "kd_vs_specialist": {}, "ablation": {}}
+    for dom in domains:
+        own = row(spec, f"{dom} specialist")
+        out["collapse"][dom] = {o: own[f"{o}_word_accuracy"] for o in domains}
+        if tests:  # within 2 points: the interval's lower end above -2
+            kd = [row(t, "student KD")[f"{dom}_word_accuracy"] for t in tests]
+            c = paired(kd, [own[f"{dom}_word_accuracy"]] * len(kd), "lower", "higher")
+            c["within_2_points"] = "held" if c["mean"] - c["ci95"] >= -2 else "did not hold"
+            out["kd_vs_specialist"][dom] = c
+    if len(tests) >= 2:
+        mean = lambda m: [row(t, m)["mean_word_accuracy"] for t in tests]  # noqa: E731
+        out["kd_vs_union"] = paired(mean("student KD"), mean("union, cross-entropy"), "did not hold", "held")
+        for term in TERMS:
+            out["ablation"][term] = paired(mean("student KD"), mean(f"KD without {term}"), "hurts", "contributes")
+        smalls = [d["runs"][f"small-s{t['seed']}"] for t in tests if f"small-s{t['seed']}" in d["runs"]]
+        if len(smalls) == len(tests):
+            small = [row(s, "student KD")["mean_word_accuracy"] for s in smalls]
+            out["small_vs_full"] = paired(small, mean("student KD"), "lower", "higher")
+    return out
+
+
+def choose(picks: dict[float, dict]) -> tuple[dict[str, float], float]:
+    """The KD student's validation mean word accuracy at each scale, and the scale it picks (ties: 1, then the
+    smaller); the test cells are never read."""
+    selection = {f"{s:g}": row(r, "student KD")["val_mean_word_accuracy"] for s, r in picks.items()}
+    return selection, max(picks, key=lambda s: (selection[f"{s:g}"], s == 1.0, -s))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--ablation-seeds", type=int, default=2)
-    p.add_argument("--out", default="runs/bench-unify")
-    p.add_argument("--name", default="unify_text")
+    p.add_argument("--scales", default="0.5,1,2", help="shared scales of the distillation terms' weights")
     p.add_argument("--quick", action="store_true", help="tiny data and 1 epoch, to check the script")
-    p.add_argument("--note", default="", help="a remark kept with the results (e.g. how a run was resumed)")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown (and plot) from the JSON")
     args = p.parse_args()
-    root = Path(args.out)
-    runs = [run_seed(args, root, s, s < args.ablation_seeds) for s in range(args.seeds)]
-    minutes = {f"seed{s}": logged_minutes(root / f"seed{s}") for s in range(args.seeds)}
-
-    domains = runs[0]["info"]["domains"]
-    metrics = [f"{d}_{m}" for d in domains for m in ("word_accuracy", "cer")] + ["mean_word_accuracy"]
-    per_model: dict[str, dict[str, list[float]]] = {}
-    for res in runs:
-        for row in res["rows"]:
-            for m in metrics:
-                per_model.setdefault(row["model"], {}).setdefault(m, []).append(row[m])
-    params = {row["model"]: row["params"] for row in runs[0]["rows"]}
-    summary = {
-        model: {m: mean_std(v) for m, v in ms.items()} | {"seeds": len(ms[metrics[0]])}
-        for model, ms in per_model.items()
-    }
-
-    def paired(a: str, b: str, m: str) -> dict:
-        """a - b per seed (same initial weights and batches), its mean and std."""
-        diffs = [x - y for x, y in zip(per_model[a][m], per_model[b][m])]
-        mean, std = mean_std(diffs)
-        return {"diffs": diffs, "mean": mean, "std": std, "verdict": verdict(mean, std)}
-
-    spec = {d: per_model[f"{d} specialist"] for d in domains}
-    claims = {
-        "specialists_collapse_across_domains": {
-            d: {
-                "own": spec[d][f"{d}_word_accuracy"][0],
-                "other": {o: spec[d][f"{o}_word_accuracy"][0] for o in domains if o != d},
-            }
-            for d in domains
-        },
-        "kd_vs_each_specialist_on_its_domain": {
-            d: {
-                "kd": summary["student KD"][f"{d}_word_accuracy"],
-                "specialist": spec[d][f"{d}_word_accuracy"][0],
-                "diff": summary["student KD"][f"{d}_word_accuracy"][0] - spec[d][f"{d}_word_accuracy"][0],
-            }
-            for d in domains
-        },
-        "kd_vs_union": {m: paired("student KD", "union, cross-entropy", m) for m in metrics if "word" in m},
-        "ablation": {
-            t: paired("student KD", f"KD without {t}", "mean_word_accuracy")
-            for t in TERMS
-            if f"KD without {t}" in per_model
-        },
-    }
-    # seed 1's union and KD students trained alone on the machine (seed 0's first stages shared it, see the note)
-    speed_run = "seed1" if args.seeds > 1 else "seed0"
-    speed = {k: v for k, v in stage_speed(root / speed_run).items() if k in ("union", "student")}
-    res = {
-        "budget": {
-            "train_images_per_domain": runs[0]["info"]["train_images"],
-            "test_images_per_domain": runs[0]["info"]["test_images"],
-            "teacher_epochs": runs[0]["info"]["teacher_epochs"],
-            "student_epochs": runs[0]["info"]["epochs"],
-            "seeds": args.seeds,
-            "ablation_seeds": args.ablation_seeds,
-            "quick": args.quick,
-        },
-        "params": params,
-        "models": summary,
-        "claims": claims,
-        "images_per_s": {"run": speed_run, "stages": speed},
-        "logged_minutes": minutes,
-        "note": args.note,
-        "machine": machine(),
-    }
-    shutil.copyfile(root / "seed0" / "readings.png", RESULTS / f"{args.name}_readings.png")
-    res["figure"] = f"{args.name}_readings.png"
-    write(args.name, res, markdown(res, domains))
-    print(markdown(res, domains))
+    out = RESULTS / "unify_text.json"
+    if args.render:
+        d = json.loads(out.read_text())
+        (RESULTS / "unify_text.md").write_text(markdown(d))
+        return plot(d)
+    if out.is_file() and not args.quick:
+        LANDED.update(json.loads(out.read_text()).get("runs", {}))
+    t0 = time.perf_counter()
+    scales = [float(s) for s in args.scales.split(",")]
+    first = f"select-x{scales[0]:g}"  # its specialists serve every later run
+    d: dict = {"seeds": args.seeds, "scales": scales, "quick": args.quick, "runs": RUNS, "specialists": first}
+    name = "unify_text_quick" if args.quick else "unify_text"
+    d["figure"] = f"{name}_curves.png"
+    save = lambda: finish(name, {**d, "claims": claims(d)}, markdown, t0)  # noqa: E731
+    picks = {}
+    for s in scales:
+        spec = None if s == scales[0] else first
+        picks[s] = run(f"select-x{s:g}", 0, [*scaled(s), "union_baseline=false", "examples=0"], args.quick, spec)
+        save()
+    d["selection"], d["chosen_scale"] = choose(picks)
+    save()
+    chosen = scaled(d["chosen_scale"])
+    for seed in range(args.seeds):
+        run(f"test-s{seed}", seed, [*chosen, "ablations=true", "examples=0"], args.quick, first)
+        save()
+        small = [*chosen, f"student={SMALL}", "union_baseline=false", "examples=0"]
+        run(f"small-s{seed}", seed, small, args.quick, first)
+        save()
+    plot(d, name)
 
 
-def _pct(ms: tuple[float, float]) -> str:
-    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+def plot(d: dict, name: str = "unify_text") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    shown = {**d["runs"][d["specialists"]]["curves"], **d["runs"].get("test-s0", {}).get("curves", {})}
+    for i, (stage, pts) in enumerate(shown.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, [100 * y for y in ys], marker="o", color=f"C{i % 10}", label=stage)
+    ax.set(xlabel="epoch", ylabel="validation mean word accuracy (%)", title="Text is Text: validation curves (seed 0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}_curves.png", dpi=110)
 
 
-def markdown(res: dict, domains: list[str]) -> str:
-    b, m = res["budget"], res["machine"]
-    lines = [
-        "# Text is Text: one recogniser for printed and handwritten text (`distill unify`)",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Logged time per run (min): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in res["logged_minutes"].items())
-        + (f". {res['note']}" if res["note"] else "."),
-        f"Budget: {b['train_images_per_domain']} training and {b['test_images_per_domain']} test images per domain; "
-        f"specialists {b['teacher_epochs']} epochs on their domain (trained once, seed 0); students "
-        f"{b['student_epochs']} epochs on the union; {b['seeds']} seeds (ablations on {b['ablation_seeds']}). "
-        "Word accuracy and CER in %, mean ± std over seeds (specialists: one run).",
-        "",
-        "| model | params | " + " | ".join(f"{d} word acc | {d} CER" for d in domains) + " | mean word acc | seeds |",
-        "|---|---:|" + "---:|" * (2 * len(domains) + 2),
+def markdown(d: dict) -> str:
+    from distill.report import markdown_table
+
+    m, runs = d.get("machine", {}), d["runs"]
+    lines = ["# Text is Text: one recogniser for printed and handwritten text (`distill unify`)", "",
+             f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}. Wall time of the last "
+             f"invocation {d.get('wall_s', 0) / 3600:.2f} h (finished runs are read back, not rerun). "
+             f"{'QUICK subset. ' if d['quick'] else ''}Seeds: {d['seeds']}; distillation weight scales tried: "
+             f"{', '.join(f'{s:g}' for s in d['scales'])}.", ""]  # fmt: skip
+    if d["specialists"] in runs:
+        info = runs[d["specialists"]]["info"]
+        lines += [f"Budget: {info['train_images']} training and {info['test_images']} test images per domain; "
+                  f"specialists {info['teacher_epochs']} epochs, students {info['epochs']} epochs.", ""]  # fmt: skip
+    if "selection" in d:
+        lines += ["## Weights chosen on the validation split (seed 0)", "",
+                  markdown_table([{"scale": k, "KD validation mean word acc": v} for k, v in d["selection"].items()]),
+                  "", f"Chosen: scale {d['chosen_scale']:g}.", ""]  # fmt: skip
+    rows = [
+        {"run": r["name"], **x} for r in runs.values() for x in r["rows"] if r["name"].startswith(("test", "small"))
     ]
-    for model, s in res["models"].items():
-        once = model.endswith("specialist")  # trained once, loaded by every seed: no spread to show
-        fmt = (lambda ms: f"{100 * ms[0]:.1f}") if once else _pct
-        cells = " | ".join(f"{fmt(s[f'{d}_word_accuracy'])} | {fmt(s[f'{d}_cer'])}" for d in domains)
-        seeds = 1 if once else s["seeds"]
-        lines.append(f"| {model} | {res['params'][model]:,} | {cells} | {fmt(s['mean_word_accuracy'])} | {seeds} |")
-    c = res["claims"]
-    lines += ["", "## The paper's claims, here", "", "Specialists across domains (word accuracy, %):", ""]
-    for d, v in c["specialists_collapse_across_domains"].items():
-        other = ", ".join(f"{o} {100 * a:.1f}" for o, a in v["other"].items())
-        lines.append(f"- {d} specialist: own domain {100 * v['own']:.1f}, {other}")
-    lines += ["", "Unified KD student against each specialist on the specialist's own domain:", ""]
-    for d, v in c["kd_vs_each_specialist_on_its_domain"].items():
-        lines.append(
-            f"- {d}: KD {_pct(v['kd'])} vs specialist {100 * v['specialist']:.1f} ({100 * v['diff']:+.1f} pts)"
-        )
-    lines += ["", "KD student minus the union-trained student (paired by seed: same initial weights and batches):", ""]
-    for metric, v in c["kd_vs_union"].items():
-        lines.append(
-            f"- {metric}: {100 * v['mean']:+.1f} ± {100 * v['std']:.1f} pts "
-            f"(per seed {', '.join(f'{100 * x:+.1f}' for x in v['diffs'])}): {v['verdict']}"
-        )
-    lines += ["", "Ablation, full KD minus KD without the term (mean word accuracy, paired by seed):", ""]
-    for term, v in c["ablation"].items():
-        lines.append(
-            f"- {term}: {100 * v['mean']:+.1f} ± {100 * v['std']:.1f} pts "
-            f"(per seed {', '.join(f'{100 * x:+.1f}' for x in v['diffs'])}): {v['verdict']}"
-        )
-    lines += ["", f"Test images read by each model (seed 0; green: right, red: wrong): ![readings]({res['figure']})"]
-    speed = res["images_per_s"]
-    lines += [
-        "",
-        f"Training speed of {speed['run']}'s stages (images/s, median of logged windows): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in speed["stages"].items()),
-        "",
-    ]
+    if rows:
+        lines += ["## Test rows, per seed", "", markdown_table(rows), ""]
+    c = d.get("claims")
+    if c:
+        lines += ["## The paper's claims (paired by seed, points, 95% t interval with n-1 df)", ""]
+        for dom, acc in c["collapse"].items():
+            lines.append(f"- {dom} specialist: " + ", ".join(f"{o} {100 * a:.1f}%" for o, a in acc.items()))
+        for dom, v in c["kd_vs_specialist"].items():
+            lines.append(f"- KD student minus the {dom} specialist on {dom}: {v['mean']:+.2f} +- {v['ci95']:.2f} "
+                         f"(per seed {v['diffs']}); within 2 points: **{v['within_2_points']}**")  # fmt: skip
+        labelled = [("KD beats the union baseline", c.get("kd_vs_union"))]
+        labelled += [(f"the {t} term contributes (KD minus KD without it)", v) for t, v in c["ablation"].items()]
+        labelled.append(("the smaller student against the specialists' shape", c.get("small_vs_full")))
+        lines += [f"- {what}: {v['mean']:+.2f} +- {v['ci95']:.2f} (per seed {v['diffs']}): **{v['verdict']}**"
+                  for what, v in labelled if v]  # fmt: skip
+        lines.append("")
+    lines += [f"Validation curves (seed 0): ![curves]({d.get('figure', 'unify_text_curves.png')})", ""]
     return "\n".join(lines)
 
 

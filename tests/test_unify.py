@@ -353,3 +353,21 @@ def test_the_unified_student_has_the_specialists_shape_unless_told(words, tmp_pa
     assert main(["unify", *over]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "same" / "results.json").read_text())["rows"]}
     assert rows["student KD"]["params"] == rows["printed specialist"]["params"]
+
+
+def test_the_benchmarks_weight_choice_reads_only_the_validation_split():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "unify_text", Path(__file__).parent.parent / "benchmarks/unify_text.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # validation prefers 2; the test split would prefer 0.5
+    scores = {0.5: (0.30, 0.90), 1.0: (0.40, 0.50), 2.0: (0.45, 0.10)}
+    picks = {
+        s: {"rows": [{"model": "student KD", "val_mean_word_accuracy": v, "mean_word_accuracy": t}]}
+        for s, (v, t) in scores.items()
+    }
+    selection, chosen = bench.choose(picks)
+    assert chosen == 2.0 and selection == {"0.5": 0.30, "1": 0.40, "2": 0.45}
