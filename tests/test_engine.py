@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -237,8 +238,18 @@ def test_named_callbacks_receive_the_product_not_the_wrapper(tmp_path, accelerat
         on_save=lambda m, step: seen["save"].append((m is student, step)),
     )
     cfg = TrainConfig(epochs=3, batch_size=16, eval_every=6, save_every=5, progress=False)  # 4 steps an epoch
-    fit(Distiller(student, [CE]), toy_data(), cfg, stage="s", run=RunDir(tmp_path / "r"), accelerator=accelerator,
-        seed=0, eval_fn=lambda m: {"n": float(m is student)}, callbacks=hooks, product=student)  # fmt: skip
+    fit(
+        Distiller(student, [CE]),
+        toy_data(),
+        cfg,
+        stage="s",
+        run=RunDir(tmp_path / "r"),
+        accelerator=accelerator,
+        seed=0,
+        eval_fn=lambda m: {"n": float(m is student)},
+        callbacks=hooks,
+        product=student,
+    )
     assert seen["step"] == [(True, s) for s in range(1, 13)]
     assert seen["eval"] == [(True, 6, 1.0), (True, 12, 1.0)]
     assert seen["epoch"] == [(True, 1), (True, 2), (True, 3)]
@@ -281,8 +292,17 @@ def _crashing_fit(run: RunDir, cfg: TrainConfig, crash_at: int | None) -> nn.Mod
             raise Boom
         return {"w": float(m[0].weight.sum())}
 
-    fit(model, toy_data(), cfg, stage="s", run=run, accelerator=Accelerator(cpu=True), seed=7, eval_fn=evaluate,
-        product=model.student)  # fmt: skip
+    fit(
+        model,
+        toy_data(),
+        cfg,
+        stage="s",
+        run=run,
+        accelerator=Accelerator(cpu=True),
+        seed=7,
+        eval_fn=evaluate,
+        product=model.student,
+    )
     return model
 
 
@@ -348,3 +368,47 @@ def test_under_sharding_fit_hands_every_frozen_teacher_to_the_sharder(monkeypatc
     assert hasattr(FusedLM, "place_frozen")  # the fused LM distiller holds its teacher the same way
     OnPolicy(Distiller(toy_model(), [mean], teachers=teachers), 0.0, 4, 1.0, 0, 0).place_frozen(placed.append)
     assert placed == list(teachers.values())
+
+
+def test_an_optimizer_and_a_schedule_by_dotted_path(tmp_path, monkeypatch, accelerator):
+    """A user's schedule in their own module and torch's RAdam: the stage uses both; bad names are one line."""
+    import sys
+
+    from distill.errors import ConfigError
+
+    (tmp_path / "my_schedules.py").write_text("def halves(progress):\n    return 1.0 if progress < 0.5 else 0.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_schedules", None)
+    cfg = TrainConfig(
+        max_steps=4,
+        batch_size=8,
+        lr=0.1,
+        optimizer="torch.optim.RAdam",
+        optimizer_args={"betas": (0.8, 0.99)},
+        schedule="my_schedules:halves",
+        progress=False,
+    )
+    assert [lr_lambda(cfg, 4)(s) for s in range(4)] == [1.0, 1.0, 0.5, 0.5]
+    run = RunDir(tmp_path / "run")
+    fit(
+        Distiller(toy_model(), [CE]),
+        toy_data(),
+        cfg.model_copy(update={"log_every": 1}),
+        stage="s",
+        run=run,
+        accelerator=accelerator,
+        seed=0,
+    )
+    # each record holds the lr of the step after it: halves(1/4), halves(2/4), ...
+    assert [r["lr"] for r in run.metrics() if "lr" in r] == pytest.approx([0.1, 0.05, 0.05, 0.05])
+    from distill.optim import make_optimizer
+
+    opt = make_optimizer(list(toy_model().parameters()), cfg)
+    assert type(opt).__name__ == "RAdam" and opt.defaults["betas"] == (0.8, 0.99)
+    for field, bad, message in [
+        ("optimizer", "torch.nn.Linear", "is not a torch.optim.Optimizer class"),
+        ("optimizer", "adam", "optimizer 'adam' is neither one of ['adamw', 'sgd']"),
+        ("schedule", "my_schedules:nope", "schedule 'my_schedules:nope' cannot be imported"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TrainConfig(**{field: bad})

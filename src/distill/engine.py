@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sized
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from accelerate import Accelerator
-from pydantic import Field
+from pydantic import Field, field_validator
 from safetensors.torch import load_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -35,7 +35,7 @@ from distill.checkpoint import (
 from distill.config import Section
 from distill.errors import DistillError
 from distill.meter import Window, postfix
-from distill.optim import group_lr_lambda, lr_lambda, make_optimizer
+from distill.optim import group_lr_lambda, lr_lambda, make_optimizer, optimizer_class, schedule_function
 from distill.run import RunDir
 
 __all__ = [
@@ -93,13 +93,20 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(128, gt=0, description="samples per process per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
+    optimizer: str = Field(
+        "adamw", description="adamw, sgd, or an optimizer class by dotted path (e.g. torch.optim.RAdam)"
+    )
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict, description="further keyword arguments of an optimizer given by dotted path"
+    )
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="decoupled (adamw) or L2 (sgd) weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum / adamw beta1")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    schedule: Literal["constant", "linear", "cosine", "step"] = Field(
-        "cosine", description="decay after warmup (step: x0.1 from half the steps on)"
+    schedule: str = Field(
+        "cosine",
+        description="decay after warmup: constant, linear, cosine, step (x0.1 from half the steps on), or a function "
+        "of the progress after warmup (0 to 1) giving the lr multiplier, by dotted path",
     )
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
@@ -112,6 +119,18 @@ class TrainConfig(Section):
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: end of each epoch)")
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept per stage")
     progress: bool = Field(True, description="show a progress bar")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, name: str) -> str:
+        optimizer_class(name)  # one line now, not when the stage starts
+        return name
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, name: str) -> str:
+        schedule_function(name)
+        return name
 
 
 # --- pieces -------------------------------------------------------------------------------

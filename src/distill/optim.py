@@ -10,8 +10,31 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from distill.config import import_dotted
+from distill.errors import ConfigError
+
 if TYPE_CHECKING:
     from distill.engine import TrainConfig
+
+
+SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """adamw, sgd, or a user's optimizer class by dotted path (e.g. torch.optim.RAdam); one line otherwise."""
+    cls = import_dotted(name, {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}, "optimizer", "pkg.module:Class")
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optimizer {name!r} is not a torch.optim.Optimizer class")
+    return cls
+
+
+def schedule_function(name: str) -> Callable[[float], float] | None:
+    """None for a built-in schedule; a user's function of the progress after warmup (0 to 1) giving the multiplier
+    of the peak lr, by dotted path."""
+    fn = import_dotted(name, dict.fromkeys(SCHEDULES), "schedule", "pkg.module:function")
+    if fn is not None and not callable(fn):
+        raise ConfigError(f"schedule {name!r} is not a function of the progress (0 to 1)")
+    return fn
 
 
 def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -20,15 +43,22 @@ def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) ->
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
         )
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    make: Any = optimizer_class(cfg.optimizer)  # a subclass; torch types the base's constructor without lr
+    return make(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.optimizer_args)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak lr at a step: linear warmup, then constant / linear / cosine decay."""
 
+    custom = schedule_function(cfg.schedule)
+
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
+        if custom is not None:
+            return float(custom(min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))))
         if cfg.schedule == "constant":
             return 1.0
         if cfg.schedule == "step":  # the dataset-distillation evaluation protocol
