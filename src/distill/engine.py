@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 
 import torch
 from accelerate import Accelerator
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from safetensors.torch import load_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -33,7 +33,7 @@ from distill.checkpoint import (
     sharded,
 )
 from distill.config import Section
-from distill.errors import DistillError
+from distill.errors import ConfigError, DistillError
 from distill.meter import Window, postfix
 from distill.optim import group_lr_lambda, lr_lambda, make_optimizer, optimizer_class, schedule_function
 from distill.run import RunDir
@@ -62,6 +62,18 @@ class Trainable(Protocol):
     (removes the forward hooks it put on its models; called when the stage ends)."""
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+class Wrapping(nn.Module):
+    """A trainable around one model (a loss on its outputs): the model is what its stage delivers and saves."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def product(self) -> nn.Module:
+        return self.model
 
 
 # what a stage delivers: one model, or several named ones (e.g. a trainable teacher and its students)
@@ -120,17 +132,19 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept per stage")
     progress: bool = Field(True, description="show a progress bar")
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "schedule")
     @classmethod
-    def _optimizer(cls, name: str) -> str:
-        optimizer_class(name)  # one line now, not when the stage starts
+    def _importable(cls, name: str, info: ValidationInfo) -> str:
+        try:  # one line naming the field now, not an error when the stage starts
+            (optimizer_class if info.field_name == "optimizer" else schedule_function)(name)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return name
 
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, name: str) -> str:
-        schedule_function(name)
-        return name
+
+def stage_field(description: str, **defaults: Any) -> Any:
+    """A config field holding one stage's TrainConfig, with these defaults."""
+    return Field(default_factory=lambda: TrainConfig(**defaults), description=description)
 
 
 # --- pieces -------------------------------------------------------------------------------

@@ -141,14 +141,29 @@ def write_report(run_path: str | Path) -> Path:
     return out
 
 
+# the headers of the keys the recipes' rows share (any other key is its own header)
+HEADERS = {
+    "test_accuracy": "test accuracy",
+    "val_accuracy": "validation accuracy",
+    "val_loss": "held-out loss",
+    "ppl": "perplexity",
+    "tokens_per_s": "tokens/s",
+}
+
+
 def markdown_table(
-    rows: list[dict[str, Any]], columns: dict[str, str] | None = None, formats: dict[str, str] | None = None
+    rows: list[dict[str, Any]],
+    columns: dict[str, str] | list[str] | None = None,
+    formats: dict[str, str] | None = None,
 ) -> str:
-    """Rows as a markdown table. `columns`: which keys, in order, under which headers (default: every key of
-    scalar values, as named); `formats`: a format spec per key (e.g. ',' or '.4f'; default: floats to 4
-    places, ints with thousands separators). Columns of numbers are right-aligned; a missing value is blank."""
+    """Rows as a markdown table. `columns`: which keys, in order, under which headers (a list: the keys under
+    their HEADERS; default: every key of scalar values, as named); `formats`: a format spec per key (e.g. ','
+    or '.4f'; default: floats to 4 places, ints with thousands separators). Columns of numbers are
+    right-aligned; a missing value is blank."""
     if not rows:
         return "_empty_"
+    if isinstance(columns, list):
+        columns = {k: HEADERS.get(k, k) for k in columns}
     if columns is None:
         keys = [
             k

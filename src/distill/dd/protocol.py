@@ -10,28 +10,22 @@ from torch import Tensor, nn
 
 from distill.dd.augment import DSAConfig, dsa
 from distill.dd.synthetic import cross_entropy
-from distill.engine import TrainConfig, fit
+from distill.engine import TrainConfig, Wrapping, fit
 from distill.errors import DistillError
 from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model
 
 
-class Classifier(nn.Module):
+class Classifier(Wrapping):
     """Cross-entropy on DSA-augmented images: the module the engine trains for experts and evaluations.
     Float labels of shape (N, classes) are soft-label logits: the target is their softmax."""
 
     def __init__(self, net: nn.Module, dsa_cfg: DSAConfig) -> None:
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.dsa_cfg = dsa_cfg
 
-    @property
-    def product(self) -> nn.Module:
-        """What a stage that trains this delivers and saves: the network."""
-        return self.net
-
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return cross_entropy(self.net(dsa(batch["inputs"], self.dsa_cfg)), batch["labels"]), {}
+        return cross_entropy(self.model(dsa(batch["inputs"], self.dsa_cfg)), batch["labels"]), {}
 
 
 def train_and_test(

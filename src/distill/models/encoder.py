@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from distill.bundled import package_path
 from distill.config import Section
+from distill.engine import Wrapping
 from distill.errors import DistillError
 from distill.models.hf import load_pretrained, load_tokenizer_of
 
@@ -58,18 +59,12 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, Tensor]:
     return dict(enc)
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(Wrapping):
     """The engine's module: cross-entropy on hard labels (`cls`) or MSE on soft scores (`reg`)."""
 
     def __init__(self, model: nn.Module, objective: Literal["cls", "reg"]) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.objective = objective
-
-    @property
-    def product(self) -> nn.Module:
-        """What a stage that trains this delivers and saves: the encoder."""
-        return self.model
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         keys = ("input_ids", "attention_mask", "token_type_ids")

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from distill.bundled import package_path
 from distill.config import Section
+from distill.engine import Wrapping
 from distill.errors import DistillError
 from distill.models.hf import load_pretrained, load_tokenizer_of, read_config
 
@@ -168,6 +169,16 @@ class LlamaShape(Section):
     tied: bool = Field(True, description="tie the output head to the embeddings")
 
 
+# a decoder's sizes by their names here and in Hugging Face configs (written by new_llama, read by pruning)
+HF_SIZES = {
+    "hidden": "hidden_size",
+    "ffn": "intermediate_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "layers": "num_hidden_layers",
+}
+
+
 def new_llama(shape: LlamaShape, tokenizer, vocab: int | None = None) -> torch.nn.Module:
     """A LlamaForCausalLM of `shape` for `tokenizer`'s vocabulary (or `vocab` logits, e.g. a teacher's padded
     count), freshly initialised (torch's global seed)."""
@@ -176,13 +187,10 @@ def new_llama(shape: LlamaShape, tokenizer, vocab: int | None = None) -> torch.n
     kv = shape.kv_heads or shape.heads
     if shape.hidden % shape.heads or shape.heads % kv:
         raise DistillError(f"shape {shape.model_dump()}: hidden must be a multiple of heads, heads of kv_heads")
+    sizes = {hf: getattr(shape, name) for name, hf in HF_SIZES.items()} | {"num_key_value_heads": kv}
     config = LlamaConfig(
+        **sizes,
         vocab_size=vocab or len(tokenizer),
-        hidden_size=shape.hidden,
-        intermediate_size=shape.ffn,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=kv,
         max_position_embeddings=shape.max_positions,
         tie_word_embeddings=shape.tied,
         bos_token_id=tokenizer.bos_token_id,
@@ -241,21 +249,12 @@ def same_vocabulary(a, b) -> bool:
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
 
-class TargetLM(torch.nn.Module):
-    model: Any  # a Hugging Face causal LM
-
+class TargetLM(Wrapping):
     """A causal LM trained on its target tokens only, for the engine: a batch {"input_ids", "attention_mask",
     "labels"} (labels -100 off target) -> (loss, {"ce": loss}). Each batch is cut to its longest row, and the
     output head runs only where a label is (a 49k-word head over every prompt token would be most of a step)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    @property
-    def product(self) -> torch.nn.Module:
-        """What a stage that trains this delivers and saves: the language model."""
-        return self.model
+    model: Any  # a Hugging Face causal LM
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = int(batch["attention_mask"].sum(1).max())

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from distill.errors import DistillError
+from distill.models.llm import HF_SIZES
 
 # q/k/v/o projections, gated MLP (gate/up/down), RMSNorm, rotary, GQA, tied or untied embeddings
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -40,11 +41,7 @@ class LlmShape:
     def of(cls, config: Any) -> LlmShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
-            hidden=config.hidden_size,
-            ffn=config.intermediate_size,
-            heads=config.num_attention_heads,
-            kv_heads=config.num_key_value_heads,
-            layers=config.num_hidden_layers,
+            **{name: getattr(config, hf) for name, hf in HF_SIZES.items()},
             head_dim=head_dim,
             vocab=config.vocab_size,
             tied=bool(getattr(config, "tie_word_embeddings", False)),
@@ -82,9 +79,9 @@ class LlmShape:
     def apply_to(self, config: Any) -> Any:
         """A copy of an HF config with this shape."""
         new = config.__class__.from_dict(config.to_dict())
-        new.hidden_size, new.intermediate_size = self.hidden, self.ffn
-        new.num_attention_heads, new.num_key_value_heads = self.heads, self.kv_heads
-        new.num_hidden_layers, new.head_dim = self.layers, self.head_dim
+        for name, hf in HF_SIZES.items():
+            setattr(new, hf, getattr(self, name))
+        new.head_dim = self.head_dim
         if getattr(new, "layer_types", None):
             new.layer_types = list(new.layer_types)[: self.layers]
         return new

@@ -209,12 +209,5 @@ def _row(name: str, model: nn.Module, scores: dict[str, float]) -> dict[str, Any
 
 def table(result: Result) -> str:
     """The result rows as a markdown table."""
-    columns = {
-        "model": "model",
-        "params": "params",
-        "test_accuracy": "test accuracy",
-        "val_accuracy": "validation accuracy",
-    }
-    if not any("val_accuracy" in r for r in result.rows):
-        del columns["val_accuracy"]
-    return markdown_table(result.rows, columns)
+    validated = any("val_accuracy" in r for r in result.rows)
+    return markdown_table(result.rows, ["model", "params", "test_accuracy", *(["val_accuracy"] * validated)])

@@ -332,14 +332,8 @@ def _tokens(tcfg: TrainConfig, seq_len: int, ctx: Context) -> int | None:
 
 
 def table(result: Result) -> str:
-    columns = {
-        "model": "model",
-        "params": "params",
-        "val_loss": "held-out loss",
-        "ppl": "perplexity",
-        "tokens_per_s": "tokens/s",
-    }
     t = result.info["target"]
+    columns = ["model", "params", "val_loss", "ppl", "tokens_per_s"]
     lines = [
         markdown_table(result.rows, columns, {"ppl": ".2f", "tokens_per_s": ".1f"}),
         "",

@@ -40,7 +40,7 @@ from distill.dd import (
     schedule,
 )
 from distill.dd.buffer import to_device
-from distill.engine import Callbacks, TrainConfig, check_fits
+from distill.engine import Callbacks, TrainConfig, check_fits, stage_field
 from distill.evaluate import accuracy
 from distill.models import ModelSpec, build_model, count_parameters
 from distill.plots import image_grid
@@ -64,10 +64,9 @@ class BufferConfig(Section):
     """Stage 1: expert trajectories on the real data."""
 
     experts: int = Field(10, gt=0, description="number of experts K (the paper: 100)")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(**EXPERTS),
-        description="how each expert trains; its parameters are saved after every epoch (the paper: plain SGD 0.01, "
-        "50 epochs)",
+    train: TrainConfig = stage_field(
+        "how each expert trains; its parameters are saved after every epoch (the paper: plain SGD 0.01, 50 epochs)",
+        **EXPERTS,
     )
     test_limit: int | None = Field(2000, gt=0, description="test images scored after each expert epoch")
     from_run: str | None = Field(None, description="reuse the finished experts of this run directory")
@@ -127,10 +126,10 @@ class EvalConfig(Section):
     """Stage 3: the evaluation protocol."""
 
     nets: int = Field(5, gt=0, description="fresh networks per set and architecture (mean +- std)")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(**PROTOCOL),
-        description="how each fresh net trains on a small set (the MTT code: 1000 epochs); lr is the real-image "
-        "baselines' (the synthetic set trains at its learned alpha)",
+    train: TrainConfig = stage_field(
+        "how each fresh net trains on a small set (the MTT code: 1000 epochs); lr is the real-image baselines' (the "
+        "synthetic set trains at its learned alpha)",
+        **PROTOCOL,
     )
     baselines: list[Literal["random", "herding"]] = Field(["random", "herding"])
     cross_arch: list[ModelSpec] = Field(
@@ -352,12 +351,5 @@ def table(result: Result) -> str:
         f"ipc {i['ipc']}, {i['iterations']} iterations, {i['experts']} experts, learned alpha {i['learned_lr']:.4g}",
         "",
     ]
-    columns = {
-        "set": "set",
-        "model": "model",
-        "images": "images",
-        "test_accuracy": "test accuracy",
-        "std": "std",
-        "nets": "nets",
-    }
+    columns = ["set", "model", "images", "test_accuracy", "std", "nets"]
     return "\n".join(lines) + "\n" + markdown_table(result.rows, columns)
