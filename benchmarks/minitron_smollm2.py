@@ -18,8 +18,10 @@ benchmarks/results/minitron_smollm2.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -80,16 +82,41 @@ def corpora(folder: Path, seq_len: int, val: int) -> tuple[TextData, TextData]:
     return mixture, ood
 
 
+def debian_reference(folder: Path, seq_len: int) -> TextData:
+    """Debian's reference manual as plain text (system administration prose), written into `folder` once."""
+    out = folder / "debian_reference.txt"
+    if not out.is_file():
+        gz = DATA / "debian-reference" / "usr" / "share" / "debian-reference" / "debian-reference.en.txt.gz"
+        if not gz.is_file():
+            raise SystemExit(f"Debian's reference manual is not at {gz}: run `make data`")
+        atomic_write(out, gzip.decompress(gz.read_bytes()).decode("utf-8", errors="replace"))
+    return TextData(source="files", paths=[str(out)], seq_len=seq_len, max_val_sequences=1)
+
+
+def broad_rows(args, folder: Path, tok, narrow: dict, ood_train: dict, rows: int) -> dict:
+    """The broad corpus's training rows: half the narrow mixture's, a quarter Debian's reference manual, a quarter
+    review snippets; never a row of either held-out set (the narrow mixture's end, the reviews' end)."""
+    manual, _ = token_splits(debian_reference(folder, args.seq_len), tok)
+    parts = [(narrow, rows - 2 * (rows // 4)), (manual, rows // 4), (ood_train, rows // 4)]
+    for part, n in parts:
+        if n > len(part["input_ids"]):
+            raise SystemExit(f"--tokens {args.tokens:,}: a part of the broad corpus has fewer than {n} rows")
+    return {k: torch.cat([part[k][:n] for part, n in parts]) for k in narrow}
+
+
 def setup(args):
-    """Teacher, tokenizer, training rows for the budget, in-domain and out-of-domain held-out rows, context."""
+    """Teacher, tokenizer, training rows for the budget, in-domain and out-of-domain held-out rows, context.
+    Both corpora are scored on the same held-out rows."""
     folder = Path(args.dir)
     teacher, tok = load_causal_lm(LlmSpec())
     mixture, ood = corpora(folder, args.seq_len, args.val)
     train, val = token_splits(mixture, tok)
-    _, ood_val = token_splits(ood, tok)
+    ood_train, ood_val = token_splits(ood, tok)
     rows = args.tokens // args.seq_len
     if rows > len(train["input_ids"]):
         raise SystemExit(f"--tokens {args.tokens:,} needs {rows} rows; the corpus has {len(train['input_ids'])}")
+    if args.corpus == "broad":
+        train = broad_rows(args, folder, tok, train, ood_train, rows)
     train = {k: v[:rows] for k, v in train.items()}
     runs = folder / "runs"
     ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=str(folder), run_name="runs"),
@@ -110,11 +137,15 @@ def arguments(seeds: int) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--dir", default="runs/bench-minitron")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--corpus", choices=["narrow", "broad"], default="narrow",
+                   help="broad: half the narrow mixture, a quarter Debian's reference manual, a quarter reviews")  # fmt: skip
     return p
 
 
 def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
     args = p.parse_args()
+    if args.corpus == "broad":  # its own importance, cache and runs
+        args.dir += "-broad"
     if args.quick:
         args.tokens, args.calibration, args.val, args.seeds, args.dir = 4 * 8 * 256, 16, 4, 1, args.dir + "-quick"
     return args
@@ -207,7 +238,8 @@ def main() -> None:
         res = {"budget": {"tokens": args.tokens, "steps": steps, "batch": args.batch, "seq_len": args.seq_len,
                           "lr": args.lr, "seeds": args.seeds, "k": args.k, "calibration_sequences": args.calibration,
                           "val_sequences": len(val["labels"]), "ood_sequences": len(ood["labels"]),
-                          "quick": args.quick, "variants": args.variants, "name": args.name},
+                          "quick": args.quick, "variants": args.variants, "name": args.name,
+                          "corpus": args.corpus},
                "machine": machine(), "teacher": {"params": shape.params(), **teacher_row},
                "importance_seconds": importance_s, "capture": capture, "right_after_pruning": right_after,
                "runs": results, "wall_s_this_invocation": time.perf_counter() - t_start}  # fmt: skip
@@ -273,6 +305,42 @@ def compare(s: dict, better: str, worse: str, what: str, ood: bool = False) -> t
     return what, verdict, f"{a[mean][0]:.3f} vs {b[mean][0]:.3f}: {m:+.3f} +- {h:.3f} paired over {len(seeds)} seeds"
 
 
+CORPORA = {
+    "narrow": "Austen + Debian fortunes (mixture)",
+    "broad": "broad: half the narrow mixture (Austen + Debian fortunes), a quarter Debian's reference manual, a "
+    "quarter Rotten Tomatoes review snippets (never the held-out ones)",
+}
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and the half-width of its 95% Welch interval."""
+    from scipy.stats import t
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return statistics.fmean(a) - statistics.fmean(b), t.ppf(0.975, df) * math.sqrt(va + vb)
+
+
+def narrow_vs_broad(res: dict) -> list[str]:
+    """The broad corpus's prune + KD students against the narrow ones (minitron_ab.json), on the same held-out
+    rows: in-domain and out-of-domain loss, with the teacher's."""
+    narrow_file = RESULTS / "minitron_ab.json"
+    broad = res["runs"].get("a: prune(width) + KD", {})
+    if res["budget"].get("corpus") != "broad" or not narrow_file.is_file() or len(broad) < 2:
+        return []
+    narrow = json.loads(narrow_file.read_text())["runs"]["a: prune(width) + KD"]
+    t = res["teacher"]
+    lines = ["", "Narrow against broad corpus, prune + KD (unpaired: the corpora differ; 95% Welch interval):", ""]
+    for key, what, teacher in [("val_loss", "in-domain", t["val_loss"]), ("ood_loss", "out-of-domain", t["ood_loss"])]:
+        a, b = [r[key] for r in broad.values()], [r[key] for r in narrow.values()]
+        m, h = welch(a, b)
+        lines.append(f"- {what}: broad {statistics.fmean(a):.3f} (ppl {math.exp(statistics.fmean(a)):.1f}, "
+                     f"{len(a)} seeds) vs narrow {statistics.fmean(b):.3f} (ppl {math.exp(statistics.fmean(b)):.1f}, "
+                     f"{len(b)} seeds), teacher {teacher:.3f} (ppl {math.exp(teacher):.1f}): broad - narrow "
+                     f"{m:+.3f} +- {h:.3f} nats: **{reading(m, h, 'lower with the broad corpus', 'higher with the broad corpus')}**")  # fmt: skip
+    return lines
+
+
 def markdown(res: dict) -> str:
     b, t, s = res["budget"], res["teacher"], summary(res)
     lines = [
@@ -280,7 +348,7 @@ def markdown(res: dict) -> str:
         "",
         f"Budget per variant: {b['tokens']:,} tokens ({b['steps']} steps x {b['batch']} x {b['seq_len']}), one pass, "
         f"AdamW lr {b['lr']}, {b['seeds']} seeds (d: 1); teacher cache top-{b['k']}; importance from "
-        f"{b['calibration_sequences']} calibration sequences. Corpus: Austen + Debian fortunes (mixture); held-out: "
+        f"{b['calibration_sequences']} calibration sequences. Corpus: {CORPORA[b.get('corpus', 'narrow')]}; held-out: "
         f"{b['val_sequences']} sequences of the corpus's end; out-of-domain: {b['ood_sequences']} sequences of "
         "Rotten Tomatoes review snippets.",
         f"Machine: {res['machine']['gpu'] or res['machine']['cpu']}, {res['machine']['cores']} cores, torch "
@@ -329,6 +397,7 @@ def markdown(res: dict) -> str:
               f"{math.exp(s['a']['ood'][0]):.1f} against the teacher's {math.exp(t['ood_loss']):.1f} "
               f"({kept:.0f}% of the teacher's inverse perplexity).", "",
               "What the teacher cache costs against a live teacher: [`topk_cache.md`](topk_cache.md).", ""]  # fmt: skip
+    lines += narrow_vs_broad(res)
     plot = f"{res['budget'].get('name', 'minitron_smollm2')}.png"
     if (RESULTS / plot).is_file():  # drawn when every run has landed
         lines += [f"![held-out loss vs tokens]({plot})", ""]

