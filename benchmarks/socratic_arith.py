@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -90,11 +91,16 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int, extra: 
     return out
 
 
-def select(variant: str) -> tuple[dict, list[dict]]:
-    """The variant's setting chosen on the validation split: the better rate at one epoch, then 1 vs 2 epochs."""
-    tried = [run_one(variant, lr, 1, "validation", 0) for lr in LRS]
+def select(variant: str, landed: Callable[[], None]) -> tuple[dict, list[dict]]:
+    """The variant's setting chosen on the validation split: the better rate at one epoch, then 1 vs 2 epochs.
+    `landed` is called after each run (it writes the results files, so that a finished run is never lost)."""
+    tried = []
+    for lr in LRS:
+        tried.append(run_one(variant, lr, 1, "validation", 0))
+        landed()
     best = max(tried, key=lambda r: (r["accuracy"], -r["lr"]))
     tried.append(run_one(variant, best["lr"], 2, "validation", 0))
+    landed()
     return max(tried, key=lambda r: (r["accuracy"], -r["epochs"], -r["lr"])), tried
 
 
@@ -114,7 +120,7 @@ def main() -> None:
     t0 = time.perf_counter()
     data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": [], "runs": []}
     for v in VARIANTS:  # every choice before any test run
-        chosen, tried = select(v)
+        chosen, tried = select(v, lambda: save(data, t0))
         data["selection"] += [{k: r[k] for k in ("variant", "lr", "epochs", "accuracy")} for r in tried]
         data["chosen"][v] = {"lr": chosen["lr"], "epochs": chosen["epochs"]}
         save(data, t0)
