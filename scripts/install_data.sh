@@ -14,40 +14,31 @@ DATA=${DISTILL_DATA:-$HOME/.cache/distill}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 updated=""
 apt_update() { [ -n "$updated" ] || { $SUDO apt-get update -qq; updated=1; }; }
+# unpack DIR PKG...: Debian packages downloaded and unpacked into $DATA/DIR, not installed (no root, no dependencies)
+unpack() {
+  local dir=$1 tmp deb
+  shift
+  apt_update
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq "$@" 2>/dev/null)
+  mkdir -p "$DATA/$dir"
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$DATA/$dir"; done
+  rm -rf "$tmp"
+}
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   apt_update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 
-if [ ! -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" ]; then
-  apt_update
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq r-cran-janeaustenr 2>/dev/null)
-  mkdir -p "$DATA/janeaustenr"
-  dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$DATA/janeaustenr"
-  rm -rf "$tmp"
-fi
+[ -f "$DATA/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" ] || unpack janeaustenr r-cran-janeaustenr
 
 # Debian fortunes (quotations, verse, jokes; text files): part of the Minitron benchmark's distillation mixture
-if [ ! -f "$DATA/fortunes/usr/share/games/fortunes/literature" ]; then
-  apt_update
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq fortunes fortunes-min 2>/dev/null)
-  mkdir -p "$DATA/fortunes"
-  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$DATA/fortunes"; done
-  rm -rf "$tmp"
-fi
+[ -f "$DATA/fortunes/usr/share/games/fortunes/literature" ] || unpack fortunes fortunes fortunes-min
 
 # Debian's reference manual (system administration prose): part of the Minitron benchmark's broad corpus
-if [ ! -f "$DATA/debian-reference/usr/share/debian-reference/debian-reference.en.txt.gz" ]; then
-  apt_update
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq debian-reference-en 2>/dev/null)
-  mkdir -p "$DATA/debian-reference"
-  dpkg-deb -x "$tmp"/debian-reference-en_*.deb "$DATA/debian-reference"
-  rm -rf "$tmp"
-fi
+[ -f "$DATA/debian-reference/usr/share/debian-reference/debian-reference.en.txt.gz" ] ||
+  unpack debian-reference debian-reference-en
 
 FONTS="fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-dkg-handwriting fonts-sjfonts fonts-kristi fonts-dancingscript fonts-comic-neue"
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf ] || [ ! -f /usr/share/fonts/truetype/kristi/Kristi.ttf ] || [ ! -f /usr/share/fonts/opentype/comic-neue/ComicNeue-Regular.otf ] \

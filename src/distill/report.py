@@ -86,9 +86,9 @@ def _results(result: dict[str, Any]) -> list[str]:
 def _stage(run: RunDir, stage: str, recs: list[dict[str, Any]], tokens_per_sample: int | None) -> list[str]:
     lines = [f"## Stage `{stage}`", ""]
     train = [r for r in recs if "loss" in r]
-    evals = [r for r in recs if any(k.startswith("eval/") for k in r)]
     on = lambda chart: lambda k: chart_of(k) == chart  # noqa: E731
     is_eval = on("eval")
+    evals = [r for r in recs if any(map(is_eval, r))]
     by_step = lambda r: r["step"]  # noqa: E731
     plots = [
         (

@@ -56,13 +56,17 @@ def check_inputs(cfg, resume, need_gold: bool = False) -> tuple[Task, dict[str, 
         raise DistillError(
             "students are scored on gold labels: the test texts need them (data.label_field, data.test_fraction > 0)"
         )
-    teacher: ServerClient | LocalClient | OnDemand
-    if resume is None:
-        teacher = client(cfg.teacher)
-        teacher.check()  # an unreachable server stops a new run before its directory exists
-    else:  # a resumed run may hold every answer already: the teacher is reached only when one is missing
-        teacher = OnDemand(cfg.teacher)
-    return task, {"pool": pool, "test": test}, teacher
+    return task, {"pool": pool, "test": test}, teacher_client(cfg.teacher, resume)
+
+
+def teacher_client(spec: LlmTeacher, resume: object) -> ServerClient | LocalClient | OnDemand:
+    """A new run's teacher, checked now (an unreachable server stops it before its directory exists); a resumed
+    run's, reached only when an answer is missing (it may hold every one already)."""
+    if resume is not None:
+        return OnDemand(spec)
+    teacher = client(spec)
+    teacher.check()
+    return teacher
 
 
 class OnDemand:
@@ -71,9 +75,6 @@ class OnDemand:
     def __init__(self, spec: LlmTeacher) -> None:
         self.spec = spec
         self._client: ServerClient | LocalClient | None = None
-
-    def check(self) -> None:
-        """Nothing to check before a request needs the teacher."""
 
     def generate(self, requests: list[Request]) -> Iterator[tuple[Request, Generation]]:
         if not requests:

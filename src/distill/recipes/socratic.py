@@ -26,10 +26,10 @@ from distill.config import Section, load_config
 from distill.context import Result, RuntimeConfig, start
 from distill.engine import TrainConfig, check_fits
 from distill.errors import DistillError
-from distill.labeling.clients import LlmTeacher, client
+from distill.labeling.clients import LlmTeacher
 from distill.labeling.pipeline import Sampling, prompt_requests
 from distill.labeling.pipeline import ask as ask_teacher
-from distill.labeling.stages import OnDemand
+from distill.labeling.stages import teacher_client
 from distill.labeling.store import LabelStore
 from distill.models.llm import LlmSpec, TargetLM, hf_dir, load_causal_lm, save_hf
 from distill.reasoning.annotate import REASONS, annotate, parse_final, solve_messages
@@ -94,11 +94,7 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         raise DistillError("teacher is null, so every training problem needs gold subquestions; set teacher")
     check_fits(len(train), cfg.students.train, "students.train")
     hf_dir(cfg.students.model.path)  # a missing student model fails now, not after the teacher's work
-    teacher = None
-    if cfg.teacher is not None:
-        teacher = client(cfg.teacher) if resume is None else OnDemand(cfg.teacher)
-        if resume is None:
-            teacher.check()
+    teacher = None if cfg.teacher is None else teacher_client(cfg.teacher, resume)
     ctx = start(name, cfg, cfg.run, resume)
     store = LabelStore(cfg.store or ctx.run.path / "teacher.sqlite")
 
