@@ -194,6 +194,31 @@ def test_completions_sampled_by_seed_and_masked_on_what_was_generated():
     assert greedy[0][0, 2] == first
 
 
+def test_completions_of_a_batch_are_those_of_each_row_alone():
+    """One left-padded `generate` for the batch writes what each row's prompt alone would have given."""
+    from distill.kd.onpolicy import complete
+
+    tok, student, _ = _rows_and_student()
+    recs = [{"prompt": "a", "completion": "cdef"}, {"prompt": "vwxyzab", "completion": "q"}]
+    rows = sft_rows(recs, PromptData(path="x", seq_len=14), tok)
+    torch.manual_seed(3)  # an untied head: the tied one just repeats the last token, whatever it sees before
+    student.lm_head = torch.nn.Linear(16, student.config.vocab_size, bias=False)
+    with torch.no_grad():  # weights large enough that a pad token seen, or a position shifted, changes the argmax
+        for name, w in student.named_parameters():
+            if "proj" in name:
+                w.normal_(std=0.5)
+        student.lm_head.weight[tok.eos_token_id] = 0  # and completions longer than a token or two
+    got = complete(student, rows, 6, 0.0, tok.eos_token_id, 1)
+    assert len(set(got["input_ids"][0, 1:7].tolist())) > 2
+    for r, p in enumerate([1, 7]):  # prompts of different lengths: the shorter one is padded on the left
+        with torch.no_grad():
+            alone = student.generate(rows["input_ids"][r : r + 1, :p], max_new_tokens=6, do_sample=False,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=1)[0]  # fmt: skip
+        n = len(alone) - 1
+        assert torch.equal(got["input_ids"][r, :n], alone[:-1]) and torch.equal(got["labels"][r, p - 1 : n], alone[p:])
+        assert got["labels"][r, n:].eq(-100).all()
+
+
 def test_on_policy_batches_through_the_cli(tiny, tmp_path):
     records = [{"prompt": f"Q{i}: ", "completion": f"the {w} is {i % 3}"} for i, w in enumerate(["cat", "dog"] * 20)]
     data = write_jsonl(tmp_path / "sft.jsonl", records)
