@@ -21,7 +21,7 @@ def tensors(dtype=torch.float32, seed=0):
     labels = torch.randint(0, 50, (2, 7), generator=g)
     labels[0, :2] = -100
     mask = torch.ones(2, 7, dtype=torch.bool)
-    mask[1, 5:] = False
+    mask[0, :3], mask[1, 5:] = False, False  # a prompt and a padded tail: positions dropped at both ends
     return h, w, b, teacher, labels, mask
 
 

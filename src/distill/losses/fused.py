@@ -109,7 +109,15 @@ def linear_divergence(
         raise ValueError("sparse_kl is taken at temperature 1 (the cache holds the teacher's log-probabilities)")
     if ce_weight and labels is None:
         raise ValueError("ce_weight needs the labels")
-    rows = _teacher_rows(teacher, teacher_weight, lead, temperature)
+    w = _row_weights(lead, mask, h.device)
+    flat_labels = None if labels is None else labels.reshape(-1).long()
+    flat = _flat_teacher(teacher, lead)
+    if mask is not None and not bool(w.all()):  # only the kept positions are projected (prompts, padding: none)
+        keep = w.nonzero().squeeze(1)
+        h, w = h.index_select(0, keep), w[keep]
+        flat_labels = None if flat_labels is None else flat_labels[keep]
+        flat = tuple(x[keep] for x in flat) if isinstance(flat, tuple) else flat[keep]
+    rows = _teacher_rows(flat, teacher_weight, temperature)
     losses: dict[str, RowLoss] = {
         "kl": _forward_kl_rows,
         "reverse_kl": _reverse_kl_rows,
@@ -117,22 +125,25 @@ def linear_divergence(
         "sparse_kl": _sparse_kl_rows,
     }
     row_loss = losses[divergence]
-    w = _row_weights(lead, mask, h.device)
-    flat_labels = None if labels is None else labels.reshape(-1).long()
     args = (rows, flat_labels, w, row_loss, float(temperature), float(ce_weight), int(chunk_size), t2_scale)
     return _FusedLinearRowLoss.apply(h, weight, bias, *args)
 
 
-def _teacher_rows(teacher: Teacher, weight: Tensor | None, lead: torch.Size, temperature: float) -> Callable:
-    """Rows `sl` of the teacher's side, as the row losses read them: logits / T in fp32, or the cached top-k."""
+def _flat_teacher(teacher: Teacher, lead: torch.Size) -> Teacher:
+    """The teacher's side with one row per position: logits or hidden states (rows x width), or the top-k."""
     if isinstance(teacher, tuple):
         ids, lp, rest = teacher
-        flat = (ids.reshape(-1, ids.shape[-1]), lp.reshape(-1, lp.shape[-1]), rest.reshape(-1))
-        return lambda sl: tuple(x[sl] for x in flat)
+        return ids.reshape(-1, ids.shape[-1]), lp.reshape(-1, lp.shape[-1]), rest.reshape(-1)
     if teacher.shape[:-1] != lead:
         raise ValueError(f"teacher {tuple(teacher.shape)} and student positions {tuple(lead)} differ")
-    t = teacher.detach().reshape(-1, teacher.shape[-1])
+    return teacher.detach().reshape(-1, teacher.shape[-1])
+
+
+def _teacher_rows(flat: Teacher, weight: Tensor | None, temperature: float) -> Callable:
+    """Rows `sl` of the teacher's side, as the row losses read them: logits / T in fp32, or the cached top-k."""
+    if isinstance(flat, tuple):
+        return lambda sl: tuple(x[sl] for x in flat)
     if weight is None:
-        return lambda sl: t[sl].float() / temperature
+        return lambda sl: flat[sl].float() / temperature
     tw = weight.detach()
-    return lambda sl: F.linear(t[sl], tw).float() / temperature
+    return lambda sl: F.linear(flat[sl], tw).float() / temperature
