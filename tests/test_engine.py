@@ -410,3 +410,21 @@ def test_an_optimizer_and_a_schedule_by_dotted_path(tmp_path, monkeypatch, accel
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):  # pydantic's, naming the field
             TrainConfig(**{field: bad})
+
+
+def test_adamw_is_torchs_fused_one_and_steps_as_the_loop_does():
+    from distill.optim import make_optimizer
+
+    ours, ref = toy_model().eval(), toy_model().eval()  # the same weights; no dropout
+    cfg = TrainConfig(lr=0.01, weight_decay=0.1)
+    opts = [make_optimizer(list(ours.parameters()), cfg),
+            torch.optim.AdamW(ref.parameters(), lr=0.01, betas=(cfg.momentum, 0.999), weight_decay=0.1)]  # fmt: skip
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    x = toy_data()["inputs"]
+    for _ in range(3):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -31,16 +31,18 @@ def grads(loss, *xs):
 
 @pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("chunk", [3, 1024])
-def test_the_fused_loss_and_its_gradient_are_the_plain_ones(divergence, chunk):
-    """Positions in chunks of 3 (14 positions: the last chunk is short), a mask, a bias, T = 2 and a CE mix."""
+@pytest.mark.parametrize("ce_weight", [0.0, 0.5])  # without CE, forward KL's gradient is the one written by hand
+def test_the_fused_loss_and_its_gradient_are_the_plain_ones(divergence, chunk, ce_weight):
+    """Positions in chunks of 3 (14 positions: the last chunk is short), a mask, a bias, T = 2, with or without
+    a CE mix."""
     h, w, b, teacher, labels, mask = tensors()
     logits = F.linear(h, w, b)
     kept = labels.masked_fill(~mask, -100)
     ce = F.cross_entropy(logits.reshape(-1, 50), kept.reshape(-1), ignore_index=-100, reduction="sum") / mask.sum()
-    plain = PLAIN[divergence](logits, teacher, temperature=2.0, mask=mask) + 0.5 * ce
+    plain = PLAIN[divergence](logits, teacher, temperature=2.0, mask=mask) + ce_weight * ce
     beta = {"beta": 0.3} if divergence == "jsd" else {}
     fused = linear_divergence(
-        h, w, teacher, bias=b, divergence=divergence, temperature=2.0, labels=kept, ce_weight=0.5, mask=mask,
+        h, w, teacher, bias=b, divergence=divergence, temperature=2.0, labels=kept, ce_weight=ce_weight, mask=mask,
         chunk_size=chunk, **beta,
     )  # fmt: skip
     torch.testing.assert_close(fused, plain)

@@ -1,0 +1,301 @@
+"""`distill lm`'s distillation step against TRL 1.16, off-policy and on-policy, in fp32 and in bf16; and the
+live step's tokens/s against the machine's matmul limit.
+
+    python benchmarks/lm_throughput.py [--reps 3] [--steps 12] [--report]
+
+Teacher SmolLM2-135M, student the same pruned to hidden 384 / ffn 768 / heads 6 (llm_kd_throughput.py's pair),
+batch 4 x 128 tokens, forward KL at T=1, AdamW, constant lr, no gradient checkpointing; both sides at the same
+precision (fp32, or bf16 autocast with fp32 weights). Variants, each in a fresh process, repetitions
+interleaved, the first step untimed:
+- off-policy (text rows): `distill lm`'s step (the fused projection + divergence) with the teacher live or read
+  from a top-32 cache, against TRL's GKDTrainer with lmbda=0 (its teacher live: TRL has no cache);
+- on-policy (every batch's completions sampled from the student at T=1, the key/value cache on): the first 64
+  tokens of a row are its prompt, 64 tokens are generated (EOS never ends a completion early, on every side, so
+  each step trains the same 128-token rows), against GKDTrainer with lmbda=1 and DistillationTrainer.
+Tokens/s counts the rows' tokens (prompt + completion) per second of training, generation included. Memory:
+the loop's peak over the resident memory after set-up and the first step (VmHWM reset), as in
+llm_kd_throughput.py. The limit: the matmul FLOP/s of a 2048 x 2048 product in each precision, divided by the
+step's FLOPs per token, 2 x teacher parameters + 6 x student parameters.
+Writes benchmarks/results/lm_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine, write  # noqa: E402
+from llm_kd_throughput import MEM, _status, loop_started, make_cache, setup  # noqa: E402
+
+SIDES = {"distill": ["live", "cached", "onpolicy"], "trl-gkd": ["live", "onpolicy"], "trl-distillation": ["onpolicy"]}
+VARIANTS = [f"{who}-{mode}-{p}" for p in ("fp32", "bf16") for who, modes in SIDES.items() for mode in modes]
+
+
+def prompt_rows(data: dict, prompt: int) -> dict:
+    """Text rows as prompt + completion rows: the first `prompt` tokens are the prompt, the loss on the rest."""
+    import torch
+
+    ids = data["input_ids"]
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
+    labels[:, : prompt - 1] = -100
+    return {"input_ids": ids, "labels": labels, "loss_mask": labels != -100}
+
+
+def ours(args, mode: str, precision: str) -> float:
+    from distill.context import RuntimeConfig, start
+    from distill.engine import TrainConfig, fit
+    from distill.kd.cache import TeacherCache, from_cache
+    from distill.kd.lm_stage import lm_trainable
+    from distill.kd.onpolicy import OnPolicy
+    from distill.recipes.lm import Objective
+
+    teacher, student, data = setup(args.batch, args.seq_len)
+    terms = Objective().terms(masked=mode == "onpolicy")
+    if mode == "cached":
+        data, teacher, terms = TeacherCache(args.cache), None, from_cache(terms)
+    trainee = lm_trainable(student, teacher, terms)
+    if mode == "onpolicy":  # eos: an id past the vocabulary, never sampled, so every completion is full length
+        data = prompt_rows(data, args.prompt)
+        trainee = OnPolicy(trainee, 1.0, args.new_tokens, 1.0, student.config.vocab_size, 0)
+    times: list[float] = []
+
+    def timer(m):  # evaluation every step: just a clock, so the warm-up step is left out
+        times.append(time.perf_counter())
+        if len(times) == 1:
+            loop_started()
+        return {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision=precision))
+        cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
+                          eval_every=1, log_every=1000, progress=False)  # fmt: skip
+        fit(trainee, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+
+
+def _clock(times: list[float]):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+            if len(times) == 1:
+                loop_started()
+
+    return Clock()
+
+
+def _common(tmp: str, args, bf16: bool) -> dict:
+    return dict(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + 1, learning_rate=1e-4,
+                lr_scheduler_type="constant", save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True,
+                disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, fp16=False, temperature=1.0, beta=0.0,
+                seed=0)  # fmt: skip
+
+
+def trl_gkd(args, mode: str, bf16: bool) -> float:
+    """GKDTrainer on the same rows: lmbda=0 trains on them, lmbda=1 on the student's completions of their prompts."""
+    import torch
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    teacher, student, data = setup(args.batch, args.seq_len)
+    rows = data["input_ids"][: (args.steps + 1) * args.batch]
+    on = mode == "onpolicy"
+    p = args.prompt if on else args.seq_len
+
+    def collate(features):
+        ids = torch.tensor([f["input_ids"] for f in features])
+        labels = ids.clone()
+        labels[:, : p if on else 0] = -100
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "prompts": ids[:, :p],
+                "prompt_attention_mask": torch.ones_like(ids[:, :p])}  # fmt: skip
+
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = GKDConfig(**_common(tmp, args, bf16), lmbda=1.0 if on else 0.0, max_new_tokens=args.new_tokens,
+                        dataloader_drop_last=True, max_length=args.seq_len)  # fmt: skip
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate, callbacks=[_clock(times)],
+                             train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip
+        trainer.generation_config.min_new_tokens = args.new_tokens  # full-length completions, as on our side
+        trainer.generation_kwargs["min_new_tokens"] = args.new_tokens
+        trainer.train()
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+
+
+def trl_distillation(args, bf16: bool) -> float:
+    """DistillationTrainer (fully on-policy) on the same prompts, given as text (it tokenizes them itself)."""
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    from distill.models.llm import LlmSpec, load_causal_lm
+
+    teacher, student, data = setup(args.batch, args.seq_len)
+    _, tok = load_causal_lm(LlmSpec())
+    tok.padding_side = "left"
+    prompts = tok.batch_decode(data["input_ids"][: (args.steps + 1) * args.batch, : args.prompt])
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = DistillationConfig(**_common(tmp, args, bf16), max_completion_length=args.new_tokens,
+                                 generation_kwargs={"min_new_tokens": args.new_tokens}, shuffle_dataset=False)  # fmt: skip
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, processing_class=tok,
+                                      train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[_clock(times)])  # fmt: skip
+        trainer.train()
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+
+
+def matmul_flops(precision: str, n: int = 2048, reps: int = 20) -> float:
+    """FLOP/s of an n x n matmul in this precision (the median of `reps` products, after a warm-up)."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def child(args) -> None:
+    if args.child == "limit":
+        from distill.models import count_parameters
+
+        teacher, student, _ = setup(args.batch, args.seq_len)
+        print(json.dumps({"flops": {p: matmul_flops(p) for p in ("fp32", "bf16")},
+                          "teacher_params": count_parameters(teacher), "student_params": count_parameters(student)}))  # fmt: skip
+        return
+    who, mode, precision = args.child.rsplit("-", 2)
+    bf16 = precision == "bf16"
+    if who == "distill":
+        tps = ours(args, mode, "bf16" if bf16 else "no")
+    elif who == "trl-gkd":
+        tps = trl_gkd(args, mode, bf16)
+    else:
+        tps = trl_distillation(args, bf16)
+    peak = _status("VmHWM")
+    print(json.dumps({"tokens_per_s": tps, "loop_peak_mb": peak / 1024,
+                      "loop_over_setup_mb": (peak - MEM["rss_at_reset_kb"]) / 1024}))  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=64, help="on-policy: prompt tokens (the rest is generated)")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--only", nargs="*", help="a subset of the variants (a quick look; the results need all)")
+    p.add_argument("--cache")
+    p.add_argument("--child")
+    p.add_argument("--report", action="store_true", help="rebuild the markdown from the saved results")
+    args = p.parse_args()
+    args.new_tokens = args.seq_len - args.prompt
+    if args.child:
+        child(args)
+        return
+    if args.report:
+        res = json.loads((RESULTS / "lm_throughput.json").read_text())
+        write("lm_throughput", res, report(res))
+        return
+    variants = args.only or VARIANTS
+    flags = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--prompt",
+             str(args.prompt), "--k", str(args.k)]  # fmt: skip
+
+    def spawn(v: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--child", v, *flags, "--cache", args.cache],
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode:
+            raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    t0 = time.perf_counter()
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        args.cache = f"{tmp}/cache"
+        make_cache(args, args.cache)
+        limit = spawn("limit")
+        for _ in range(args.reps):
+            for v in variants:
+                runs[v].append(spawn(v))
+                print(v, runs[v][-1], flush=True)
+    res = {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "prompt": args.prompt, "k": args.k,
+           "reps": args.reps, "limit": limit, "runs": runs, "machine": machine(), "wall_s": time.perf_counter() - t0}  # fmt: skip
+    if args.only:
+        print(json.dumps(runs, indent=1))
+        return
+    write("lm_throughput", res, report(res))
+    print(report(res))
+
+
+def report(res: dict) -> str:
+    """Tables and targets; a target is decided on the median of its per-repetition ratios (the variants of one
+    repetition ran back to back, so a ratio within it cancels most of the machine's drift)."""
+    runs = res["runs"]
+    med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+    lim = res["limit"]
+    per_token = 2 * lim["teacher_params"] + 6 * lim["student_params"]
+    m = res["machine"]
+    lines = ["# `distill lm` against TRL 1.16: tokens/s and memory, off- and on-policy, fp32 and bf16", "",
+             f"Teacher SmolLM2-135M ({lim['teacher_params'] / 1e6:.1f}M parameters), student pruned from it to hidden "
+             f"384 / ffn 768 / heads 6 ({lim['student_params'] / 1e6:.1f}M); batch {res['batch']} x {res['seq_len']} "
+             f"tokens, forward KL at T=1, AdamW, no gradient checkpointing; {res['steps']} timed steps after one "
+             f"warm-up, {res['reps']} interleaved repetitions, each variant in a fresh process (median; min-max in "
+             f"brackets). On-policy: {res['prompt']}-token prompts, {res['seq_len'] - res['prompt']} sampled tokens "
+             "(T=1, key/value cache), every batch; tokens/s counts prompt + completion tokens and includes generation. "
+             f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the first step). "
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.", "",
+             "| variant | tokens/s | loop peak over set-up MB |", "|---|---:|---:|"]  # fmt: skip
+    for v, rs in runs.items():
+        tps = [r["tokens_per_s"] for r in rs]
+        lines.append(f"| {v} | {med[v]['tokens_per_s']:.0f} [{min(tps):.0f}-{max(tps):.0f}] | "
+                     f"{med[v]['loop_over_setup_mb']:.0f} |")  # fmt: skip
+
+    def ratio(a: str, b: str, key: str = "tokens_per_s") -> list[float]:
+        return [x[key] / y[key] for x, y in zip(runs[a], runs[b])]
+
+    targets = []
+    for p in ("fp32", "bf16"):
+        targets += [(f"{p}, live teacher: >= 1.3x GKDTrainer (lmbda 0) tokens/s", ratio(f"distill-live-{p}", f"trl-gkd-live-{p}"), 1.3, True),
+                    (f"{p}, live teacher: <= 0.65x its loop memory over set-up",
+                     ratio(f"distill-live-{p}", f"trl-gkd-live-{p}", "loop_over_setup_mb"), 0.65, False),
+                    (f"{p}, from the cache: >= 2.5x GKDTrainer (lmbda 0) tokens/s", ratio(f"distill-cached-{p}", f"trl-gkd-live-{p}"), 2.5, True)]  # fmt: skip
+        for other in ("trl-gkd", "trl-distillation"):
+            a, b = f"distill-onpolicy-{p}", f"{other}-onpolicy-{p}"
+            name = "GKDTrainer (lmbda 1)" if other == "trl-gkd" else "DistillationTrainer"
+            targets += [(f"{p}, on-policy: >= 1.3x {name} tokens/s", ratio(a, b), 1.3, True),
+                        (f"{p}, on-policy: <= 1x {name}'s loop memory over set-up", ratio(a, b, "loop_over_setup_mb"), 1.0, False)]  # fmt: skip
+    lines += ["", "Targets, decided on the median of the per-repetition ratios:", ""]
+    res["targets"] = {}
+    for what, rs, bound, at_least in targets:
+        mid = statistics.median(rs)
+        ok = mid >= bound if at_least else mid <= bound
+        res["targets"][what] = {"ratios": rs, "median": mid, "bound": bound, "held": ok}
+        lines.append(f"- {what}: **{'held' if ok else 'did not hold'}** (median {mid:.2f}x; per repetition "
+                     + ", ".join(f"{r:.2f}" for r in rs) + ")")  # fmt: skip
+    lines += ["", "The live step against the machine's limit (matmul FLOP/s of a 2048 x 2048 product / FLOPs per token "
+              f"= 2 x {lim['teacher_params'] / 1e6:.1f}M + 6 x {lim['student_params'] / 1e6:.1f}M = "
+              f"{per_token / 1e9:.2f} GFLOP):", "", "| precision | matmul GFLOP/s | limit tokens/s | `distill lm` tokens/s | share of the limit |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    res["share_of_limit"] = {}
+    for p in ("fp32", "bf16"):
+        limit = lim["flops"][p] / per_token
+        share = med[f"distill-live-{p}"]["tokens_per_s"] / limit
+        res["share_of_limit"][p] = share
+        lines.append(f"| {p} | {lim['flops'][p] / 1e9:.0f} | {limit:.0f} | {med[f'distill-live-{p}']['tokens_per_s']:.0f} | "
+                     f"{share:.0%} |")  # fmt: skip
+    lines += ["", f"Wall time {res['wall_s'] / 60:.0f} min.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
