@@ -134,7 +134,7 @@ def linear_divergence(
         keep = w.nonzero().squeeze(1)
         h, w = h.index_select(0, keep), w[keep]
         flat_labels = None if flat_labels is None else flat_labels[keep]
-        flat = tuple(x[keep] for x in flat) if isinstance(flat, tuple) else flat[keep]
+        flat = (flat[0][keep], flat[1][keep], flat[2][keep]) if isinstance(flat, tuple) else flat[keep]
     rows = _teacher_rows(flat, teacher_weight, temperature)
     losses: dict[str, RowLoss] = {
         "kl": _forward_kl_rows,
