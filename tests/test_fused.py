@@ -69,6 +69,20 @@ def test_sparse_kl_from_a_cached_top_k():
         torch.testing.assert_close(a, e)
 
 
+def test_sparse_kl_where_the_student_leaves_almost_nothing_outside_the_top_k():
+    """The student's mass outside the teacher's top-k far below fp32's resolution of 1 - sum(top-k)."""
+    h, w, _, teacher, _, mask = tensors()
+    lp = teacher.log_softmax(-1)
+    top, ids = lp.topk(8, -1)
+    rest = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6))
+    student = F.linear(h, w).detach().scatter_add(-1, ids, torch.full_like(top, 25.0)).requires_grad_()
+    plain = sparse_kl(student, ids, top, rest, mask=mask)
+    eye = torch.eye(50)  # the student's logits as hidden states times the identity: the fused path sees them
+    fused = linear_divergence(student, eye, (ids, top, rest), divergence="sparse_kl", mask=mask, chunk_size=5)
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(grads(fused, student)[0], grads(plain, student)[0])
+
+
 def test_bf16_inputs_give_bf16_gradients_close_to_fp32():
     """bf16 matmuls, fp32 divergence: within bf16's precision of the fp32 computation."""
     h32, w32, _, teacher, _, mask = tensors()

@@ -13,6 +13,7 @@ Matmuls run in the inputs' dtype (bf16 under autocast-style inputs), the diverge
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,35 @@ def _forward_kl_and_grad(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return rows, log_q.exp_().sub_(log_p.exp_())
 
 
-ANALYTIC: dict[RowLoss, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {_forward_kl_rows: _forward_kl_and_grad}
+def _sparse_kl_and_grad(s: Tensor, t: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """`_sparse_kl_rows` and its gradient with respect to `s`. With p the teacher's top-k probabilities, r its
+    remaining mass, q the student's softmax and Q its mass outside the top-k: q (sum p + r) - p on the top-k,
+    minus r q / Q outside it."""
+    ids, lp = t[0].long(), t[1].float()
+    rest = t[2].float()
+    log_q = F.log_softmax(s, -1)
+    log_q_top = log_q.gather(-1, ids)
+    q = log_q.exp_()
+    q_top = q.gather(-1, ids)
+    log_q_rest = torch.log1p(-q_top.double().sum(-1).clamp(max=1.0)).float()
+    close = log_q_rest < -9  # 1 - sum(top) loses its digits: the rest's mass summed where it is
+    if bool(close.any()):
+        s_close = s[close].scatter(-1, ids[close], float("-inf"))
+        log_q_rest[close] = torch.logsumexp(s_close, -1) - torch.logsumexp(s[close], -1)
+    p, has_rest = lp.exp(), torch.isfinite(rest)
+    p_rest = torch.where(has_rest, rest.exp(), torch.zeros_like(rest))
+    tail = torch.where(has_rest, p_rest * (rest - log_q_rest), torch.zeros_like(rest))
+    rows = (p * (lp - log_q_top)).sum(-1) + tail
+    mass = (p.sum(-1) + p_rest)[:, None]
+    ratio = torch.where(has_rest, p_rest * torch.exp(-log_q_rest), torch.zeros_like(rest))  # r / Q (0 / 0: none)
+    g = q.mul_(mass - ratio[:, None])  # outside the top-k: q (mass - r / Q)
+    return rows, g.scatter_(-1, ids, q_top * mass - p)  # written over, not added: r / Q may be huge
+
+
+ANALYTIC: dict[RowLoss, Callable[[Tensor, Any], tuple[Tensor, Tensor]]] = {
+    _forward_kl_rows: _forward_kl_and_grad,
+    _sparse_kl_rows: _sparse_kl_and_grad,
+}
 
 
 class _FusedLinearRowLoss(torch.autograd.Function):
