@@ -117,7 +117,7 @@ def engine(args, chunk: int | None, cached: bool = False) -> float:
         return {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp))
+        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision="no"))  # fp32, as TRL here
         cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
                           eval_every=1, log_every=1000, progress=False)  # fmt: skip
         fit(distiller, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
