@@ -94,9 +94,29 @@ def bare(args) -> float:
     return args.steps * args.batch * args.seq_len / (time.perf_counter() - t0)
 
 
-def engine(args, chunk: int | None, cached: bool = False) -> float:
+def timed_fit(trainee, data, args, precision: str = "no") -> float:
+    """Tokens/s of `distill`'s engine training `trainee` on `data` for args.steps steps after an untimed first one
+    (precision "no": fp32, as TRL's runs here; "bf16": autocast)."""
     from distill.context import RuntimeConfig, start
     from distill.engine import TrainConfig, fit
+
+    times: list[float] = []
+
+    def timer(m):  # evaluation every step: just a clock, so the warm-up step can be left out
+        times.append(time.perf_counter())
+        if len(times) == 1:
+            loop_started()  # after the first step: the optimizer's state exists, as in the other loops
+        return {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision=precision))
+        cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
+                          eval_every=1, log_every=1000, progress=False)  # fmt: skip
+        fit(trainee, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+
+
+def engine(args, chunk: int | None, cached: bool = False) -> float:
     from distill.kd.cache import TeacherCache, from_cache
     from distill.kd.distiller import Distiller
     from distill.kd.objective import Term
@@ -108,34 +128,12 @@ def engine(args, chunk: int | None, cached: bool = False) -> float:
         distiller = Distiller(student, from_cache([kd]))
     else:
         distiller = Distiller(student, [kd], {"teacher": teacher})
-    times = []
-
-    def timer(m):  # evaluation every step: just a clock, so the warm-up step can be left out
-        times.append(time.perf_counter())
-        if len(times) == 1:
-            loop_started()  # after the first step: the optimizer's state exists, as in the other loops
-        return {}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision="no"))  # fp32, as TRL here
-        cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
-                          eval_every=1, log_every=1000, progress=False)  # fmt: skip
-        fit(distiller, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+    return timed_fit(distiller, data, args)
 
 
-def trl_gkd(args) -> float:
-    """TRL's GKDTrainer on the same teacher, student and token rows: lmbda=0 (no on-policy
-    generation), beta=0 (forward KL), AdamW, no evaluation or saving."""
-    import torch
-    from datasets import Dataset
+def trainer_clock(times: list[float]):
+    """A transformers callback appending the time at each step's end (the peak memory reset after the first)."""
     from transformers import TrainerCallback
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
-
-    teacher, student, data = setup(args.batch, args.seq_len)
-    rows = data["input_ids"][: (args.steps + 1) * args.batch]
-    dataset = Dataset.from_dict({"input_ids": rows.tolist()})
-    times: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
@@ -143,18 +141,46 @@ def trl_gkd(args) -> float:
             if len(times) == 1:
                 loop_started()
 
+    return Clock()
+
+
+def trl_args(tmp: str, args, bf16: bool) -> dict:
+    """The settings every TRL trainer here shares: forward KL at T=1 (beta 0), AdamW at a constant lr, no
+    gradient checkpointing, evaluation or saving; fp32 or bf16 autocast."""
+    return dict(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + 1, learning_rate=1e-4,
+                lr_scheduler_type="constant", save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True,
+                disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, fp16=False, temperature=1.0, beta=0.0,
+                seed=0)  # fmt: skip
+
+
+def trl_gkd(args, on_policy: bool = False, bf16: bool = False) -> float:
+    """TRL's GKDTrainer on the same teacher, student and token rows: lmbda=0 trains on the rows; lmbda=1
+    (on_policy) on the student's completions (args.new_tokens of them) of their first args.prompt tokens."""
+    import torch
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    teacher, student, data = setup(args.batch, args.seq_len)
+    rows = data["input_ids"][: (args.steps + 1) * args.batch]
+    p = args.prompt if on_policy else args.seq_len
+
     def collate(features):
         ids = torch.tensor([f["input_ids"] for f in features])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        labels = ids.clone()
+        labels[:, : p if on_policy else 0] = -100
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "prompts": ids[:, :p],
+                "prompt_attention_mask": torch.ones_like(ids[:, :p])}  # fmt: skip
 
+    times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GKDConfig(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + 1, lmbda=0.0,
-                        beta=0.0, temperature=1.0, learning_rate=1e-4, lr_scheduler_type="constant", save_strategy="no",
-                        report_to=[], logging_steps=1000, use_cpu=True, dataloader_drop_last=True,
-                        disable_tqdm=True, max_length=args.seq_len, gradient_checkpointing=False, bf16=False,
-                        fp16=False)  # fmt: skip
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dataset,
-                             data_collator=collate, callbacks=[Clock()])  # fmt: skip
+        generated = getattr(args, "new_tokens", 1)
+        cfg = GKDConfig(**trl_args(tmp, args, bf16), lmbda=1.0 if on_policy else 0.0, max_new_tokens=generated,
+                        dataloader_drop_last=True, max_length=args.seq_len)  # fmt: skip
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate,
+                             callbacks=[trainer_clock(times)],
+                             train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip
+        trainer.generation_config.min_new_tokens = generated  # full-length completions, as on distill's side
+        trainer.generation_kwargs["min_new_tokens"] = generated
         trainer.train()
     return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
-from llm_kd_throughput import MEM, _status, loop_started, make_cache, setup  # noqa: E402
+from llm_kd_throughput import MEM, _status, make_cache, setup, timed_fit, trainer_clock, trl_args, trl_gkd  # noqa: E402
 
 SIDES = {"distill": ["live", "cached", "onpolicy"], "trl-gkd": ["live", "onpolicy"], "trl-distillation": ["onpolicy"]}
 VARIANTS = [f"{who}-{mode}-{p}" for p in ("fp32", "bf16") for who, modes in SIDES.items() for mode in modes]
@@ -49,8 +49,6 @@ def prompt_rows(data: dict, prompt: int) -> dict:
 
 
 def ours(args, mode: str, precision: str) -> float:
-    from distill.context import RuntimeConfig, start
-    from distill.engine import TrainConfig, fit
     from distill.kd.cache import TeacherCache, from_cache
     from distill.kd.lm_stage import lm_trainable
     from distill.kd.onpolicy import OnPolicy
@@ -64,69 +62,7 @@ def ours(args, mode: str, precision: str) -> float:
     if mode == "onpolicy":  # eos: an id past the vocabulary, never sampled, so every completion is full length
         data = prompt_rows(data, args.prompt)
         trainee = OnPolicy(trainee, 1.0, args.new_tokens, 1.0, student.config.vocab_size, 0)
-    times: list[float] = []
-
-    def timer(m):  # evaluation every step: just a clock, so the warm-up step is left out
-        times.append(time.perf_counter())
-        if len(times) == 1:
-            loop_started()
-        return {}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision=precision))
-        cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
-                          eval_every=1, log_every=1000, progress=False)  # fmt: skip
-        fit(trainee, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
-
-
-def _clock(times: list[float]):
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter())
-            if len(times) == 1:
-                loop_started()
-
-    return Clock()
-
-
-def _common(tmp: str, args, bf16: bool) -> dict:
-    return dict(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + 1, learning_rate=1e-4,
-                lr_scheduler_type="constant", save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True,
-                disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, fp16=False, temperature=1.0, beta=0.0,
-                seed=0)  # fmt: skip
-
-
-def trl_gkd(args, mode: str, bf16: bool) -> float:
-    """GKDTrainer on the same rows: lmbda=0 trains on them, lmbda=1 on the student's completions of their prompts."""
-    import torch
-    from datasets import Dataset
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
-
-    teacher, student, data = setup(args.batch, args.seq_len)
-    rows = data["input_ids"][: (args.steps + 1) * args.batch]
-    on = mode == "onpolicy"
-    p = args.prompt if on else args.seq_len
-
-    def collate(features):
-        ids = torch.tensor([f["input_ids"] for f in features])
-        labels = ids.clone()
-        labels[:, : p if on else 0] = -100
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "prompts": ids[:, :p],
-                "prompt_attention_mask": torch.ones_like(ids[:, :p])}  # fmt: skip
-
-    times: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = GKDConfig(**_common(tmp, args, bf16), lmbda=1.0 if on else 0.0, max_new_tokens=args.new_tokens,
-                        dataloader_drop_last=True, max_length=args.seq_len)  # fmt: skip
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate, callbacks=[_clock(times)],
-                             train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip
-        trainer.generation_config.min_new_tokens = args.new_tokens  # full-length completions, as on our side
-        trainer.generation_kwargs["min_new_tokens"] = args.new_tokens
-        trainer.train()
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+    return timed_fit(trainee, data, args, precision)
 
 
 def trl_distillation(args, bf16: bool) -> float:
@@ -142,10 +78,10 @@ def trl_distillation(args, bf16: bool) -> float:
     prompts = tok.batch_decode(data["input_ids"][: (args.steps + 1) * args.batch, : args.prompt])
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = DistillationConfig(**_common(tmp, args, bf16), max_completion_length=args.new_tokens,
+        cfg = DistillationConfig(**trl_args(tmp, args, bf16), max_completion_length=args.new_tokens,
                                  generation_kwargs={"min_new_tokens": args.new_tokens}, shuffle_dataset=False)  # fmt: skip
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, processing_class=tok,
-                                      train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[_clock(times)])  # fmt: skip
+                                      train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[trainer_clock(times)])  # fmt: skip
         trainer.train()
     return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
 
@@ -178,7 +114,7 @@ def child(args) -> None:
     if who == "distill":
         tps = ours(args, mode, "bf16" if bf16 else "no")
     elif who == "trl-gkd":
-        tps = trl_gkd(args, mode, bf16)
+        tps = trl_gkd(args, mode == "onpolicy", bf16)
     else:
         tps = trl_distillation(args, bf16)
     peak = _status("VmHWM")

@@ -38,7 +38,7 @@ def complete(
     The rows' prompts are generated from together, left-padded (one `generate` call, not one per row)."""
     ids, mask = batch["input_ids"], batch["loss_mask"]
     length = ids.shape[1]
-    input_ids, labels = batch["input_ids"].clone(), batch["labels"].clone()
+    input_ids, labels = ids.clone(), batch["labels"].clone()
     rows = [r for r in range(ids.shape[0]) if mask[r].any()]
     if not rows:
         return batch

@@ -72,6 +72,7 @@ class _FusedLinearRowLoss(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
         total = h.new_zeros((), dtype=torch.float32)
         scale = temperature**2 if t2 else 1.0
+        by_hand = ANALYTIC.get(row_loss) if any(needs) and not ce_weight else None
         for start in range(0, h.shape[0], chunk):
             sl = slice(start, start + chunk)
             rows_w = w[sl]
@@ -79,7 +80,6 @@ class _FusedLinearRowLoss(torch.autograd.Function):
                 continue
             hc = h[sl].detach()
             logits = F.linear(hc, weight.detach(), None if bias is None else bias.detach())
-            by_hand = ANALYTIC.get(row_loss) if any(needs) and not ce_weight else None
             if by_hand is not None:  # the gradient written out: fewer passes over the chunk than autograd's
                 s = logits.float()
                 per_row, g = by_hand(s / temperature if temperature != 1 else s, teacher_rows(sl))
