@@ -2,7 +2,7 @@
 small model trained on sub-questions and sub-answers (a question generator and an answerer) solve more
 problems than the same model trained on chain-of-thought solutions, which beats answer-only training?
 
-    python benchmarks/socratic_arith.py [--seeds 3] [--render]
+    python benchmarks/socratic_arith.py [--seeds 3] [--side-seeds 1] [--teacher-seeds 1] [--render]
 
 Problems: `data.source=arith`, 2 to 3 steps, 1,000 training, 200 validation (the training distribution),
 500 test problems, each test problem holding an ordered pair of operations no training problem holds
@@ -12,7 +12,9 @@ Problems: `data.source=arith`, 2 to 3 steps, 1,000 training, 200 validation (the
    from {1e-4, 3e-4} at one epoch, then one epoch against two at the chosen rate (unless one epoch already
    solves every validation problem).
 2. test (seeds 0..n-1: the order of the training batches): each variant at its chosen setting, scored on
-   the test split; variants of one seed see the same problems in the same order.
+   the test split; variants of one seed see the same problems in the same order. The claim's two main rows
+   (Socratic, CoT) get --seeds seeds, answer-only and unified --side-seeds (default: as many).
+3. teacher: Qwen2.5-Coder-0.5B writes the sub-questions of 300 training problems (--teacher-seeds students).
 
 Claims, paired by seed, 95% t interval with n-1 df: CoT beats answer-only (the premise: the problems are
 within reach of the student at this budget), Socratic QG + QA beats CoT, the unified model against the
@@ -31,12 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, finish, reading, t_interval  # noqa: E402
+from common import RESULTS, finish, t_interval  # noqa: E402
 
 ROOT = Path("runs/bench-socratic-arith")
 LANDED: dict[str, dict] = {}  # finished runs of the committed results, by run name
 RUNS: dict[str, dict] = {}  # the runs of this invocation (landed or new), committed in the results
 VARIANTS = ["answer", "cot", "socratic", "unified"]
+MAIN = ["cot", "socratic"]  # the claim's two main rows: these first, with the most seeds
 LRS = [1e-4, 3e-4]
 TEACHER_PROBLEMS = 300
 DATA = {"source": "arith", "steps": [2, 3], "size": 1700, "val": 200, "test": 500, "seed": 0}
@@ -108,7 +111,9 @@ def select(variant: str, landed: Callable[[], None]) -> tuple[dict, list[dict]]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds of the Socratic and CoT students")
+    p.add_argument("--side-seeds", type=int, help="seeds of answer-only and unified (default: --seeds)")
+    p.add_argument("--teacher-seeds", type=int, help="seeds of the teacher-written arm (default: --seeds)")
     p.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON, run nothing")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher-written sub-questions (no llama.cpp)")
     args = p.parse_args()
@@ -126,8 +131,11 @@ def main() -> None:
         data["selection"] += [{k: r[k] for k in ("variant", "lr", "epochs", "accuracy")} for r in tried]
         data["chosen"][v] = {"lr": chosen["lr"], "epochs": chosen["epochs"]}
         save(data, t0)
-    for seed in range(args.seeds):
-        for v in VARIANTS:
+    side = args.seeds if args.side_seeds is None else args.side_seeds
+    for seed in range(max(args.seeds, side)):
+        for v in MAIN + [v for v in VARIANTS if v not in MAIN]:
+            if seed >= (args.seeds if v in MAIN else side):
+                continue
             c = data["chosen"][v]
             r = run_one(v, c["lr"], c["epochs"], "test", seed)
             data["test"].append(
@@ -148,7 +156,7 @@ def main() -> None:
             data["claims"] = claims(data["test"], RUNS)
             save(data, t0)
     if not args.no_teacher:
-        teacher_stage(data, args.seeds, t0)
+        teacher_stage(data, args.seeds if args.teacher_seeds is None else args.teacher_seeds, t0)
 
 
 def save(data: dict, t0: float) -> None:
@@ -173,11 +181,20 @@ def teacher_stage(data: dict, seeds: int, t0: float) -> None:
             gold = run_one("socratic", c["lr"], c["epochs"], "test", seed, (f"data.max_train={kept}",), f"gold{kept}-")
             data["teacher"] = [r for r in data.get("teacher", []) if r["seed"] != seed] + [
                 {"seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
-                 "annotation": written["annotation"]}]  # fmt: skip
+                 "annotation": written["annotation"], "names": [written["name"], gold["name"]]}]  # fmt: skip
+            pairs = [
+                {"variant": v, "seed": r["seed"], "name": n}
+                for r in data["teacher"]
+                for v, n in zip(TEACHER_ARMS, r["names"])
+            ]
+            data["teacher_claim"] = claims(pairs, RUNS, [(*TEACHER_ARMS, "teacher-written against gold sub-questions")])
             save(data, t0)
 
 
-def claims(test: list[dict], runs: dict[str, dict]) -> list[dict]:
+TEACHER_ARMS = ("teacher-written", "gold")
+
+
+def claims(test: list[dict], runs: dict[str, dict], which: list[tuple[str, str, str]] = CLAIMS) -> list[dict]:
     """Each claim paired on the same test problems by seed: a two-level bootstrap (seeds, then problems, both
     drawn with replacement) of the mean difference decides; the t interval over the seeds' accuracies is shown."""
     import numpy as np
@@ -185,7 +202,7 @@ def claims(test: list[dict], runs: dict[str, dict]) -> list[dict]:
     by = {(r["variant"], r["seed"]): r["name"] for r in test}
     rng = np.random.default_rng(0)
     out = []
-    for a, b, what in CLAIMS:
+    for a, b, what in which:
         seeds = sorted(s for v, s in by if v == a and (b, s) in by)
         if not seeds:
             continue
@@ -195,12 +212,18 @@ def claims(test: list[dict], runs: dict[str, dict]) -> list[dict]:
         pick_p = rng.integers(0, diff.shape[1], (BOOT, diff.shape[1]))
         boot = np.array([diff[s][:, p].mean() for s, p in zip(pick_s, pick_p)])
         lo, hi = np.percentile(boot, [2.5, 97.5])
-        mean, half = t_interval(list(diff.mean(axis=1)))
+        half = round(t_interval(list(diff.mean(axis=1)))[1], 2) if len(seeds) > 1 else None
         verdict = "held" if lo > 0 else "did not hold (lower)" if hi < 0 else "a tie (the interval holds 0)"
         out.append({"claim": what, "a": a, "b": b, "seeds": len(seeds), "problems": diff.shape[1],
                     "diff_pts": round(float(diff.mean()), 2), "boot95_pts": [round(float(lo), 2), round(float(hi), 2)],
-                    "seed_t95_pts": round(half, 2), "verdict": verdict})  # fmt: skip
+                    "seed_t95_pts": half, "verdict": verdict})  # fmt: skip
     return out
+
+
+def _claim_line(c: dict) -> str:
+    t = f" (t: +- {c['seed_t95_pts']:.2f})" if c["seeds"] > 1 else ""
+    return (f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
+            f"over {c['seeds']} seed(s) x {c['problems']} problems{t}: **{c['verdict']}**")  # fmt: skip
 
 
 def _pooled(counts: list[str]) -> str:
@@ -244,9 +267,7 @@ def markdown(d: dict) -> str:
             "problems, with replacement (the t interval over the seeds' accuracies, n-1 df, in parentheses).",
             "",
         ]
-        lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
-                  f"over {c['seeds']} seed(s) x {c['problems']} problems (t: +- {c['seed_t95_pts']:.2f}): **{c['verdict']}**"
-                  for c in d["claims"]]  # fmt: skip
+        lines += [_claim_line(c) for c in d["claims"]]
         premise = next((c for c in d["claims"] if c["a"] == "cot" and c["b"] == "answer"), None)
         if premise and premise["verdict"] != "held":
             lines += ["", "The premise does not hold: the comparison of Socratic and CoT students says nothing here."]
@@ -254,16 +275,13 @@ def markdown(d: dict) -> str:
     if d.get("teacher"):
         rows = [{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")} for r in d["teacher"]]
         a = d["teacher"][0]["annotation"]
-        diffs = [100 * (r["teacher_written"] - r["gold"]) for r in d["teacher"]]
-        mean, half = t_interval(diffs)
         lines += ["## Teacher-written against gold sub-questions (Socratic QG + QA, same problem count)", "",
                   f"Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, llama.cpp, greedy) wrote the sub-questions of the first "
                   f"{a['problems']} training problems from their gold steps: {a['kept']} kept (yield {a['yield']:.1%}; "
-                  f"rejected: " + ", ".join(f"{k} {a[k]}" for k in ("unparsed", "step count", "not a question", "repeated") if a.get(k)) + "). "
-                  "The gold arm trains on the gold sub-questions of as many training problems.", "",
-                  markdown_table(rows), "",
-                  f"Teacher-written minus gold: {mean:+.2f} +- {half:.2f} points over {len(diffs)} seed(s): "
-                  f"**{reading(mean, half, 'the teacher-written ones are worse', 'the teacher-written ones are better')}**.", ""]  # fmt: skip
+                  f"rejected: " + ", ".join(f"{k} {a[k]}" for k in ("unparsed", "step count", "not a question", "repeated", "wrong answer") if a.get(k)) + "). "
+                  "The gold arm trains on the gold sub-questions of as many training problems, same seed and order.", "",
+                  markdown_table(rows), ""]  # fmt: skip
+        lines += [_claim_line(c) for c in d.get("teacher_claim", [])] + [""]
     return "\n".join(lines)
 
 
