@@ -15,6 +15,8 @@ Problems: `data.source=arith`, 2 to 3 steps, 1,000 training, 200 validation (the
    the test split; variants of one seed see the same problems in the same order. The claim's two main rows
    (Socratic, CoT) get --seeds seeds, answer-only and unified --side-seeds (default: as many).
 3. teacher: Qwen2.5-Coder-0.5B writes the sub-questions of 300 training problems (--teacher-seeds students).
+A variant's test runs start once its own setting is chosen; the order (CoT, Socratic and answer-only, their
+test seeds, the teacher stage, then the unified model) puts the premise and the main claim first.
 
 Claims, paired by seed, 95% t interval with n-1 df: CoT beats answer-only (the premise: the problems are
 within reach of the student at this budget), Socratic QG + QA beats CoT, the unified model against the
@@ -126,37 +128,40 @@ def main() -> None:
         LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []) if "name" in r)
     t0 = time.perf_counter()
     data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": [], "runs": []}
-    for v in VARIANTS:  # every choice before any test run
+    side = args.seeds if args.side_seeds is None else args.side_seeds
+
+    def choose(v: str) -> None:
+        """The variant's setting, on the validation split, before any of its test runs."""
+        if v in data["chosen"]:
+            return
         chosen, tried = select(v, lambda: save(data, t0))
         data["selection"] += [{k: r[k] for k in ("variant", "lr", "epochs", "accuracy")} for r in tried]
         data["chosen"][v] = {"lr": chosen["lr"], "epochs": chosen["epochs"]}
         save(data, t0)
-    side = args.seeds if args.side_seeds is None else args.side_seeds
+
+    def test(v: str, seed: int) -> None:
+        choose(v)
+        c = data["chosen"][v]
+        r = run_one(v, c["lr"], c["epochs"], "test", seed)
+        keep = ("name", "variant", "seed", "accuracy", "tokens_per_problem", "problems_per_s", "by_steps", "example")
+        data["test"].append({k: r[k] for k in keep})
+        data["claims"] = claims(data["test"], RUNS)
+        save(data, t0)
+
+    # most telling first, so that a stopped benchmark has decided what it could: the premise and the main
+    # claim (seed 0, then the main rows' other seeds), the teacher-written arm, then the unified model
+    for v in ["cot", "socratic", "answer"]:
+        choose(v)
     for seed in range(max(args.seeds, side)):
-        for v in MAIN + [v for v in VARIANTS if v not in MAIN]:
-            if seed >= (args.seeds if v in MAIN else side):
-                continue
-            c = data["chosen"][v]
-            r = run_one(v, c["lr"], c["epochs"], "test", seed)
-            data["test"].append(
-                {
-                    k: r[k]
-                    for k in (
-                        "name",
-                        "variant",
-                        "seed",
-                        "accuracy",
-                        "tokens_per_problem",
-                        "problems_per_s",
-                        "by_steps",
-                        "example",
-                    )
-                }
-            )
-            data["claims"] = claims(data["test"], RUNS)
-            save(data, t0)
+        for v in [v for v in VARIANTS if v != "unified"]:
+            if seed < (args.seeds if v in MAIN else side):
+                test(v, seed)
     if not args.no_teacher:
         teacher_stage(data, args.seeds if args.teacher_seeds is None else args.teacher_seeds, t0)
+    for seed in range(side):
+        test("unified", seed)
+    data["claims"] = claims(data["test"], RUNS)
+    save(data, t0)
 
 
 def save(data: dict, t0: float) -> None:
