@@ -223,9 +223,18 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (oneDNN: AVX-512 BF16 or AMX), where bf16 autocast pays."""
+    """Whether this CPU runs bf16 matmuls natively (oneDNN: AVX-512 BF16 or AMX)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 autocast speeds training up on this CPU: only with AMX tiles. With AVX-512 BF16 alone an
+    LLM training step under autocast was slower than in fp32 (the casts cost, the matmuls gain nothing)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) and cpu_has_bf16()
     except (AttributeError, RuntimeError):
         return False
 
@@ -236,7 +245,7 @@ def start(recipe: str, cfg: BaseModel, runtime: RuntimeConfig, resume: str | Pat
     cpu = runtime.cpu or not torch.cuda.is_available()
     precision = runtime.precision
     if precision == "auto":
-        native = cpu_has_bf16() if cpu else torch.cuda.is_bf16_supported()
+        native = cpu_bf16_pays() if cpu else torch.cuda.is_bf16_supported()
         precision = "bf16" if native else "no"
     if cpu and precision == "fp16":
         raise DistillError("run.precision=fp16 needs a GPU, and this run is on the CPU; use bf16 or no")
