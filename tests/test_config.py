@@ -19,6 +19,16 @@ def test_overrides_are_read_as_yaml():
         parse_override("train..lr=1")
 
 
+def test_precision_no_typed_bare_is_no_not_false(tmp_path):
+    # YAML 1.1 reads a bare `no` as false: the precision the user named must still be "no"
+    assert load_config(Config, None, ["run.precision=no"]).run.precision == "no"
+    f = tmp_path / "c.yaml"
+    f.write_text("run: {precision: no}\n")
+    assert load_config(Config, f).run.precision == "no"
+    with pytest.raises(ConfigError, match="run.precision"):
+        load_config(Config, None, ["run.precision=yes"])
+
+
 def test_override_into_lists_by_index():
     data = {"objective": [{"weight": 1.0}, {"weight": 2.0}]}
     apply_override(data, ["objective", "1", "weight"], 0.5)

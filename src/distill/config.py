@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from distill.errors import ConfigError
 
@@ -352,7 +352,7 @@ class RuntimeConfig(Section):
     precision: Literal["no", "bf16", "fp16", "auto"] = Field(
         "no",
         description="mixed precision: bf16 (a GPU, or a CPU with AVX-512 BF16 / AMX), fp16 (a GPU), "
-        "auto (bf16 where the device runs it natively, else no)",
+        "auto (bf16 where it pays: a GPU that has it, a CPU with AMX; else no)",
     )
     cpu: bool = Field(False, description="stay on the CPU even when a GPU is present")
     keep_freed_memory: bool = Field(
@@ -360,3 +360,8 @@ class RuntimeConfig(Section):
         description="on the CPU, keep freed memory in the process instead of returning it to the kernel "
         "(glibc mallopt): no page faults for every step's activations, up to ~1 GiB more resident memory",
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` (run.precision=no) as false
