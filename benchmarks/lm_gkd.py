@@ -1,0 +1,234 @@
+"""`distill lm`'s objectives on a task with a score: does on-policy distillation (GKD) make a better student than
+supervised KD, sequence-level KD or plain fine-tuning, at the same prompts and steps?
+
+    python benchmarks/lm_gkd.py [--seeds 3] [--quick] [--render]
+
+Task: generated multi-step word problems (`data.source=arith`, 2-3 steps; the splits of socratic_arith.py:
+1,000 training, 200 validation, 500 test problems whose ordered pair of operations no training problem holds),
+as prompt / completion records: "Problem: ...\\n" and the chain-of-thought solution ending in "#### N".
+1. teacher: SmolLM2-135M-Instruct fine-tuned on the training solutions (cross-entropy, one epoch).
+2. student: the teacher pruned in width (hidden 576 -> 384, ffn 1536 -> 768, heads 9 -> 6; activation
+   importance on the training prompts), the same starting weights for every variant.
+3. variants, each --epochs over the same prompts in the same order per seed, AdamW at --lr:
+     sft        cross-entropy on the gold completions (no teacher)
+     kd         supervised KD (GKD lambda 0): forward KL to the teacher on the gold completions
+     gkd-0.5    half the batches completed by the student itself (temperature 1), then scored by both
+     gkd-1      every batch on-policy
+     seq-kd     the teacher's greedy completions as the targets (sequence-level KD), forward KL
+4. score: greedy chain-of-thought decoding with the calculator (socratic's solver), accuracy on the test split;
+   and the held-out KL to the teacher on the validation completions.
+Premise, reported: the teacher solves clearly more test problems than the student fine-tuned alone (sft).
+Claims, paired by seed on the same test problems (two-level bootstrap, seeds then problems): each KD variant
+against sft; gkd-1 and gkd-0.5 against kd. Each finished run lands in the results JSON; a clean clone reruns
+only what is missing. Writes benchmarks/results/lm_gkd.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, finish  # noqa: E402
+from socratic_arith import DATA, claims  # noqa: E402
+
+ROOT = Path("runs/bench-lm-gkd")
+VARIANTS = {
+    "sft": ["objective.kd_weight=0", "objective.ce_weight=1"],
+    "kd": [],
+    "gkd-0.5": ["generation.lam=0.5"],
+    "gkd-1": ["generation.lam=1.0"],
+    "seq-kd": ["generation.targets=teacher"],
+}
+CLAIMS = [(v, "sft", f"{v} beats fine-tuning alone") for v in ("kd", "gkd-0.5", "gkd-1", "seq-kd")] + [
+    ("gkd-1", "kd", "on-policy (lambda 1) beats supervised KD"),
+    ("gkd-0.5", "kd", "half on-policy (lambda 0.5) beats supervised KD"),
+]
+LANDED: dict[str, dict] = {}
+RUNS: dict[str, dict] = {}
+
+
+def problems(quick: bool) -> dict:
+    from distill.reasoning.problems import ProblemData, load_problems
+
+    data = {**DATA, "size": 120, "val": 20, "test": 40} if quick else DATA
+    return load_problems(ProblemData(**data))
+
+
+def records(split: list) -> list[dict]:
+    from distill.reasoning.formats import header
+    from distill.reasoning.problems import FINAL, fmt
+
+    return [{"prompt": header(p), "completion": "".join(f"{s}\n" for s in p.steps) + f"{FINAL} {fmt(p.answer)}"}
+            for p in split]  # fmt: skip
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    from distill.run import atomic_write
+
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def lm_run(name: str, over: list[str]) -> Path:
+    """One `distill lm` run (resumed when broken); returns its run directory."""
+    from distill.config import load_config
+    from distill.recipes import lm
+
+    run_dir = ROOT / "runs" / name
+    if (run_dir / "model" / "config.json").is_file():
+        return run_dir
+    if (run_dir / "config.yaml").is_file():
+        lm.run(load_config(lm.Config, run_dir / "config.yaml"), resume=run_dir)
+    else:
+        cfg = load_config(lm.Config, None, [*over, f"run.output_dir={ROOT / 'runs'}", f"run.run_name={name}"], "lm")
+        lm.run(cfg)
+    return run_dir
+
+
+def accuracy(model_dir: Path, test: list) -> dict:
+    """Greedy chain-of-thought decoding with the calculator on, as socratic_arith scores its CoT students."""
+    from distill.models.llm import LlmSpec, load_causal_lm
+    from distill.reasoning.problems import same
+    from distill.reasoning.solve import Lm, solve
+
+    model, tok = load_causal_lm(LlmSpec(path=str(model_dir)))
+    t0 = time.perf_counter()
+    traces = solve(test, "cot", Lm(model, tok), max_steps=5, max_tokens=40, calculator=True, batch_size=50)
+    right = [t.answer is not None and same(t.answer, t.problem.answer) for t in traces]
+    return {"accuracy": sum(right) / len(right), "correct": "".join("01"[r] for r in right),
+            "problems_per_s": len(traces) / (time.perf_counter() - t0)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-4, help="the students' learning rate")
+    p.add_argument("--quick", action="store_true", help="a few problems and steps: checks the pipeline only")
+    p.add_argument("--render", action="store_true")
+    args = p.parse_args()
+    name = "lm_gkd_quick" if args.quick else "lm_gkd"
+    if args.render:
+        data = json.loads((RESULTS / f"{name}.json").read_text())
+        (RESULTS / f"{name}.md").write_text(markdown(data))
+        return
+    global ROOT
+    ROOT = ROOT.with_name(ROOT.name + ("-quick" if args.quick else ""))
+    if (committed := RESULTS / f"{name}.json").is_file():
+        LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []))
+    t0 = time.perf_counter()
+    splits = problems(args.quick)
+    train = write_jsonl(ROOT / "train.jsonl", records(splits["train"]) + records(splits["val"]))
+    seq_len = 160
+    n_val = len(splits["val"])
+    prompts = (f"prompts={{path: '{train}', seq_len: {seq_len}, val_fraction: {(n_val + 0.5) / (len(splits['train']) + n_val)}}}")  # fmt: skip
+    common = [prompts, "run.precision=no", "eval_batch_size=16", "objective.chunk_size=512"]
+    steps = args.epochs * len(splits["train"]) // 8
+    train_cfg = (f"train={{max_steps: {steps}, batch_size: 8, lr: {{lr}}, warmup_steps: {max(1, steps // 20)}, "
+                 f"log_every: 10, eval_every: {steps}, clip_grad_norm: 1.0, schedule: linear}}")  # fmt: skip
+    data: dict = {"data": DATA if not args.quick else "quick", "budget": {"epochs": args.epochs, "steps": steps,
+                  "batch": 8, "lr": args.lr, "seeds": args.seeds}, "runs": [], "test": []}  # fmt: skip
+
+    # 1. the teacher: the bundled model fine-tuned on the training solutions
+    teacher_dir = lm_run("teacher", [*common, "teacher.path=smollm2-135m", "student.path=smollm2-135m",
+                                     "objective.kd_weight=0", "objective.ce_weight=1",
+                                     train_cfg.replace("{lr}", "1e-4"), "run.seed=0"]) / "model"  # fmt: skip
+    data["teacher"] = scored("teacher", teacher_dir, splits["test"], {"variant": "teacher", "seed": 0})
+    save(data, name, t0)
+    # 2. the student: the teacher pruned in width (the same weights for every variant and seed)
+    student_dir = pruned(teacher_dir, ROOT / "student-init", train)
+    data["student_init"] = scored("student-init", student_dir, splits["test"], {"variant": "pruned", "seed": 0})
+    save(data, name, t0)
+    # 3. the variants, seed by seed
+    for seed in range(args.seeds):
+        for v, over in VARIANTS.items():
+            run_name = f"{v}-s{seed}"
+            out = lm_run(run_name, [*common, f"teacher.path={teacher_dir}", f"student.path={student_dir}",
+                                    "generation.max_new_tokens=64", train_cfg.replace("{lr}", f"{args.lr:g}"),
+                                    f"run.seed={seed}", *over]) / "model"  # fmt: skip
+            r = scored(run_name, out, splits["test"], {"variant": v, "seed": seed})
+            data["test"].append({k: r[k] for k in ("name", "variant", "seed", "accuracy", "val_kl", "val_loss")})
+            data["claims"] = claims(data["test"], RUNS, CLAIMS)
+            save(data, name, t0)
+
+
+def scored(run_name: str, model_dir: Path, test: list, meta: dict) -> dict:
+    """The model's test accuracy and its run's held-out KL and loss (stored; a landed one is read back)."""
+    done = ROOT / "done" / f"{run_name}.json"
+    if not done.is_file() and run_name in LANDED:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(LANDED[run_name]))
+    if done.is_file():
+        RUNS[run_name] = json.loads(done.read_text())
+        return RUNS[run_name]
+    rows = json.loads((model_dir.parent / "results.json").read_text())["rows"] if run_name != "student-init" else []
+    after = next((r for r in rows if r["model"] == "student after"), {})
+    out = {"name": run_name, **meta, **accuracy(model_dir, test), "val_kl": after.get("kl_to_teacher"),
+           "val_loss": after.get("val_loss")}  # fmt: skip
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(out))
+    RUNS[run_name] = out
+    return out
+
+
+def pruned(teacher_dir: Path, out: Path, train_jsonl: Path) -> Path:
+    """The fine-tuned teacher pruned in width by activation importance on its training prompts."""
+    if (out / "config.json").is_file():
+        return out
+    from distill.models.llm import LlmSpec, load_causal_lm, save_hf
+    from distill.pruning import LlmShape, compute_importance, prune
+
+    teacher, tok = load_causal_lm(LlmSpec(path=str(teacher_dir)))
+    texts = [json.loads(line) for line in train_jsonl.read_text().splitlines()[:256]]
+    batches = [tok([r["prompt"] + r["completion"] for r in texts[i : i + 8]], return_tensors="pt", padding=True)["input_ids"]
+               for i in range(0, len(texts), 8)]  # fmt: skip
+    imp = compute_importance(teacher, batches, depth_batches=2)
+    target = LlmShape.of(teacher.config).with_(hidden=384, ffn=768, heads=6)
+    return save_hf(prune(teacher, imp, target), tok, out)
+
+
+def save(data: dict, name: str, t0: float) -> None:
+    data["runs"] = list(RUNS.values())
+    finish(name, data, markdown, t0)
+
+
+def markdown(d: dict) -> str:
+    from distill.report import markdown_table
+
+    m = d.get("machine", {})
+    b = d["budget"]
+    lines = ["# `distill lm` objectives on generated word problems: GKD against supervised KD, sequence KD, fine-tuning",
+             "", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}; fp32. Wall time of the last "
+             f"invocation {d.get('wall_s', 0) / 3600:.2f} h. Students: {b['steps']} steps of 8 prompts ({b['epochs']} "
+             f"epoch(s)), AdamW lr {b['lr']:g}, linear decay; {b['seeds']} seeds (the batch order, and the student's "
+             "own samples). Test: 500 problems holding a pair of operations no training problem holds; greedy decoding, "
+             "calculator on.", ""]  # fmt: skip
+    if "teacher" in d:
+        lines += [f"Teacher (SmolLM2-135M-Instruct fine-tuned): {d['teacher']['accuracy']:.1%} of the test problems; the "
+                  f"pruned student before retraining: {d.get('student_init', {}).get('accuracy', float('nan')):.1%}.", ""]  # fmt: skip
+    if d["test"]:
+        lines += ["## Per seed", "", markdown_table(d["test"]), ""]
+    sft = [r["accuracy"] for r in d["test"] if r["variant"] == "sft"]
+    if sft and "teacher" in d:
+        gap = 100 * (d["teacher"]["accuracy"] - sum(sft) / len(sft))
+        holds = gap >= 5
+        lines += [f"Premise (the teacher clearly above the student fine-tuned alone): teacher - sft = {gap:+.1f} points: "
+                  f"**{'holds' if holds else 'does not hold: the comparison of objectives says little here'}**.", ""]  # fmt: skip
+    if d.get("claims"):
+        lines += [
+            "## The claims",
+            "",
+            "Paired on the same test problems by seed; 95% bootstrap over seeds, then problems.",
+            "",
+        ]
+        lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
+                  f"over {c['seeds']} seed(s): **{c['verdict']}**" for c in d["claims"]]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
