@@ -134,7 +134,7 @@ def main() -> None:
             atomic_write(saved, json.dumps(out))
             runs[key] = out
             print(f"{key}: held-out {out['val_loss']:.3f}", flush=True)
-            res = report(args, ref, runs, width.params(), t_start)
+            report(args, ref, runs, width.params(), t_start)
     res = report(args, ref, runs, width.params(), t_start)
     plot(res)
     print(markdown(res))

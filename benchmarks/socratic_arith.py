@@ -42,6 +42,7 @@ LANDED: dict[str, dict] = {}  # finished runs of the committed results, by run n
 RUNS: dict[str, dict] = {}  # the runs of this invocation (landed or new), committed in the results
 VARIANTS = ["answer", "cot", "socratic", "unified"]
 MAIN = ["cot", "socratic"]  # the claim's two main rows: these first, with the most seeds
+ORDER = [*MAIN, "answer"]  # chosen and tested before the teacher stage; the unified model comes last
 LRS = [1e-4, 3e-4]
 TEACHER_PROBLEMS = 300
 DATA = {"source": "arith", "steps": [2, 3], "size": 1700, "val": 200, "test": 500, "seed": 0}
@@ -72,7 +73,8 @@ def run_one(variant: str, lr: float, epochs: int, split: str, seed: int, extra: 
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(LANDED[name]))
     if done.is_file():
-        RUNS[name] = {"precision": "bf16", **json.loads(done.read_text())}  # unrecorded: bf16, as above
+        # the first validation runs ran under bf16 autocast (an AMX CPU's `auto`), before precision was recorded
+        RUNS[name] = {"precision": "bf16", **json.loads(done.read_text())}
         return RUNS[name]
     run_dir = ROOT / "runs" / name
     if (run_dir / "config.yaml").is_file():
@@ -125,9 +127,7 @@ def main() -> None:
         return
     committed = RESULTS / "socratic_arith.json"
     if committed.is_file():
-        runs = json.loads(committed.read_text()).get("runs", [])
-        # the first validation runs ran under bf16 autocast (an AMX CPU's `auto`), before precision was recorded
-        LANDED.update((r["name"], {"precision": "bf16", **r}) for r in runs if "name" in r)
+        LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []) if "name" in r)
     t0 = time.perf_counter()
     data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": [], "runs": []}
     side = args.seeds if args.side_seeds is None else args.side_seeds
@@ -162,18 +162,16 @@ def main() -> None:
 
     # most telling first, so that a stopped benchmark has decided what it could: the premise and the main
     # claim (seed 0, then the main rows' other seeds), the teacher-written arm, then the unified model
-    for v in ["cot", "socratic", "answer"]:
+    for v in ORDER:
         choose(v)
     for seed in range(max(args.seeds, side)):
-        for v in [v for v in VARIANTS if v != "unified"]:
+        for v in ORDER:
             if seed < (args.seeds if v in MAIN else side):
                 test(v, seed)
     if not args.no_teacher:
         teacher_stage(data, args.seeds if args.teacher_seeds is None else args.teacher_seeds, t0)
     for seed in range(side):
         test("unified", seed)
-    data["claims"] = claims(data["test"], RUNS)
-    save(data, t0)
 
 
 def save(data: dict, t0: float) -> None:
