@@ -419,3 +419,27 @@ def test_no_kept_decomposition_is_one_line_and_leaves_no_run(tmp_path, capsys):
     assert err == f"distill: error: no decomposition was kept (22 rejected: unparsed: 22); see the teacher's " \
                   f"replies in {store}"  # fmt: skip
     assert LabelStore(store).count() == 22, "the teacher's replies are kept"
+
+
+def test_the_benchmarks_choice_reads_only_the_validation_split(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "socratic_arith", Path(__file__).parent.parent / "benchmarks/socratic_arith.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # validation prefers lr 3e-4 then a second epoch; the test split would prefer lr 1e-4 at one epoch
+    scores = {("validation", 1e-4, 1): 0.50, ("validation", 3e-4, 1): 0.60, ("validation", 3e-4, 2): 0.70}
+    calls = []
+
+    def fake_run(variant, lr, epochs, split, seed, extra=(), tag=""):
+        calls.append(split)
+        return {"lr": lr, "epochs": epochs, "accuracy": scores.get((split, lr, epochs), 1.0)}
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    chosen, tried = bench.select("cot", lambda: None)
+    assert calls == ["validation"] * 3 and (chosen["lr"], chosen["epochs"]) == (3e-4, 2)
+    # the runs it asks for are scored on the validation problems, not the test ones
+    over = bench.overrides("cot", 3e-4, 1, "validation", 0, "x")
+    assert 'evaluate_on: "validation"' in over[0]
