@@ -126,10 +126,12 @@ def main() -> None:
         (RESULTS / "socratic_arith.md").write_text(markdown(data))
         return
     committed = RESULTS / "socratic_arith.json"
-    if committed.is_file():
-        LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []) if "name" in r)
+    prior = json.loads(committed.read_text()) if committed.is_file() else {}
+    LANDED.update((r["name"], r) for r in prior.get("runs", []) if "name" in r)
     t0 = time.perf_counter()
     data: dict = {"data": DATA, "lrs": LRS, "selection": [], "chosen": {}, "test": [], "runs": []}
+    # the teacher arm's landed rows stay in the file until its stage revisits them (it replaces them by seed)
+    data.update({k: prior[k] for k in ("teacher", "teacher_claim") if k in prior})
     side = args.seeds if args.side_seeds is None else args.side_seeds
 
     def choose(v: str) -> None:
@@ -175,7 +177,7 @@ def main() -> None:
 
 
 def save(data: dict, t0: float) -> None:
-    data["runs"] = list(RUNS.values())
+    data["runs"] = list({**LANDED, **RUNS}.values())  # landed runs not yet revisited are kept, never dropped
     finish("socratic_arith", data, markdown, t0)
 
 

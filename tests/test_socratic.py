@@ -422,13 +422,9 @@ def test_no_kept_decomposition_is_one_line_and_leaves_no_run(tmp_path, capsys):
 
 
 def test_the_benchmarks_choice_reads_only_the_validation_split(monkeypatch):
-    import importlib.util
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location(
-        "socratic_arith", Path(__file__).parent.parent / "benchmarks/socratic_arith.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("socratic_arith")
     # validation prefers lr 3e-4 then a second epoch; the test split would prefer lr 1e-4 at one epoch
     scores = {("validation", 1e-4, 1): 0.50, ("validation", 3e-4, 1): 0.60, ("validation", 3e-4, 2): 0.70}
     calls = []

@@ -356,13 +356,9 @@ def test_the_unified_student_has_the_specialists_shape_unless_told(words, tmp_pa
 
 
 def test_the_benchmarks_weight_choice_reads_only_the_validation_split():
-    import importlib.util
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location(
-        "unify_text", Path(__file__).parent.parent / "benchmarks/unify_text.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("unify_text")
     # validation prefers 2; the test split would prefer 0.5
     scores = {0.5: (0.30, 0.90), 1.0: (0.40, 0.50), 2.0: (0.45, 0.10)}
     picks = {
