@@ -14,9 +14,11 @@ Problems: `data.source=arith`, 2 to 3 steps, 1,000 training, 200 validation (the
 2. test (seeds 0..n-1: the order of the training batches): each variant at its chosen setting, scored on
    the test split; variants of one seed see the same problems in the same order. The claim's two main rows
    (Socratic, CoT) get --seeds seeds, answer-only and unified --side-seeds (default: as many).
-3. teacher: Qwen2.5-Coder-0.5B writes the sub-questions of 300 training problems (--teacher-seeds students).
+3. teacher: Qwen2.5-Coder-0.5B writes the sub-questions of 300 training problems; the Socratic pair and the
+   unified model trained on them against the same trained on gold sub-questions (--teacher-seeds students).
 A variant's test runs start once its own setting is chosen; the order (CoT, Socratic and answer-only, their
-test seeds, the teacher stage, then the unified model) puts the premise and the main claim first.
+test seeds, the Socratic pair's teacher arm, the unified model, its teacher arm) puts the premise and the main
+claim first.
 
 Claims, paired by seed, 95% t interval with n-1 df: CoT beats answer-only (the premise: the problems are
 within reach of the student at this budget), Socratic QG + QA beats CoT, the unified model against the
@@ -42,7 +44,7 @@ LANDED: dict[str, dict] = {}  # finished runs of the committed results, by run n
 RUNS: dict[str, dict] = {}  # the runs of this invocation (landed or new), committed in the results
 VARIANTS = ["answer", "cot", "socratic", "unified"]
 MAIN = ["cot", "socratic"]  # the claim's two main rows: these first, with the most seeds
-ORDER = [*MAIN, "answer"]  # chosen and tested before the teacher stage; the unified model comes last
+ORDER = [*MAIN, "answer"]  # chosen and tested before the teacher stage; the unified model comes after it
 LRS = [1e-4, 3e-4]
 TEACHER_PROBLEMS = 300
 DATA = {"source": "arith", "steps": [2, 3], "size": 1700, "val": 200, "test": 500, "seed": 0}
@@ -163,17 +165,20 @@ def main() -> None:
         save(data, t0)
 
     # most telling first, so that a stopped benchmark has decided what it could: the premise and the main
-    # claim (seed 0, then the main rows' other seeds), the teacher-written arm, then the unified model
+    # claim (seed 0, then the main rows' other seeds), the pair's teacher arm, then the unified model and its arm
     for v in ORDER:
         choose(v)
     for seed in range(max(args.seeds, side)):
         for v in ORDER:
             if seed < (args.seeds if v in MAIN else side):
                 test(v, seed)
+    teacher_seeds = args.seeds if args.teacher_seeds is None else args.teacher_seeds
     if not args.no_teacher:
-        teacher_stage(data, args.seeds if args.teacher_seeds is None else args.teacher_seeds, t0)
+        teacher_stage(data, "socratic", teacher_seeds, t0)
     for seed in range(side):
         test("unified", seed)
+    if not args.no_teacher:
+        teacher_stage(data, "unified", teacher_seeds, t0)
 
 
 def save(data: dict, t0: float) -> None:
@@ -181,31 +186,44 @@ def save(data: dict, t0: float) -> None:
     finish("socratic_arith", data, markdown, t0)
 
 
-def teacher_stage(data: dict, seeds: int, t0: float) -> None:
+def teacher_stage(data: dict, variant: str, seeds: int, t0: float) -> None:
     """The paper's second setting: Qwen2.5-Coder-0.5B (llama.cpp) writes the sub-questions of the first
-    TEACHER_PROBLEMS training problems from their gold steps; the Socratic pair trained on the kept ones
-    against the pair trained on gold sub-questions of as many problems, at the chosen setting."""
+    TEACHER_PROBLEMS training problems from their gold steps; the variant (the Socratic pair or the unified
+    model) trained on the kept ones against the same variant trained on gold sub-questions of as many problems,
+    at its chosen setting. The label store keeps the teacher's answers, so a second variant costs no teacher time."""
     from distill.labeling.llama_server import llama_cpp_server
     from qwen_teacher import ALIAS, teacher_gguf
 
-    c = data["chosen"]["socratic"]
+    c = data["chosen"][variant]
     with llama_cpp_server(teacher_gguf(), ALIAS, ROOT / "server.log", n_ctx=2048, threads=2, port=8766) as url:
         for seed in range(seeds):
             teacher = [f"teacher={{kind: server, url: '{url}', model: {ALIAS}, concurrency: 1}}", "teacher_accuracy=false",
                        f"store={ROOT / 'teacher.sqlite'}", "data.gold_subquestions=false", f"data.max_train={TEACHER_PROBLEMS}"]  # fmt: skip
-            written = run_one("socratic", c["lr"], c["epochs"], "test", seed, tuple(teacher), "teacher-")
+            written = run_one(variant, c["lr"], c["epochs"], "test", seed, tuple(teacher), "teacher-")
             kept = written["trained_on"]
-            gold = run_one("socratic", c["lr"], c["epochs"], "test", seed, (f"data.max_train={kept}",), f"gold{kept}-")
-            data["teacher"] = [r for r in data.get("teacher", []) if r["seed"] != seed] + [
-                {"seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
+            gold = run_one(variant, c["lr"], c["epochs"], "test", seed, (f"data.max_train={kept}",), f"gold{kept}-")
+            data["teacher"] = [r for r in data.get("teacher", []) if (r.get("variant", "socratic"), r["seed"]) != (variant, seed)] + [
+                {"variant": variant, "seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
                  "annotation": written["annotation"], "names": [written["name"], gold["name"]]}]  # fmt: skip
-            pairs = [
-                {"variant": v, "seed": r["seed"], "name": n}
-                for r in data["teacher"]
-                for v, n in zip(TEACHER_ARMS, r["names"])
-            ]
-            data["teacher_claim"] = claims(pairs, RUNS, [(*TEACHER_ARMS, "teacher-written against gold sub-questions")])
+            data["teacher_claim"] = teacher_claims(data["teacher"])
             save(data, t0)
+
+
+def teacher_claims(rows: list[dict]) -> list[dict]:
+    """Teacher-written against gold sub-questions, one claim per variant (rows before the unified arm existed
+    are the Socratic pair's)."""
+    from distill.recipes.socratic import LABELS
+
+    out = []
+    for variant in dict.fromkeys(r.get("variant", "socratic") for r in rows):
+        pairs = [
+            {"variant": arm, "seed": r["seed"], "name": n}
+            for r in rows
+            if r.get("variant", "socratic") == variant
+            for arm, n in zip(TEACHER_ARMS, r["names"])
+        ]
+        out += claims(pairs, RUNS, [(*TEACHER_ARMS, f"{LABELS[variant]}: teacher-written against gold sub-questions")])
+    return out
 
 
 TEACHER_ARMS = ("teacher-written", "gold")
@@ -290,9 +308,10 @@ def markdown(d: dict) -> str:
             lines += ["", "The premise does not hold: the comparison of Socratic and CoT students says nothing here."]
         lines.append("")
     if d.get("teacher"):
-        rows = [{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")} for r in d["teacher"]]
+        rows = [{"variant": LABELS[r.get("variant", "socratic")], **{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")}}
+                for r in d["teacher"]]  # fmt: skip
         a = d["teacher"][0]["annotation"]
-        lines += ["## Teacher-written against gold sub-questions (Socratic QG + QA, same problem count)", "",
+        lines += ["## Teacher-written against gold sub-questions (same problem count)", "",
                   f"Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, llama.cpp, greedy) wrote the sub-questions of the first "
                   f"{a['problems']} training problems from their gold steps: {a['kept']} kept (yield {a['yield']:.1%}; "
                   f"rejected: " + ", ".join(f"{k} {a[k]}" for k in ("unparsed", "step count", "not a question", "repeated", "wrong answer") if a.get(k)) + "). "
