@@ -367,3 +367,40 @@ def test_the_benchmarks_weight_choice_reads_only_the_validation_split():
     }
     selection, chosen = bench.choose(picks)
     assert chosen == 2.0 and selection == {"0.5": 0.30, "1": 0.40, "2": 0.45}
+
+
+def test_the_benchmarks_verdicts_come_from_t_intervals_paired_by_seed():
+    from conftest import load_benchmark
+
+    bench = load_benchmark("unify_text")
+    # per seed differences in points; at n = 3 the 95% t half-width is 4.303 / sqrt(3) = 2.484 standard deviations
+    kd_minus = {
+        "union, cross-entropy": [3, 4, 5],
+        "KD without logits": [1.2, 2.2, 3.2],
+        "KD without hint": [-3, -4, -5],
+        "KD without attention": [2, 3, 4],
+        "KD without affinity": [0, 0, 0],
+    }
+    own = {"printed": [-1, -2, -3], "handwritten": [0, -0.5, -1]}  # KD minus the specialist on its domain
+
+    def rows(seed: int) -> list[dict]:
+        kd = {"model": "student KD", "mean_word_accuracy": 0.5}
+        kd |= {f"{d}_word_accuracy": 0.6 + own[d][seed] / 100 for d in own}
+        return [kd] + [{"model": m, "mean_word_accuracy": 0.5 - v[seed] / 100} for m, v in kd_minus.items()]
+
+    specialists = {"info": {"domains": ["printed", "handwritten"]}, "rows": [
+        {"model": f"{d} specialist", "printed_word_accuracy": 0.6 if d == "printed" else 0.01,
+         "handwritten_word_accuracy": 0.6 if d == "handwritten" else 0.02} for d in own]}  # fmt: skip
+    runs = {"select-x1": specialists, **{f"test-s{s}": {"seed": s, "rows": rows(s)} for s in range(3)}}
+    c = bench.claims({"runs": runs, "specialists": "select-x1", "seeds": 3})
+    assert c["premise"] and c["collapse"]["printed"] == {"printed": 0.6, "handwritten": 0.02}
+    assert c["kd_vs_union"]["mean"] == 4.0 and c["kd_vs_union"]["ci95"] == 2.48
+    assert c["kd_vs_union"]["verdict"] == "held"
+    # mean 2.2 with sd 1: two standard deviations would call it a result, the t interval calls it a tie
+    assert c["ablation"]["logits"]["verdict"] == "a tie (the interval holds 0)"
+    assert c["ablation"]["attention"]["verdict"] == "contributes"
+    assert c["ablation"]["hint"]["verdict"] == "hurts"
+    assert c["ablation"]["affinity"]["verdict"] == "a tie (the interval holds 0)"
+    # within 2 points: the interval's lower end at -2 or above (-2 - 2.48 fails; -0.5 - 1.24 holds)
+    assert c["kd_vs_specialist"]["printed"]["within_2_points"] == "did not hold"
+    assert c["kd_vs_specialist"]["handwritten"]["within_2_points"] == "held"
