@@ -224,3 +224,43 @@ def test_llama_server_binary_gets_parallel_slots_and_a_shared_kv_cache(tmp_path)
     with pytest.raises(DistillError, match="no llama-server executable"):
         with llama_cpp_server("m.gguf", "teacher", tmp_path / "log", binary=tmp_path / "nope", parallel=8):
             pass
+
+
+def test_validation_texts_come_off_the_pools_end_unlabelled_and_score_every_epoch(tmp_path, capsys):
+    from distill.data.labeled_text import TextItems, load_splits
+
+    items = [{"text": f"{w} film number {k}", "label": "positive" if w == "good" else "negative"}
+             for k in range(30) for w in ("good", "bad")]  # fmt: skip
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    cfg = TextItems(source="files", paths=[str(data)], test_fraction=0.25, val_size=10)
+    splits = load_splits(cfg)
+    plain = load_splits(cfg.model_copy(update={"val_size": 0, "train_limit": 35}))
+    assert [len(s) for s in splits.values()] == [35, 10, 15] and splits["pool"] == plain["pool"]
+    assert splits["test"] == plain["test"] and plain["val"] == []
+    # the shuffle depends on the count only: the validation texts' gold labels flipped, the split stays the same,
+    # and a student that learns the words reads the validation set all wrong and the test set right
+    val = {int(i.id.rsplit("-", 1)[1]) for i in splits["val"]}
+    flip = {"positive": "negative", "negative": "positive"}
+    data.write_text("".join(json.dumps({**x, "label": flip[x["label"]]} if n in val else x) + "\n"
+                            for n, x in enumerate(items)))  # fmt: skip
+    with FakeServer() as server:
+        args = ["weaklabel", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0.25",
+                "data.val_size=10", f"run.output_dir={tmp_path}", "run.run_name=w", "sampling.samples=3",
+                f"teacher={{kind: server, model: fake-teacher, url: '{server.url}'}}", "splits=[pool]",
+                f"student.encoder.path={save_tiny_bert(tmp_path / 'bert')}", "student.encoder.max_length=24",
+                "student.objectives=[reg]", "student.gold=false", "student.train.epochs=4",
+                "student.train.batch_size=8", "student.train.lr=0.003", "student.train.warmup_steps=0",
+                "student.train.progress=false"]  # fmt: skip
+        assert main(args) == 0
+        too_many = [
+            {"data.val_size=10": "data.val_size=46", "run.run_name=w": "run.run_name=x"}.get(a, a) for a in args
+        ]
+        assert main(too_many) == 2 and not (tmp_path / "x").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("leaves 0 of 45 texts for a pool of at least 1")
+    (student,) = json.loads((tmp_path / "w" / "results.json").read_text())["rows"][1:]
+    assert student["accuracy"] >= 0.9 and student["val_accuracy"] <= 0.1, student
+    records = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    curve = [r["eval/val_accuracy"] for r in records if "eval/val_accuracy" in r]
+    assert len(curve) == 4 and curve[-1] == student["val_accuracy"]
+    assert len(list(LabelStore(tmp_path / "w" / "labels.sqlite").responses())) == 35 * 3  # no validation text asked

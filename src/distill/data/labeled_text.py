@@ -1,5 +1,6 @@
 """Short texts to label and classify: the bundled Rotten Tomatoes snippets, or a user's JSONL / CSV /
-TXT files (labels optional). Split deterministically into a pool to label and a held-out test set.
+TXT files (labels optional). Split deterministically into a pool to label, an optional validation set (gold
+texts held out of the pool, for choices such as the students' epochs) and a held-out test set.
 """
 
 from __future__ import annotations
@@ -39,15 +40,32 @@ class TextItems(Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, description="share held out for evaluation")
     train_limit: int | None = Field(None, gt=0, description="label at most this many pool texts")
     test_limit: int | None = Field(None, gt=0, description="evaluate on at most this many held-out texts")
+    val_size: int = Field(
+        0, ge=0, description="texts held out of the pool's end to choose on (the students' epochs); 0: none"
+    )
     seed: int = Field(0, description="seed of the shuffle before the split")
 
 
 def load_items(cfg: TextItems) -> tuple[list[Item], list[Item]]:
     """(pool, test): shuffled with the seed, split, then limited."""
+    splits = load_splits(cfg)
+    return splits["pool"], splits["test"]
+
+
+def load_splits(cfg: TextItems) -> dict[str, list[Item]]:
+    """pool, val and test: shuffled with the seed, split, then limited. The validation texts come off the end of
+    the pool's side, so a pool (and the answers stored for it) is the same with or without them."""
     items = _rotten_tomatoes() if cfg.source == "rotten_tomatoes" else _files(cfg)
     random.Random(cfg.seed).shuffle(items)
     cut = len(items) - int(round(len(items) * cfg.test_fraction))
-    return items[:cut][: cfg.train_limit], items[cut:][: cfg.test_limit]
+    rest, test = items[:cut], items[cut:][: cfg.test_limit]
+    end = len(rest) - cfg.val_size
+    if end < min(cfg.train_limit or 1, len(rest)) or end < 1:
+        raise DistillError(
+            f"data.val_size={cfg.val_size} leaves {max(end, 0)} of {len(rest)} texts for a pool of "
+            f"{cfg.train_limit or 'at least 1'}"
+        )
+    return {"pool": rest[:end][: cfg.train_limit], "val": rest[end:], "test": test}
 
 
 def _rotten_tomatoes() -> list[Item]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from distill.config import RuntimeConfig, Section
-from distill.data.labeled_text import Item, TextItems, load_items
+from distill.data.labeled_text import Item, TextItems, load_splits
 from distill.errors import DistillError
 from distill.labeling.aggregate import scores, vote
 from distill.labeling.clients import Generation, LlmTeacher, LocalClient, LocalTeacher, Request, ServerClient, client
@@ -48,15 +48,17 @@ def check_inputs(cfg, resume, need_gold: bool = False) -> tuple[Task, dict[str, 
     """The task, the splits and the teacher, everything a user can get wrong checked before a run directory
     exists (the recipe makes it next)."""
     task = resolve_task(cfg.task)
-    pool, test = load_items(cfg.data)
-    unknown = {i.gold for i in pool + test if i.gold is not None} - set(task.names)
+    splits = load_splits(cfg.data)
+    unknown = {i.gold for s in splits.values() for i in s if i.gold is not None} - set(task.names)
     if unknown:
         raise DistillError(f"gold labels {sorted(unknown)} are not labels of task {task.name!r} {task.names}")
-    if need_gold and (not test or any(i.gold is None for i in test)):
+    if need_gold and (not splits["test"] or any(i.gold is None for i in splits["test"])):
         raise DistillError(
             "students are scored on gold labels: the test texts need them (data.label_field, data.test_fraction > 0)"
         )
-    return task, {"pool": pool, "test": test}, teacher_client(cfg.teacher, resume)
+    if any(i.gold is None for i in splits["val"]):
+        raise DistillError("data.val_size: choices are made on gold labels, and some validation texts have none")
+    return task, splits, teacher_client(cfg.teacher, resume)
 
 
 def teacher_client(spec: LlmTeacher, resume: object) -> ServerClient | LocalClient | OnDemand:

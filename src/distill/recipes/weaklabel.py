@@ -7,7 +7,8 @@ Stages, in order:
     3. students  an encoder trained on the teacher's labels: the soft score (reg, MSE; the default, as in
                  the paper; ties kept) and/or hard majority labels (cls), for each agreement threshold;
                  optionally on the gold labels too
-    4. evaluate  accuracy and macro-F1 on the held-out gold labels: teacher vs students
+    4. evaluate  accuracy and macro-F1 on the held-out gold labels: teacher vs students; with data.val_size,
+                 each student's validation scores too, after every epoch (metrics.jsonl), to choose its epochs on
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     store.close()
     del teacher  # a local teacher's weights are not needed any more
     votes, scored = labelled[0][1], labelled[-1][0]
-    gold = [i.gold for i in test if i.gold is not None]  # all of them: check_inputs made sure
     rows = []
     if "teacher_accuracy" in scored:
         where = "" if scored["split"] == "test" else ", on the pool"
@@ -103,7 +103,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     # 3-4. students
     s = cfg.student
     tok = load_tokenizer(s.encoder)
-    test_data = tokenize(tok, [i.text for i in test], s.encoder.max_length)
+    held = {
+        k: (tokenize(tok, [i.text for i in splits[k]], s.encoder.max_length), [i.gold for i in splits[k]])
+        for k in ("test", "val")
+        if splits[k]
+    }
     jobs = [(obj, t) for obj in s.objectives for t in s.thresholds]
     for objective, threshold in jobs:
         # a tie has no majority label but a soft score (halfway): regression keeps it, classification cannot
@@ -112,11 +116,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         texts = [i.text for i, _ in kept]
         targets = [v.label for _, v in kept] if objective == "cls" else [v.soft for _, v in kept]
         stage = f"student-{objective}-agree{threshold:g}"
-        rows.append(train_student(ctx, cfg, task, stage, objective, texts, targets, test_data, gold, tok))
+        rows.append(train_student(ctx, cfg, task, stage, objective, texts, targets, held, tok))
     if s.gold:
         gold_texts = [i.text for i in pool if i.gold]
         gold_labels = [i.gold for i in pool if i.gold is not None]  # the same texts' labels
-        rows.append(train_student(ctx, cfg, task, "student-gold", "cls", gold_texts, gold_labels, test_data, gold, tok))
+        rows.append(train_student(ctx, cfg, task, "student-gold", "cls", gold_texts, gold_labels, held, tok))
 
     products = {
         r["model"]: f"{r['model']}/model.safetensors"
@@ -140,11 +144,11 @@ def train_student(
     objective: Literal["cls", "reg"],
     texts: list[str],
     targets: list,
-    test_data: dict,
-    gold: list[str],
+    held: dict[str, tuple[dict, list]],
     tok,
 ) -> dict[str, Any]:
-    """Fine-tune a fresh encoder on (texts, targets) through the engine; score it on the gold test set."""
+    """Fine-tune a fresh encoder on (texts, targets) through the engine; score it on the gold held-out sets
+    (`held`: test, and val if any, each tokenized with its gold labels)."""
     s = cfg.student
     row = {"model": stage, "trained_on": len(texts), "accuracy": None, "f1": None}
     if len(texts) < s.train.batch_size:
@@ -159,10 +163,16 @@ def train_student(
         data["targets"] = torch.tensor(targets, dtype=torch.float32)
 
     def evaluate(trained: torch.nn.Module) -> dict[str, float]:
-        return scores(to_labels(task, predict(trained, test_data), objective), gold, task.names)
+        out: dict[str, float] = {}
+        for split, (tokens, gold) in held.items():
+            got = scores(to_labels(task, predict(trained, tokens), objective), gold, task.names)
+            out |= {(k if split == "test" else f"{split}_{k}"): v for k, v in got.items()}
+        return out
 
     metrics = ctx.fit(TextClassifier(model, objective), data, s.train, stage=stage, eval_fn=evaluate)
     row.update(accuracy=round(metrics["accuracy"], 4), f1=round(metrics["f1"], 4))
+    if "val_accuracy" in metrics:
+        row["val_accuracy"] = round(metrics["val_accuracy"], 4)
     return row
 
 
