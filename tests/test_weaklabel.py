@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import urllib.request
 from pathlib import Path
 
@@ -264,3 +265,43 @@ def test_validation_texts_come_off_the_pools_end_unlabelled_and_score_every_epoc
     curve = [r["eval/val_accuracy"] for r in records if "eval/val_accuracy" in r]
     assert len(curve) == 4 and curve[-1] == student["val_accuracy"]
     assert len(list(LabelStore(tmp_path / "w" / "labels.sqlite").responses())) == 35 * 3  # no validation text asked
+
+
+def test_the_students_benchmark_chooses_on_validation_and_decides_by_intervals():
+    from conftest import load_benchmark
+
+    bench = load_benchmark("weaklabel_students")
+    # by validation: cls at 0.75 after 2 epochs (0.80; the tie at epoch 3 goes to fewer epochs); the test
+    # accuracies (never read) would pick reg
+    tried = [
+        {"objective": "reg", "threshold": 0.0, "val_curve": [0.70, 0.75, 0.78], "accuracy": 0.95},
+        {"objective": "cls", "threshold": 0.75, "val_curve": [0.60, 0.80, 0.80], "accuracy": 0.50},
+        {"objective": "cls", "threshold": 1.0, "val_curve": [], "accuracy": None},  # too few texts kept to train
+    ]
+    assert bench.choose(tried) == {"objective": "cls", "threshold": 0.75, "epochs": 2, "val_accuracy": 0.80}
+
+    def runs(v: str, accs: list[float], teacher_acc: float = 0.7) -> dict:
+        return {f"{v}-s{s}": {"seed": s, "accuracy": a, "teacher_pool_accuracy": teacher_acc, "pool": 1000,
+                              "test": 1000} for s, a in enumerate(accs)}  # fmt: skip
+
+    every = runs("gold", [0.80, 0.81, 0.82]) | runs("smollm2", [0.75, 0.77, 0.76], 0.66)
+    every |= runs("qwen0.5b", [0.785, 0.795, 0.815], 0.78)
+    d = {"runs": every, "test": {v: [f"{v}-s{s}" for s in range(3)] for v in ("gold", "smollm2", "qwen0.5b")},
+         "chosen": {"smollm2": {"val_accuracy": 0.74}, "qwen0.5b": {"val_accuracy": 0.79}}}  # fmt: skip
+    # the best weak-label student is the one that reads the validation set better, not the test set
+    d["chosen"]["smollm2"]["val_accuracy"] = 0.80
+    assert bench.claims(d)["best_vs_gold"] | {"verdict": None} == {
+        "teacher": "smollm2", "diffs": [-5.0, -4.0, -6.0], "mean": -5.0, "ci95": 2.48, "verdict": None,
+        "within_2_points": "did not hold"}  # fmt: skip
+    d["chosen"]["smollm2"]["val_accuracy"] = 0.74
+    c = bench.claims(d)
+    # qwen - gold per seed: -1.5, -1.5, -0.5 points: mean -1.17, sd 0.577, t(0.975, 2) = 4.303: +- 1.43
+    assert c["best_vs_gold"]["teacher"] == "qwen0.5b" and c["best_vs_gold"]["diffs"] == [-1.5, -1.5, -0.5]
+    assert c["best_vs_gold"]["ci95"] == 1.43 and c["best_vs_gold"]["within_2_points"] == "did not hold"
+    # qwen - smollm2: +3.5, +2.5, +5.5: mean 3.83, sd 1.528: +- 3.79, above 0
+    assert c["stronger_teacher"]["ci95"] == 3.79 and c["stronger_teacher"]["verdict"] == "held"
+    # smollm2's student 76.0% against its teacher's 66.0%: var .76*.24/1000 + .0001/3 + .66*.34/1000
+    half = 100 * 1.96 * math.sqrt(0.76 * 0.24 / 1000 + 0.0001 / 3 + 0.66 * 0.34 / 1000)
+    assert c["smollm2_student_vs_teacher"]["mean"] == 10.0 and c["smollm2_student_vs_teacher"]["ci95"] == round(half, 2)
+    assert c["smollm2_student_vs_teacher"]["verdict"] == "held"
+    assert c["qwen0.5b_student_vs_teacher"]["verdict"] == "a tie (the interval holds 0)"  # 79.8 against 78.0
