@@ -191,12 +191,16 @@ def markdown(d: dict) -> str:
                                "val accuracy by epoch": " ".join(f"{v:.3f}" for v in r["val_curve"])} for r in sel]), ""]  # fmt: skip
     for v, c in d["chosen"].items():
         how = "gold labels" if v == "gold" else f"{c['objective']}, agreement >= {c['threshold']:g}"
-        lines.append(f"- {v}: {how}, {c['epochs']} epochs (validation {100 * c['val_accuracy']:.1f}%)")
+        lines.append(f"- {v}: {how}, {c['epochs']} epoch(s) (validation {100 * c['val_accuracy']:.1f}%)")
     rows = [{"student": v, "seed": r["seed"], "trained_on": r["trained_on"], "test accuracy": r["accuracy"],
              "macro-F1": r["f1"], "teacher on the pool": r["teacher_pool_accuracy"] if v != "gold" else "-"}
             for v, names in d["test"].items() for n in names if (r := runs.get(n))]  # fmt: skip
     if rows:
         lines += ["", "## Test accuracy, per seed", "", markdown_table(rows), ""]
+    taught = {r["teacher"]: r["teacher_pool_accuracy"] for r in runs.values() if r["teacher"]}
+    if taught:  # the premise of 'a stronger teacher makes a stronger student'
+        lines += ["Teachers on the pool's gold labels (K=8 self-consistency, ties count as wrong): "
+                  + ", ".join(f"{t} {100 * a:.1f}%" for t, a in taught.items()) + ".", ""]  # fmt: skip
     c = d.get("claims") or {}
     if c:
         lines += ["## The claims (points; 95% intervals)", ""]
