@@ -58,6 +58,18 @@ def reading(mean: float, half: float, lower: str = "lower", higher: str = "highe
     return higher if mean - half > 0 else "a tie (the interval holds 0)"
 
 
+def paired(a: list[float], b: list[float], lower: str, higher: str, within: float | None = None) -> dict:
+    """a - b seed by seed in points (accuracies given as fractions), its mean and 95% t half-width, what the
+    interval says, and with `within`, whether its lower end stays within that many points below 0."""
+    diffs = [100 * (x - y) for x, y in zip(a, b)]
+    mean, half = t_interval(diffs)
+    out = {"diffs": [round(d, 2) for d in diffs], "mean": round(mean, 2), "ci95": round(half, 2),
+           "verdict": reading(mean, half, lower, higher)}  # fmt: skip
+    if within is not None:  # on the rounded figures the report shows
+        out[f"within_{within:g}_points"] = "held" if out["mean"] - out["ci95"] >= -within else "did not hold"
+    return out
+
+
 def write(name: str, data: dict[str, Any], markdown: str) -> None:
     atomic_write(RESULTS / f"{name}.json", json.dumps(data, indent=2) + "\n")
     atomic_write(RESULTS / f"{name}.md", markdown)

@@ -202,7 +202,7 @@ def teacher_stage(data: dict, variant: str, seeds: int, t0: float) -> None:
             written = run_one(variant, c["lr"], c["epochs"], "test", seed, tuple(teacher), "teacher-")
             kept = written["trained_on"]
             gold = run_one(variant, c["lr"], c["epochs"], "test", seed, (f"data.max_train={kept}",), f"gold{kept}-")
-            data["teacher"] = [r for r in data.get("teacher", []) if (r.get("variant", "socratic"), r["seed"]) != (variant, seed)] + [
+            data["teacher"] = [r for r in data.get("teacher", []) if (r["variant"], r["seed"]) != (variant, seed)] + [
                 {"variant": variant, "seed": seed, "problems": kept, "teacher_written": written["accuracy"], "gold": gold["accuracy"],
                  "annotation": written["annotation"], "names": [written["name"], gold["name"]]}]  # fmt: skip
             data["teacher_claim"] = teacher_claims(data["teacher"])
@@ -210,16 +210,15 @@ def teacher_stage(data: dict, variant: str, seeds: int, t0: float) -> None:
 
 
 def teacher_claims(rows: list[dict]) -> list[dict]:
-    """Teacher-written against gold sub-questions, one claim per variant (rows before the unified arm existed
-    are the Socratic pair's)."""
+    """Teacher-written against gold sub-questions, one claim per variant."""
     from distill.recipes.socratic import LABELS
 
     out = []
-    for variant in dict.fromkeys(r.get("variant", "socratic") for r in rows):
+    for variant in dict.fromkeys(r["variant"] for r in rows):
         pairs = [
             {"variant": arm, "seed": r["seed"], "name": n}
             for r in rows
-            if r.get("variant", "socratic") == variant
+            if r["variant"] == variant
             for arm, n in zip(TEACHER_ARMS, r["names"])
         ]
         out += claims(pairs, RUNS, [(*TEACHER_ARMS, f"{LABELS[variant]}: teacher-written against gold sub-questions")])
@@ -308,7 +307,7 @@ def markdown(d: dict) -> str:
             lines += ["", "The premise does not hold: the comparison of Socratic and CoT students says nothing here."]
         lines.append("")
     if d.get("teacher"):
-        rows = [{"variant": LABELS[r.get("variant", "socratic")], **{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")}}
+        rows = [{"variant": LABELS[r["variant"]], **{k: r[k] for k in ("seed", "problems", "teacher_written", "gold")}}
                 for r in d["teacher"]]  # fmt: skip
         a = d["teacher"][0]["annotation"]
         lines += ["## Teacher-written against gold sub-questions (same problem count)", "",

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, finish, reading, t_interval  # noqa: E402
+from common import RESULTS, finish, paired  # noqa: E402
 
 ROOT = Path("runs/bench-unify")
 PREMISE = 0.2  # each specialist's own-domain word accuracy, at least
@@ -99,14 +99,6 @@ def row(r: dict, model: str) -> dict:
     return next(x for x in r["rows"] if x["model"] == model)
 
 
-def paired(a: list[float], b: list[float], lower: str, higher: str) -> dict:
-    """a - b seed by seed in points, its mean and 95% t half-width, and what the interval says."""
-    diffs = [100 * (x - y) for x, y in zip(a, b)]
-    mean, half = t_interval(diffs)
-    return {"diffs": [round(d, 2) for d in diffs], "mean": round(mean, 2), "ci95": round(half, 2),
-            "verdict": reading(mean, half, lower, higher)}  # fmt: skip
-
-
 def claims(d: dict) -> dict:
     spec, tests = (
         d["runs"][d["specialists"]],
@@ -123,9 +115,7 @@ def claims(d: dict) -> dict:
         own = row(spec, f"{dom} specialist")
         if tests:  # within 2 points: the interval's lower end above -2
             kd = [row(t, "student KD")[f"{dom}_word_accuracy"] for t in tests]
-            c = paired(kd, [own[f"{dom}_word_accuracy"]] * len(kd), "lower", "higher")
-            c["within_2_points"] = "held" if c["mean"] - c["ci95"] >= -2 else "did not hold"
-            out["kd_vs_specialist"][dom] = c
+            out["kd_vs_specialist"][dom] = paired(kd, [own[f"{dom}_word_accuracy"]] * len(kd), "lower", "higher", 2)
     if len(tests) >= 2:
         mean = lambda m: [row(t, m)["mean_word_accuracy"] for t in tests]  # noqa: E731
         out["kd_vs_union"] = paired(mean("student KD"), mean("union, cross-entropy"), "did not hold", "held")
