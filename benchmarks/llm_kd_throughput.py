@@ -153,9 +153,10 @@ def trl_args(tmp: str, args, bf16: bool) -> dict:
                 seed=0)  # fmt: skip
 
 
-def trl_gkd(args, on_policy: bool = False, bf16: bool = False) -> float:
+def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = False) -> float:
     """TRL's GKDTrainer on the same teacher, student and token rows: lmbda=0 trains on the rows; lmbda=1
-    (on_policy) on the student's completions (args.new_tokens of them) of their first args.prompt tokens."""
+    (on_policy) on the student's completions (args.new_tokens of them) of their first args.prompt tokens.
+    `compile`: its TrainingArguments' torch_compile=True."""
     import torch
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -175,7 +176,7 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         generated = getattr(args, "new_tokens", 1)
         cfg = GKDConfig(**trl_args(tmp, args, bf16), lmbda=1.0 if on_policy else 0.0, max_new_tokens=generated,
-                        dataloader_drop_last=True, max_length=args.seq_len)  # fmt: skip
+                        dataloader_drop_last=True, max_length=args.seq_len, torch_compile=compile)  # fmt: skip
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate,
                              callbacks=[trainer_clock(times)],
                              train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip

@@ -34,7 +34,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
 from llm_kd_throughput import MEM, _status, make_cache, setup, timed_fit, trainer_clock, trl_args, trl_gkd  # noqa: E402
 
-SIDES = {"distill": ["live", "cached", "onpolicy"], "trl-gkd": ["live", "onpolicy"], "trl-distillation": ["onpolicy"]}
+OURS = ("distill", "distill-compiled")  # the second: compile=true (torch.compile'd decoders and sampling step)
+SIDES = {
+    **{o: ["live", "cached", "onpolicy"] for o in OURS},
+    "trl-gkd": ["live", "onpolicy"],
+    "trl-gkd-compiled": ["live"],
+    "trl-distillation": ["onpolicy"],
+}
 VARIANTS = [f"{who}-{mode}-{p}" for p in ("fp32", "bf16") for who, modes in SIDES.items() for mode in modes]
 
 
@@ -48,7 +54,7 @@ def prompt_rows(data: dict, prompt: int) -> dict:
     return {"input_ids": ids, "labels": labels, "loss_mask": labels != -100}
 
 
-def ours(args, mode: str, precision: str) -> float:
+def ours(args, mode: str, precision: str, compile: bool = False) -> float:
     from distill.kd.cache import TeacherCache, from_cache
     from distill.kd.lm_stage import lm_trainable
     from distill.kd.onpolicy import OnPolicy
@@ -58,10 +64,10 @@ def ours(args, mode: str, precision: str) -> float:
     terms = Objective().terms(masked=mode == "onpolicy")
     if mode == "cached":
         data, teacher, terms = TeacherCache(args.cache), None, from_cache(terms)
-    trainee = lm_trainable(student, teacher, terms)
+    trainee = lm_trainable(student, teacher, terms, compile=compile)
     if mode == "onpolicy":  # eos: an id past the vocabulary, never sampled, so every completion is full length
         data = prompt_rows(data, args.prompt)
-        trainee = OnPolicy(trainee, 1.0, args.new_tokens, 1.0, student.config.vocab_size, 0)
+        trainee = OnPolicy(trainee, 1.0, args.new_tokens, 1.0, student.config.vocab_size, 0, compile)
     return timed_fit(trainee, data, args, precision)
 
 
@@ -111,10 +117,10 @@ def child(args) -> None:
         return
     who, mode, precision = args.child.rsplit("-", 2)
     bf16 = precision == "bf16"
-    if who == "distill":
-        tps = ours(args, mode, "bf16" if bf16 else "no")
-    elif who == "trl-gkd":
-        tps = trl_gkd(args, mode == "onpolicy", bf16)
+    if who in OURS:
+        tps = ours(args, mode, "bf16" if bf16 else "no", who == "distill-compiled")
+    elif who.startswith("trl-gkd"):
+        tps = trl_gkd(args, mode == "onpolicy", bf16, who == "trl-gkd-compiled")
     else:
         tps = trl_distillation(args, bf16)
     peak = _status("VmHWM")
@@ -201,15 +207,20 @@ def report(res: dict) -> str:
 
     targets = []
     for p in ("fp32", "bf16"):
-        targets += [(f"{p}, live teacher: >= 1.3x GKDTrainer (lmbda 0) tokens/s", ratio(f"distill-live-{p}", f"trl-gkd-live-{p}"), 1.3, True),
-                    (f"{p}, live teacher: <= 0.65x its loop memory over set-up",
-                     ratio(f"distill-live-{p}", f"trl-gkd-live-{p}", "loop_over_setup_mb"), 0.65, False),
-                    (f"{p}, from the cache: >= 2.5x GKDTrainer (lmbda 0) tokens/s", ratio(f"distill-cached-{p}", f"trl-gkd-live-{p}"), 2.5, True)]  # fmt: skip
-        for other in ("trl-gkd", "trl-distillation"):
-            a, b = f"distill-onpolicy-{p}", f"{other}-onpolicy-{p}"
-            name = "GKDTrainer (lmbda 1)" if other == "trl-gkd" else "DistillationTrainer"
-            targets += [(f"{p}, on-policy: >= 1.3x {name} tokens/s", ratio(a, b), 1.3, True),
-                        (f"{p}, on-policy: <= 1x {name}'s loop memory over set-up", ratio(a, b, "loop_over_setup_mb"), 1.0, False)]  # fmt: skip
+        for o in OURS:
+            ours = "" if o == "distill" else " (compile=true)"
+            targets += [(f"{p}{ours}, live teacher: >= 1.3x GKDTrainer (lmbda 0) tokens/s", ratio(f"{o}-live-{p}", f"trl-gkd-live-{p}"), 1.3, True),
+                        (f"{p}{ours}, live teacher: <= 0.65x its loop memory over set-up",
+                         ratio(f"{o}-live-{p}", f"trl-gkd-live-{p}", "loop_over_setup_mb"), 0.65, False),
+                        (f"{p}{ours}, from the cache: >= 2.5x GKDTrainer (lmbda 0) tokens/s", ratio(f"{o}-cached-{p}", f"trl-gkd-live-{p}"), 2.5, True)]  # fmt: skip
+            for other in ("trl-gkd", "trl-distillation"):
+                a, b = f"{o}-onpolicy-{p}", f"{other}-onpolicy-{p}"
+                name = "GKDTrainer (lmbda 1)" if other == "trl-gkd" else "DistillationTrainer"
+                targets += [(f"{p}{ours}, on-policy: >= 1.3x {name} tokens/s", ratio(a, b), 1.3, True),
+                            (f"{p}{ours}, on-policy: <= 1x {name}'s loop memory over set-up", ratio(a, b, "loop_over_setup_mb"), 1.0, False)]  # fmt: skip
+        if f"trl-gkd-compiled-live-{p}" in runs:  # both sides compiled: TRL's own torch_compile=True
+            targets.append((f"{p}, both compiled, live teacher: >= 1.3x GKDTrainer (lmbda 0, torch_compile) tokens/s",
+                            ratio(f"distill-compiled-live-{p}", f"trl-gkd-compiled-live-{p}"), 1.3, True))  # fmt: skip
     lines += ["", "Targets, decided on the median of the per-repetition ratios:", ""]
     res["targets"] = {}
     for what, rs, bound, at_least in targets:
@@ -225,10 +236,10 @@ def report(res: dict) -> str:
     res["share_of_limit"] = {}
     for p in ("fp32", "bf16"):
         limit = lim["flops"][p] / per_token
-        share = med[f"distill-live-{p}"]["tokens_per_s"] / limit
-        res["share_of_limit"][p] = share
-        lines.append(f"| {p} | {lim['flops'][p] / 1e9:.0f} | {limit:.0f} | {med[f'distill-live-{p}']['tokens_per_s']:.0f} | "
-                     f"{share:.0%} |")  # fmt: skip
+        for o in OURS:
+            tps = med[f"{o}-live-{p}"]["tokens_per_s"]
+            res["share_of_limit"][f"{o}-{p}"] = tps / limit
+            lines.append(f"| {p} | {lim['flops'][p] / 1e9:.0f} | {limit:.0f} | {tps:.0f} ({o}) | {tps / limit:.0%} |")
     lines += ["", f"Wall time {res['wall_s'] / 60:.0f} min.", ""]
     return "\n".join(lines)
 

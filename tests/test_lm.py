@@ -122,6 +122,7 @@ def test_plain_text_from_a_teacher_cache(tiny, tmp_path):
         ([], [{"text": "no messages"}] * 4, "a chat record needs a 'messages' list"),
         ([], [{"prompt": "a", "completion": "b" * 40}] * 4, "record 1 has 42 tokens, more than prompts.seq_len=24 + 1"),
         (["objective.divergence=reverse_kl", "teacher.cache=CACHE"], None, "needs the live teacher"),
+        (["compile=true", "objective.fused=false"], None, "compile=true compiles the fused distillation step"),
     ],
 )
 def test_bad_input_is_one_line(tiny, tmp_path, capsys, extra, records, message):
@@ -375,3 +376,35 @@ def test_objectives_the_fused_stage_does_not_compute_train_through_the_distiller
     for terms in ([*MINITRON_KL, hint], [relation], [MINITRON_KL[0].model_copy(update={"args": {"other": 1}})]):
         assert fusable(terms) is None, terms
     assert fusable(MINITRON_KL) == (MINITRON_KL[0], None)
+
+
+# --- torch.compile ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_step_and_sampling_are_the_eager_ones():
+    """compile=true runs both decoders and the student's decoding step through torch.compile (graphs are made),
+    with the eager step's loss and gradient and the eager greedy completions; an unfused objective is refused."""
+    from torch._dynamo.utils import counters
+
+    from distill.errors import DistillError
+    from distill.kd.lm_stage import lm_trainable
+    from distill.kd.onpolicy import complete
+    from distill.models.llm import LlamaShape, new_llama
+
+    tok, student, rows = _rows_and_student()
+    teacher = new_llama(LlamaShape(layers=2, hidden=24, heads=2, ffn=32), tok)
+    terms = Objective(divergence="jsd", ce_weight=0.5).terms(masked=True)
+    params = list(student.parameters())
+    out = {}
+    for compile in (False, True):
+        graphs = counters["stats"]["unique_graphs"]
+        loss, _ = lm_trainable(student, teacher, terms, compile=compile)(rows)
+        out[compile] = loss, torch.autograd.grad(loss, params)
+        assert (counters["stats"]["unique_graphs"] > graphs) == compile  # the student's and the teacher's decoders
+    torch.testing.assert_close(out[True], out[False])
+    graphs = counters["stats"]["unique_graphs"]
+    eager, compiled = (complete(student, rows, 6, 0.0, tok.eos_token_id, 1, c) for c in (False, True))
+    assert counters["stats"]["unique_graphs"] > graphs  # the decoding step
+    for k in eager:
+        assert torch.equal(eager[k], compiled[k]), k
+    with pytest.raises(DistillError, match="this objective is not fused"):
+        lm_trainable(student, teacher, terms, fused=False, compile=True)

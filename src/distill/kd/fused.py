@@ -11,6 +11,7 @@ gradient (tested), for Hugging Face causal LMs with the usual `model` + `lm_head
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +32,15 @@ def decoder_and_head(model: nn.Module, who: str) -> tuple[nn.Module, nn.Linear]:
 class FusedLM(HoldsTeachers, nn.Module):
     """The student toward a live teacher (or cached top-k signals in the batch), with the output projection and the
     divergence fused and chunked. `args`: linear_divergence's divergence, beta, temperature, ce_weight, chunk_size.
-    The product, optimized and saved, is `student`; the teacher stays outside the parameters (`teachers`)."""
+    The product, optimized and saved, is `student`; the teacher stays outside the parameters (`teachers`).
+    `compile`: both decoders run through `torch.compile` (the divergence's chunk loop stays eager)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, weight: float = 1.0, **args: Any) -> None:
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module | None, weight: float = 1.0, compile: bool = False, **args: Any
+    ) -> None:
         super().__init__()
+        self.compiling = compile
+        self._compiled: WeakKeyDictionary[nn.Module, Any] = WeakKeyDictionary()  # not registered: not in state
         self.student = student
         decoder_and_head(student, "student")  # checked now; looked up at each step (not registered twice)
         if teacher is not None:
@@ -49,14 +55,15 @@ class FusedLM(HoldsTeachers, nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         decoder, head = decoder_and_head(self.student, "student")
-        hidden = decoder(input_ids=batch["input_ids"]).last_hidden_state
+        hidden = self._decoder(decoder)(input_ids=batch["input_ids"]).last_hidden_state
         if self._teachers:
             live = self._teachers[0]
             live.model.eval()
             live.forwards += 1
             t_decoder, t_head = decoder_and_head(live.model, "teacher")
             with torch.no_grad():
-                teacher, t_weight = t_decoder(input_ids=batch["input_ids"]).last_hidden_state, t_head.weight
+                teacher = self._decoder(t_decoder)(input_ids=batch["input_ids"]).last_hidden_state
+            t_weight = t_head.weight
         else:
             teacher, t_weight = (batch["topk_ids"], batch["topk_logprobs"], batch["rest_logprob"]), None
         loss = linear_divergence(
@@ -70,3 +77,11 @@ class FusedLM(HoldsTeachers, nn.Module):
             **self.args,
         )
         return self.weight * loss, {"kd": loss.detach()}
+
+    def _decoder(self, decoder: nn.Module) -> Any:
+        """`decoder`, or its compiled form (made once; it shares the decoder's parameters)."""
+        if not self.compiling:
+            return decoder
+        if decoder not in self._compiled:
+            self._compiled[decoder] = torch.compile(decoder)
+        return self._compiled[decoder]

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from distill.checkpoint import sharded, whole_copy
+from distill.errors import DistillError
 from distill.kd.distiller import Distiller
 from distill.kd.fused import FusedLM
 from distill.kd.objective import Term
@@ -46,11 +47,15 @@ def fusable(terms: list[Term]) -> tuple[Term, Term | None] | None:
     return k, (ce[0] if ce else None)
 
 
-def lm_trainable(student: nn.Module, teacher: nn.Module | None, terms: list[Term], fused: bool = True) -> Any:
+def lm_trainable(
+    student: nn.Module, teacher: nn.Module | None, terms: list[Term], fused: bool = True, compile: bool = False
+) -> Any:
     """`FusedLM` for an objective it computes (and `fused`), else a `Distiller` over `terms`. `teacher` None:
-    the batches carry a cache's top-k signals."""
+    the batches carry a cache's top-k signals. `compile`: the fused step's decoders through `torch.compile`."""
     pair = fusable(terms) if fused else None
     if pair is None:
+        if compile:
+            raise DistillError("compile=true compiles the fused distillation step: this objective is not fused")
         return Distiller(student, terms, {} if teacher is None else {"teacher": teacher})
     kd, ce = pair
     a = kd.args
@@ -58,6 +63,7 @@ def lm_trainable(student: nn.Module, teacher: nn.Module | None, terms: list[Term
         student,
         teacher,
         kd.weight,
+        compile,
         divergence=kd.loss,
         beta=float(a.get("beta", 0.5)),
         temperature=float(a.get("temperature", 1.0)),

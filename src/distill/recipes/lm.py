@@ -115,6 +115,11 @@ class Config(Section):
         ),
     )
     eval_batch_size: int = Field(8, gt=0, description="sequences per evaluation forward pass")
+    compile: bool = Field(
+        False,
+        description="torch.compile both decoders of the distillation step and the student's sampling step (a static "
+        "key/value cache); needs objective.fused and a C++ compiler on the CPU; the first steps compile (minutes)",
+    )
     gguf: OutType | None = Field(
         None, description="also write model.gguf for llama.cpp, weights in this type (llama.cpp's own converter)"
     )
@@ -130,6 +135,8 @@ class Config(Section):
                 raise ValueError(f"{what} generates completions of prompts: give prompts=... (not plain text)")
             if on and self.teacher.cache:
                 raise ValueError(f"{what} needs the live teacher: a cache holds no signals for generated completions")
+        if self.compile and not self.objective.fused:
+            raise ValueError("compile=true compiles the fused distillation step: set objective.fused=true")
         return self
 
 
@@ -164,11 +171,11 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
         )
     if cfg.generation.targets == "teacher":
         train = teacher_targets(cfg, ctx, teacher, tokenizer, train)
-    distiller = lm_trainable(student, None if cfg.teacher.cache else teacher, terms, cfg.objective.fused).to(dev)
+    live = None if cfg.teacher.cache else teacher
+    distiller = lm_trainable(student, live, terms, cfg.objective.fused, cfg.compile).to(dev)
     g, pad = cfg.generation, pad_id(tokenizer)
-    trainee = (
-        OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, tokenizer.eos_token_id, pad) if g.lam else distiller
-    )
+    eos = tokenizer.eos_token_id
+    trainee = OnPolicy(distiller, g.lam, g.max_new_tokens, g.temperature, eos, pad, cfg.compile) if g.lam else distiller
     ctx.fit(trainee, train, cfg.train, stage="student", eval_fn=held_out)
 
     # 4-5. evaluate and export
