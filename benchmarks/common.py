@@ -20,16 +20,20 @@ RESULTS = Path(__file__).parent / "results"
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # one CPU name covers machines with and without AMX, and bf16 speed depends on which
+        "matrix_isa": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -195,7 +195,7 @@ def report(res: dict) -> str:
              f"brackets). On-policy: {res['prompt']}-token prompts, {res['seq_len'] - res['prompt']} sampled tokens "
              "(T=1, key/value cache), every batch; tokens/s counts prompt + completion tokens and includes generation. "
              f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the first step). "
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.", "",
+             f"Machine: {m['cpu']} ({', '.join(m.get('matrix_isa', [])) or 'no AVX-512 BF16, no AMX'}), {m['cores']} cores, torch {m['torch']}.", "",
              "| variant | tokens/s | loop peak over set-up MB |", "|---|---:|---:|"]  # fmt: skip
     for v, rs in runs.items():
         tps = [r["tokens_per_s"] for r in rs]
