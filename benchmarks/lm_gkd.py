@@ -186,7 +186,7 @@ def pruned(teacher_dir: Path, out: Path, train_jsonl: Path) -> Path:
     texts = [json.loads(line) for line in train_jsonl.read_text().splitlines()[:256]]
     batches = [tok([r["prompt"] + r["completion"] for r in texts[i : i + 8]], return_tensors="pt", padding=True)["input_ids"]
                for i in range(0, len(texts), 8)]  # fmt: skip
-    imp = compute_importance(teacher, batches, depth_batches=2)
+    imp = compute_importance(teacher, batches, depth_batches=0)  # width pruning only: no layer ranking
     target = LlmShape.of(teacher.config).with_(hidden=384, ffn=768, heads=6)
     return save_hf(prune(teacher, imp, target), tok, out)
 

@@ -60,6 +60,26 @@ def test_weighted_sum_logs_every_term():
     torch.testing.assert_close(total, expected)
 
 
+def test_a_teacher_no_term_reads_is_not_run():
+    """A cross-entropy baseline given a teacher (`distill lm` with kd_weight 0) spends no teacher forwards; a
+    term reading teacher[mean] runs every teacher."""
+    student, a, b = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(3, 2)
+    batch = {"inputs": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}
+    ce = Term(name="ce", loss="ce", inputs=["student.logits", "labels"])
+    only_ce = Distiller(student, [ce], {"a": a, "b": b})
+    only_ce(batch)
+    assert [t.forwards for t in only_ce._teachers] == [0, 0]
+    kd = Term(name="kd", loss="kl", inputs=["student.logits", "teacher[mean].logits"])
+    both = Distiller(student, [ce, kd], {"a": a, "b": b})
+    both(batch)
+    assert [t.forwards for t in both._teachers] == [1, 1]
+    one = Distiller(
+        student, [kd.model_copy(update={"inputs": ["student.logits", "teacher[b].logits"]})], {"a": a, "b": b}
+    )
+    one(batch)
+    assert [t.forwards for t in one._teachers] == [0, 1]
+
+
 def test_mean_and_routed_teachers():
     term = Term(name="k", loss="hint", inputs=["student.logits", "teacher[mean].logits"], project=False)
     obj = Objective([term], ["a", "b"])

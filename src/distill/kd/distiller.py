@@ -43,6 +43,7 @@ class Distiller(HoldsTeachers, nn.Module):
         student_taps, teacher_taps = self.objective.taps()
         self._student_taps = Taps(student, [*student_taps, *extra_taps], owner="student")
         self._teachers = [LiveTeacher(n, m, teacher_taps[n]) for n, m in teachers.items()]
+        self._read = self.objective.teachers_read()
         self.source_taps = {n: teacher_taps[n] for n in sources}
         self._built = False
 
@@ -65,7 +66,7 @@ class Distiller(HoldsTeachers, nn.Module):
     def signals(self, batch: dict[str, Tensor], given: dict[str, Signals] | None = None) -> dict[str, Any]:
         self._student_taps.clear()
         logits = call_model(self.student, batch)
-        teachers = {t.name: t.signals(batch) for t in self._teachers}
+        teachers = {t.name: t.signals(batch) for t in self._teachers if t.name in self._read}
         teachers.update(given or {})
         return {"student": {"logits": logits, **self._student_taps.values}, "teachers": teachers}
 

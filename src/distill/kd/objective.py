@@ -141,6 +141,11 @@ class Objective(nn.Module):
                         teachers[name].append(ref.key)
         return student, teachers
 
+    def teachers_read(self) -> set[str]:
+        """The teachers some term reads: one no term reads need not run (a cross-entropy-only baseline)."""
+        refs = [parse_ref(r) for term in self.terms for r in term.inputs]
+        return {n for ref in refs if ref.owner == "teacher" for n in self._teachers_of(ref)}
+
     def _teachers_of(self, ref: Ref) -> list[str]:
         if ref.teacher is None:
             return self.teacher_names[:1]
