@@ -229,6 +229,8 @@ def test_on_policy_batches_through_the_cli(tiny, tmp_path):
 
     flags = [r["on_policy"] for r in read_metrics(tmp_path / "runs" / "r") if "on_policy" in r]
     assert len(flags) == 12 and 0 < sum(flags) < 12  # about half the batches are the student's own
+    results = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    assert results["info"]["on_policy_batches"] == sum(flags)
     card = (tmp_path / "runs" / "r" / "model" / "README.md").read_text()
     assert "the student's own samples in a share 0.5 of the batches" in card
 

@@ -184,6 +184,8 @@ def run(cfg: Config, resume: str | Path | None = None) -> Result:
     card = model_card(cfg, rows, len(train["input_ids"]))
     products = export_lm(ctx.accelerator, ctx.run.path, student, tokenizer, card, cfg.gguf)
     info = {"tokens_per_sample": cfg.prompts.seq_len if cfg.prompts else cfg.data.seq_len, "objective": terms[0].loss}
+    if isinstance(trainee, OnPolicy):  # how many batches the student completed itself
+        info["on_policy_batches"] = int(trainee.sampled)
     return ctx.finish(rows, products=products, info=info)
 
 
