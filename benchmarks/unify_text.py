@@ -11,9 +11,10 @@ serves every run after it.
 
 1. select (seed 0, the validation split; the test split unread): the four distillation terms' weights times a
    shared scale from --scales (cross-entropy stays 1), chosen by the KD student's validation mean word accuracy.
-2. test (seeds 0..n-1, each seed the students' initial weights and batch order, shared by every student of it):
-   the union baseline (the same network on both domains, cross-entropy alone), the KD student, the KD student
-   without each term in turn, and the KD student with the smaller network of earlier releases.
+2. test (seeds 0..n-1, each seed the students' initial weights and batch order, shared by every student of it),
+   one run per student so each lands on its own: `union` (the same network on both domains, cross-entropy
+   alone), `kd` (the KD student), `no-<term>` (the KD student without that term) and `small` (the KD student
+   with the smaller network of earlier releases), each named `<variant>-s<seed>`.
 
 Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
 domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
@@ -53,6 +54,26 @@ def scaled(scale: float) -> list[str]:
     from distill.recipes.unify import paper_objective
 
     return [f"objective.{i}.weight={scale * t.weight:g}" for i, t in enumerate(paper_objective()) if t.name in TERMS]
+
+
+def variants(scale: float) -> dict[str, list[str]]:
+    """Each test student's overrides: one student per run (its row is "student KD" whatever its objective)."""
+    from distill.recipes.unify import paper_objective
+
+    def objective(drop: set[str]) -> str:
+        terms = [t.model_copy(update={"weight": scale * t.weight}) if t.name in TERMS else t for t in paper_objective()]
+        return "objective=" + json.dumps([t.model_dump(mode="json") for t in terms if t.name not in drop])
+
+    alone = ["union_baseline=false", "examples=0"]
+    return {"union": [objective(set(TERMS)), *alone], "kd": [objective(set()), *alone],
+            **{f"no-{t}": [objective({t}), *alone] for t in TERMS},
+            "small": [objective(set()), f"student={SMALL}", *alone]}  # fmt: skip
+
+
+def student(d: dict, variant: str, seed: int) -> dict | None:
+    """A test student's row (None while its run has not landed)."""
+    r = d["runs"].get(f"{variant}-s{seed}")
+    return row(r, "student KD") if r else None
 
 
 def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | None = None) -> dict:
@@ -100,10 +121,7 @@ def row(r: dict, model: str) -> dict:
 
 
 def claims(d: dict) -> dict:
-    spec, tests = (
-        d["runs"][d["specialists"]],
-        [d["runs"][f"test-s{s}"] for s in range(d["seeds"]) if f"test-s{s}" in d["runs"]],
-    )
+    spec = d["runs"][d["specialists"]]
     domains = spec["info"]["domains"]
     out: dict = {"collapse": {}, "kd_vs_specialist": {}, "ablation": {}}
     for dom in domains:
@@ -111,20 +129,24 @@ def claims(d: dict) -> dict:
         out["collapse"][dom] = {o: own[f"{o}_word_accuracy"] for o in domains}
     # the premise: specialists that read their own domain (else nothing below says anything)
     out["premise"] = all(out["collapse"][dom][dom] >= PREMISE for dom in domains)
+    kd = [r for s in range(d["seeds"]) if (r := student(d, "kd", s))]
     for dom in domains:
         own = row(spec, f"{dom} specialist")
-        if tests:  # within 2 points: the interval's lower end above -2
-            kd = [row(t, "student KD")[f"{dom}_word_accuracy"] for t in tests]
-            out["kd_vs_specialist"][dom] = paired(kd, [own[f"{dom}_word_accuracy"]] * len(kd), "lower", "higher", 2)
-    if len(tests) >= 2:
-        mean = lambda m: [row(t, m)["mean_word_accuracy"] for t in tests]  # noqa: E731
-        out["kd_vs_union"] = paired(mean("student KD"), mean("union, cross-entropy"), "did not hold", "held")
-        for term in TERMS:
-            out["ablation"][term] = paired(mean("student KD"), mean(f"KD without {term}"), "hurts", "contributes")
-        smalls = [d["runs"][f"small-s{t['seed']}"] for t in tests if f"small-s{t['seed']}" in d["runs"]]
-        if len(smalls) == len(tests):
-            small = [row(s, "student KD")["mean_word_accuracy"] for s in smalls]
-            out["small_vs_full"] = paired(small, mean("student KD"), "lower", "higher")
+        if kd:  # within 2 points: the interval's lower end above -2
+            ours = [r[f"{dom}_word_accuracy"] for r in kd]
+            out["kd_vs_specialist"][dom] = paired(ours, [own[f"{dom}_word_accuracy"]] * len(ours), "lower", "higher", 2)
+
+    def against(variant: str, lower: str, higher: str) -> dict | None:
+        """KD against `variant`, paired on the seeds where both landed (at least 2)."""
+        pairs = [(a, b) for s in range(d["seeds"]) if (a := student(d, "kd", s)) and (b := student(d, variant, s))]
+        if len(pairs) < 2:
+            return None
+        return paired(*([r["mean_word_accuracy"] for r in side] for side in zip(*pairs)), lower, higher)
+
+    out["kd_vs_union"] = against("union", "did not hold", "held")
+    for term in TERMS:
+        out["ablation"][term] = against(f"no-{term}", "hurts", "contributes")
+    out["full_vs_small"] = against("small", "lower", "higher")
     return out
 
 
@@ -149,6 +171,8 @@ def main() -> None:
         return plot(d)
     if out.is_file() and not args.quick:
         LANDED.update(json.loads(out.read_text()).get("runs", {}))
+    global ROOT
+    ROOT = ROOT.with_name(ROOT.name + ("-quick" if args.quick else ""))  # never read back as a full-size run
     t0 = time.perf_counter()
     scales = [float(s) for s in args.scales.split(",")]
     first = f"select-x{scales[0]:g}"  # its specialists serve every later run
@@ -163,13 +187,10 @@ def main() -> None:
         save()
     d["selection"], d["chosen_scale"] = choose(picks)
     save()
-    chosen = scaled(d["chosen_scale"])
     for seed in range(args.seeds):
-        run(f"test-s{seed}", seed, [*chosen, "ablations=true", "examples=0"], args.quick, first)
-        save()
-        small = [*chosen, f"student={SMALL}", "union_baseline=false", "examples=0"]
-        run(f"small-s{seed}", seed, small, args.quick, first)
-        save()
+        for variant, over in variants(d["chosen_scale"]).items():
+            run(f"{variant}-s{seed}", seed, over, args.quick, first)
+            save()
     plot(d, name)
 
 
@@ -180,7 +201,8 @@ def plot(d: dict, name: str = "unify_text") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    shown = {**d["runs"][d["specialists"]]["curves"], **d["runs"].get("test-s0", {}).get("curves", {})}
+    shown = dict(d["runs"][d["specialists"]]["curves"])
+    shown.update((v, c) for v in ("union", "kd") for c in d["runs"].get(f"{v}-s0", {}).get("curves", {}).values())
     for i, (stage, pts) in enumerate(shown.items()):
         xs, ys = zip(*pts)
         ax.plot(xs, [100 * y for y in ys], marker="o", color=f"C{i % 10}", label=stage)
@@ -208,9 +230,9 @@ def markdown(d: dict) -> str:
         lines += ["## Weights chosen on the validation split (seed 0)", "",
                   markdown_table([{"scale": k, "KD validation mean word acc": v} for k, v in d["selection"].items()]),
                   "", f"Chosen: scale {d['chosen_scale']:g}.", ""]  # fmt: skip
-    rows = [
-        {"run": r["name"], **x} for r in runs.values() for x in r["rows"] if r["name"].startswith(("test", "small"))
-    ]
+    tests = [r for r in runs.values() if not r["name"].startswith("select")]
+    rows = [{"run": r["name"], **{k: v for k, v in x.items() if k != "model"}} for r in tests for x in r["rows"]
+            if x["model"] == "student KD"]  # fmt: skip
     if rows:
         lines += ["## Test rows, per seed", "", markdown_table(rows), ""]
     c = d.get("claims")
@@ -226,7 +248,7 @@ def markdown(d: dict) -> str:
                          f"(per seed {v['diffs']}); within 2 points: **{v['within_2_points']}**")  # fmt: skip
         labelled = [("KD beats the union baseline", c.get("kd_vs_union"))]
         labelled += [(f"the {t} term contributes (KD minus KD without it)", v) for t, v in c["ablation"].items()]
-        labelled.append(("the smaller student against the specialists' shape", c.get("small_vs_full")))
+        labelled.append(("the specialists' shape against the smaller student", c.get("full_vs_small")))
         lines += [f"- {what}: {v['mean']:+.2f} +- {v['ci95']:.2f} (per seed {v['diffs']}): **{v['verdict']}**"
                   for what, v in labelled if v]  # fmt: skip
         lines.append("")
