@@ -19,18 +19,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
+    first: dict[str, str] = {}  # each /proc/cpuinfo field as the first core gives it
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()):
+            first.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    flags = set(first.get("flags", "").split())
     return {
-        "cpu": cpu,
+        "cpu": first.get("model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         # one CPU name covers machines with and without AMX, and bf16 speed depends on which
         "matrix_isa": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}),

@@ -49,15 +49,9 @@ LANDED: dict[str, dict] = {}  # finished runs of the committed results, by name
 RUNS: dict[str, dict] = {}
 
 
-def scaled(scale: float) -> list[str]:
-    """The paper's objective with its distillation terms' weights times `scale` (cross-entropy stays 1)."""
-    from distill.recipes.unify import paper_objective
-
-    return [f"objective.{i}.weight={scale * t.weight:g}" for i, t in enumerate(paper_objective()) if t.name in TERMS]
-
-
 def variants(scale: float) -> dict[str, list[str]]:
-    """Each test student's overrides: one student per run (its row is "student KD" whatever its objective)."""
+    """Each student's overrides at the distillation terms' weights times `scale` (cross-entropy stays 1): one
+    student per run (its row is "student KD" whatever its objective)."""
     from distill.recipes.unify import paper_objective
 
     def objective(drop: set[str]) -> str:
@@ -183,7 +177,7 @@ def main() -> None:
     picks = {}
     for s in scales:
         spec = None if s == scales[0] else first
-        picks[s] = run(f"select-x{s:g}", 0, [*scaled(s), "union_baseline=false", "examples=0"], args.quick, spec)
+        picks[s] = run(f"select-x{s:g}", 0, variants(s)["kd"], args.quick, spec)
         save()
     d["selection"], d["chosen_scale"] = choose(picks)
     save()
