@@ -136,7 +136,8 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=64, help="on-policy: prompt tokens (the rest is generated)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--only", nargs="*", help="a subset of the variants (a quick look; the results need all)")
+    p.add_argument("--only", nargs="*", help="a subset of the variants (a quick look, unless --name is given)")
+    p.add_argument("--name", help="write the subset's results as benchmarks/results/NAME.{json,md}")
     p.add_argument("--cache")
     p.add_argument("--child")
     p.add_argument("--report", action="store_true", help="rebuild the markdown from the saved results")
@@ -145,9 +146,10 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    name = args.name or "lm_throughput"
     if args.report:
-        res = json.loads((RESULTS / "lm_throughput.json").read_text())
-        write("lm_throughput", res, report(res))
+        res = json.loads((RESULTS / f"{name}.json").read_text())
+        write(name, res, report(res))
         return
     variants = args.only or VARIANTS
     flags = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--prompt",
@@ -172,10 +174,10 @@ def main() -> None:
                 print(v, runs[v][-1], flush=True)
     res = {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "prompt": args.prompt, "k": args.k,
            "reps": args.reps, "limit": limit, "runs": runs, "machine": machine(), "wall_s": time.perf_counter() - t0}  # fmt: skip
-    if args.only:
+    if args.only and not args.name:
         print(json.dumps(runs, indent=1))
         return
-    write("lm_throughput", res, report(res))
+    write(name, res, report(res))
     print(report(res))
 
 
@@ -197,6 +199,8 @@ def report(res: dict) -> str:
              f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the first step). "
              f"Machine: {m['cpu']} ({', '.join(m.get('matrix_isa', [])) or 'no AVX-512 BF16, no AMX'}), {m['cores']} cores, torch {m['torch']}.", "",
              "| variant | tokens/s | loop peak over set-up MB |", "|---|---:|---:|"]  # fmt: skip
+    if missing := [v for v in VARIANTS if v not in runs]:
+        lines[2] += f" A subset of the variants ran: not {', '.join(missing)}; the targets of those that ran follow."
     for v, rs in runs.items():
         tps = [r["tokens_per_s"] for r in rs]
         lines.append(f"| {v} | {med[v]['tokens_per_s']:.0f} [{min(tps):.0f}-{max(tps):.0f}] | "
@@ -208,6 +212,8 @@ def report(res: dict) -> str:
     targets = []
     for p in ("fp32", "bf16"):
         for o in OURS:
+            if f"{o}-live-{p}" not in runs:  # a subset (--only): the targets of the variants it ran
+                continue
             ours = "" if o == "distill" else " (compile=true)"
             targets += [(f"{p}{ours}, live teacher: >= 1.3x GKDTrainer (lmbda 0) tokens/s", ratio(f"{o}-live-{p}", f"trl-gkd-live-{p}"), 1.3, True),
                         (f"{p}{ours}, live teacher: <= 0.65x its loop memory over set-up",
@@ -237,6 +243,8 @@ def report(res: dict) -> str:
     for p in ("fp32", "bf16"):
         limit = lim["flops"][p] / per_token
         for o in OURS:
+            if f"{o}-live-{p}" not in med:
+                continue
             tps = med[f"{o}-live-{p}"]["tokens_per_s"]
             res["share_of_limit"][f"{o}-{p}"] = tps / limit
             lines.append(f"| {p} | {lim['flops'][p] / 1e9:.0f} | {limit:.0f} | {tps:.0f} ({o}) | {tps / limit:.0%} |")

@@ -50,6 +50,20 @@ def test_the_fused_loss_and_its_gradient_are_the_plain_ones(divergence, chunk, c
         torch.testing.assert_close(a, e)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_teachers_logits_are_read_not_written(temperature):
+    """The forward KL's gradient by hand works in place on each chunk's own logits; the caller's stay as they
+    were (no mask: nothing copies them on the way), and the value and gradient are the plain ones at T = 1 too."""
+    h, w, _, teacher, _, _ = tensors()
+    before = teacher.clone()
+    plain = kl_div(F.linear(h, w), teacher, temperature=temperature)
+    fused = linear_divergence(h, w, teacher, temperature=temperature, chunk_size=4)
+    torch.testing.assert_close(fused, plain)
+    for a, e in zip(grads(fused, h, w), grads(plain, h, w)):
+        torch.testing.assert_close(a, e)
+    assert torch.equal(teacher, before)
+
+
 def test_a_teacher_given_by_hidden_states_and_weight_is_its_logits():
     h, w, _, _, _, mask = tensors()
     th, tw = torch.randn(2, 7, 24), torch.randn(50, 24) / 3

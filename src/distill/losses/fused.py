@@ -25,11 +25,19 @@ Teacher = Tensor | tuple[Tensor, Tensor, Tensor]
 DIVERGENCES = ("kl", "reverse_kl", "jsd", "sparse_kl")
 
 
+def _log_softmax_(x: Tensor) -> Tensor:
+    """log_softmax over the last dimension, written over `x` on the CPU: there a fresh (rows x vocabulary) buffer
+    costs more in page faults than the pass itself (the kernel reads each element before writing it)."""
+    return torch._log_softmax(x, -1, False, out=x) if x.device.type == "cpu" else F.log_softmax(x, -1)
+
+
 def _forward_kl_and_grad(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """KL(p_teacher || q_student) per row and its gradient with respect to `s`: q - p."""
-    log_q, log_p = F.log_softmax(s, -1), F.log_softmax(t, -1)
-    rows = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
-    return rows, log_q.exp_().sub_(log_p.exp_())
+    """KL(p_teacher || q_student) per row and its gradient with respect to `s`: q - p. Consumes `s` and `t` (this
+    chunk's own fp32 logits), written over in place where it can."""
+    log_q, log_p = _log_softmax_(s), _log_softmax_(t)
+    p = log_p.exp()
+    rows = log_p.sub_(log_q).mul_(p).sum(-1)  # sum p (log p - log q)
+    return rows, log_q.exp_().sub_(p)
 
 
 def _sparse_kl_and_grad(s: Tensor, t: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -38,15 +46,16 @@ def _sparse_kl_and_grad(s: Tensor, t: tuple[Tensor, Tensor, Tensor]) -> tuple[Te
     minus r q / Q outside it."""
     ids, lp = t[0].long(), t[1].float()
     rest = t[2].float()
-    log_q = F.log_softmax(s, -1)
+    log_q = _log_softmax_(s)  # `s` is this chunk's own: written over
     log_q_top = log_q.gather(-1, ids)
-    q = log_q.exp_()
-    q_top = q.gather(-1, ids)
+    q_top = log_q_top.exp()
     log_q_rest = torch.log1p(-q_top.double().sum(-1).clamp(max=1.0)).float()
     close = log_q_rest < -9  # 1 - sum(top) loses its digits: the rest's mass summed where it is
     if bool(close.any()):
-        s_close = s[close].scatter(-1, ids[close], float("-inf"))
-        log_q_rest[close] = torch.logsumexp(s_close, -1) - torch.logsumexp(s[close], -1)
+        l_close = log_q[close]
+        outside = l_close.scatter(-1, ids[close], float("-inf"))
+        log_q_rest[close] = torch.logsumexp(outside, -1) - torch.logsumexp(l_close, -1)
+    q = log_q.exp_()
     p, has_rest = lp.exp(), torch.isfinite(rest)
     p_rest = torch.where(has_rest, rest.exp(), torch.zeros_like(rest))
     tail = torch.where(has_rest, p_rest * (rest - log_q_rest), torch.zeros_like(rest))
@@ -84,8 +93,9 @@ class _FusedLinearRowLoss(torch.autograd.Function):
                 s = logits.float()
                 per_row, g = by_hand(s / temperature if temperature != 1 else s, teacher_rows(sl))
                 value = (per_row * rows_w).sum() * scale
-                g.mul_((rows_w * (scale / temperature))[:, None])
+                coef = (rows_w * (scale / temperature))[:, None].to(h.dtype)  # on the narrow side of each product
             else:
+                coef = None
                 with torch.enable_grad():
                     s = logits.float().requires_grad_(any(needs))
                     per_row = row_loss(s / temperature, teacher_rows(sl)) * scale
@@ -99,11 +109,15 @@ class _FusedLinearRowLoss(torch.autograd.Function):
             if any(needs):
                 g = g.to(h.dtype)
                 if grad_h is not None:
-                    grad_h[sl] = g @ weight.detach()
+                    grad_h[sl] = g @ weight.detach() if coef is None else (g @ weight.detach()).mul_(coef)
                 if grad_w is not None:
-                    grad_w += (g.T @ hc).float()
+                    hs = hc if coef is None else hc * coef
+                    if grad_w.dtype == g.dtype:  # summed where it lies: no (vocabulary x width) product buffer
+                        grad_w.addmm_(g.T, hs)
+                    else:
+                        grad_w += (g.T @ hs).float()
                 if grad_b is not None:
-                    grad_b += g.float().sum(0)
+                    grad_b += g.float().sum(0) if coef is None else (coef.float().T @ g.float())[0]
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
@@ -187,10 +201,14 @@ def _flat_teacher(teacher: Teacher, lead: torch.Size) -> Teacher:
 
 
 def _teacher_rows(flat: Teacher, weight: Tensor | None, temperature: float) -> Callable:
-    """Rows `sl` of the teacher's side, as the row losses read them: logits / T in fp32, or the cached top-k."""
+    """Rows `sl` of the teacher's side, as the row losses read them: logits / T in fp32, a fresh tensor (the
+    analytic row losses write over it), or the cached top-k."""
     if isinstance(flat, tuple):
         return lambda sl: tuple(x[sl] for x in flat)
-    if weight is None:
-        return lambda sl: flat[sl].float() / temperature
-    tw = weight.detach()
-    return lambda sl: F.linear(flat[sl], tw).float() / temperature
+    tw = None if weight is None else weight.detach()
+
+    def rows(sl: slice) -> Tensor:
+        t = flat[sl].to(torch.float32, copy=True) if tw is None else F.linear(flat[sl], tw).float()
+        return t.div_(temperature) if temperature != 1 else t
+
+    return rows
