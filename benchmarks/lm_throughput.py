@@ -189,7 +189,11 @@ def report(res: dict) -> str:
     lim = res["limit"]
     per_token = 2 * lim["teacher_params"] + 6 * lim["student_params"]
     m = res["machine"]
-    lines = ["# `distill lm` against TRL 1.16: tokens/s and memory, off- and on-policy, fp32 and bf16", "",
+    isa = (
+        "" if "matrix_isa" not in m else f" ({', '.join(m['matrix_isa']) or 'no AVX-512 BF16, no AMX'})"
+    )  # older runs: unrecorded
+    precisions = " and ".join(p for p in ("fp32", "bf16") if any(v.endswith(p) for v in runs))
+    lines = [f"# `distill lm` against TRL 1.16: tokens/s and memory, off- and on-policy, {precisions}", "",
              f"Teacher SmolLM2-135M ({lim['teacher_params'] / 1e6:.1f}M parameters), student pruned from it to hidden "
              f"384 / ffn 768 / heads 6 ({lim['student_params'] / 1e6:.1f}M); batch {res['batch']} x {res['seq_len']} "
              f"tokens, forward KL at T=1, AdamW, no gradient checkpointing; {res['steps']} timed steps after one "
@@ -197,7 +201,7 @@ def report(res: dict) -> str:
              f"brackets). On-policy: {res['prompt']}-token prompts, {res['seq_len'] - res['prompt']} sampled tokens "
              "(T=1, key/value cache), every batch; tokens/s counts prompt + completion tokens and includes generation. "
              f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the first step). "
-             f"Machine: {m['cpu']} ({', '.join(m.get('matrix_isa', [])) or 'no AVX-512 BF16, no AMX'}), {m['cores']} cores, torch {m['torch']}.", "",
+             f"Machine: {m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}.", "",
              "| variant | tokens/s | loop peak over set-up MB |", "|---|---:|---:|"]  # fmt: skip
     if missing := [v for v in VARIANTS if v not in runs]:
         lines[2] += f" A subset of the variants ran: not {', '.join(missing)}; the targets of those that ran follow."
