@@ -40,14 +40,14 @@ from common import RESULTS, finish  # noqa: E402
 from socratic_arith import DATA, claims  # noqa: E402
 
 ROOT = Path("runs/bench-lm-gkd")
+SFT = ["objective.kd_weight=0", "objective.ce_weight=1"]  # cross-entropy alone, no teacher term
 VARIANTS = {  # from the SFT student, in the order they run (the central claim's pair first)
     "sft+kd": [],
     "sft+gkd-1": ["generation.lam=1.0"],
-    "sft+sft": ["objective.kd_weight=0", "objective.ce_weight=1"],
+    "sft+sft": SFT,
     "sft+gkd-0.5": ["generation.lam=0.5"],
     "sft+seq-kd": ["generation.targets=teacher"],
 }
-SFT = ["objective.kd_weight=0", "objective.ce_weight=1"]
 CLAIMS = [(v, "sft+sft", f"{v} beats more fine-tuning") for v in ("sft+kd", "sft+gkd-1", "sft+gkd-0.5", "sft+seq-kd")]
 CLAIMS += [
     ("sft+gkd-1", "sft+kd", "on-policy (lambda 1) beats supervised KD"),
