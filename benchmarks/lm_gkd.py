@@ -18,10 +18,13 @@ as prompt / completion records: "Problem: ...\\n" and the chain-of-thought solut
      sft+gkd-0.5  half the batches on-policy
      sft+seq-kd   the teacher's greedy completions as the targets (sequence-level KD), forward KL
 5. score: greedy chain-of-thought decoding with the calculator (socratic's solver), accuracy on the test split;
+   on the student's own samples, the teacher's NLL per token of the student's greedy completions of the test
+   prompts (no calculator; what on-policy distillation trains for, and not capped at 100% as accuracy is);
    and the held-out KL to the teacher on the validation completions.
 Premise, decided like the claims: the teacher solves more test problems than the student fine-tuned for the same
 budget without a teacher (sft+sft). Claims, paired by seed on the same test problems (two-level bootstrap,
-seeds then problems): each KD variant against sft+sft; on-policy against supervised KD and against sequence KD.
+seeds then problems): each KD variant against sft+sft; on-policy against supervised KD and against sequence KD;
+each on accuracy and on the teacher's NLL of the student's samples.
 The first design distilled the pruned student directly (no SFT first); its landed runs stay reported. Each
 finished run lands in the results JSON; a clean clone reruns only what is missing.
 Writes benchmarks/results/lm_gkd.{json,md}.
@@ -57,6 +60,7 @@ CLAIMS += [
 PREMISE = [("teacher", "sft+sft", "the teacher solves more than the student fine-tuned for the same budget")]
 FIRST_DESIGN = ("kd-s0", "gkd-0.5-s0")  # distilled from the pruned student directly: reported, not run again
 LANDED: dict[str, dict] = {}
+TEACHER: list[Path] = []  # the fine-tuned teacher's directory, once trained
 RUNS: dict[str, dict] = {}
 
 
@@ -112,6 +116,33 @@ def accuracy(model_dir: Path, test: list) -> dict:
             "problems_per_s": len(traces) / (time.perf_counter() - t0)}  # fmt: skip
 
 
+def on_samples(model_dir: Path, test: list, batch: int = 50, max_new: int = 64) -> dict:
+    """The teacher's NLL per token of the model's greedy completions of the test prompts (up to its EOS)."""
+    import torch
+
+    from distill.data.sft import pad_id
+    from distill.models.llm import LlmSpec, load_causal_lm
+    from distill.reasoning.formats import header
+
+    model, tok = load_causal_lm(LlmSpec(path=str(model_dir)))
+    teacher = model if model_dir == TEACHER[0] else load_causal_lm(LlmSpec(path=str(TEACHER[0])))[0]
+    tok.padding_side = "left"
+    each: list[float] = []
+    for i in range(0, len(test), batch):
+        enc = tok([header(p) for p in test[i : i + batch]], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            ids = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=pad_id(tok))
+            n = enc["input_ids"].shape[1]
+            gen = ids[:, n:]
+            eos = (gen == tok.eos_token_id).long()
+            keep = (eos.cumsum(1) - eos) == 0  # up to and including the first EOS
+            mask = torch.cat([enc["attention_mask"], keep.long()], 1)
+            logits = teacher(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+            nll = -logits[:, n - 1 : -1].float().log_softmax(-1).gather(-1, gen[..., None])[..., 0]
+            each += ((nll * keep).sum(1) / keep.sum(1).clamp(min=1)).tolist()
+    return {"teacher_nll": sum(each) / len(each), "teacher_nll_each": [round(x, 5) for x in each]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
@@ -143,12 +174,13 @@ def main() -> None:
     data: dict = {"data": DATA if not args.quick else "quick", "budget": {"epochs": args.epochs, "steps": steps,
                   "batch": 8, "lr": args.lr, "lr2": args.lr2, "seeds": args.seeds}, "runs": [], "test": []}  # fmt: skip
     RUNS.update((n, LANDED[n]) for n in FIRST_DESIGN if n in LANDED)
-    data["first_design"] = [{k: RUNS[n][k] for k in ROW} for n in FIRST_DESIGN if n in RUNS]
+    data["first_design"] = [{k: RUNS[n].get(k) for k in ROW if k != "teacher_nll"} for n in FIRST_DESIGN if n in RUNS]
 
     # 1. the teacher: the bundled model fine-tuned on the training solutions
     teacher_dir = lm_run("teacher", [*common, "teacher.path=smollm2-135m", "student.path=smollm2-135m",
                                      "objective.kd_weight=0", "objective.ce_weight=1",
                                      train_cfg.replace("{lr}", "1e-4"), "run.seed=0"]) / "model"  # fmt: skip
+    TEACHER[:] = [teacher_dir]
     data["teacher"] = scored("teacher", teacher_dir, splits["test"], {"variant": "teacher", "seed": 0})
     save(data, name, t0)
     # 2. the student: the teacher pruned in width (the same weights for every variant and seed)
@@ -168,16 +200,18 @@ def main() -> None:
             land(data, name, t0, run_name, out, splits["test"], {"variant": v, "seed": seed})
 
 
-ROW = ("name", "variant", "seed", "accuracy", "val_kl", "val_loss")
+ROW = ("name", "variant", "seed", "accuracy", "teacher_nll", "val_kl", "val_loss")
 
 
 def land(data: dict, name: str, t0: float, run_name: str, model_dir: Path, test: list, meta: dict) -> None:
     """Score a finished run (or read it back), add its row and the claims, and write the results."""
     r = scored(run_name, model_dir, test, meta)
-    data["test"].append({k: r[k] for k in ROW})
+    data["test"].append({k: r.get(k) for k in ROW})
     teacher = [{"name": "teacher", "variant": "teacher", "seed": s} for s in {t["seed"] for t in data["test"]}]
     data["premise"] = claims(data["test"] + teacher, RUNS, PREMISE)
     data["claims"] = claims(data["test"], RUNS, CLAIMS)
+    sampled = [t for t in data["test"] if t["teacher_nll"] is not None]  # a clean clone has no models of old runs
+    data["nll_claims"] = claims(sampled, RUNS, CLAIMS, lambda r: [-x for x in r["teacher_nll_each"]], "nats")
     save(data, name, t0)
 
 
@@ -188,12 +222,16 @@ def scored(run_name: str, model_dir: Path, test: list, meta: dict) -> dict:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(LANDED[run_name]))
     if done.is_file():
-        RUNS[run_name] = json.loads(done.read_text())
-        return RUNS[run_name]
+        out = json.loads(done.read_text())
+        if out.get("teacher_nll") is None and (model_dir / "config.json").is_file():  # landed before the measure
+            out.update(on_samples(model_dir, test))
+            done.write_text(json.dumps(out))
+        RUNS[run_name] = out
+        return out
     rows = json.loads((model_dir.parent / "results.json").read_text())["rows"] if run_name != "student-init" else []
     after = next((r for r in rows if r["model"] == "student after"), {})
-    out = {"name": run_name, **meta, **accuracy(model_dir, test), "val_kl": after.get("kl_to_teacher"),
-           "val_loss": after.get("val_loss")}  # fmt: skip
+    out = {"name": run_name, **meta, **accuracy(model_dir, test), **on_samples(model_dir, test),
+           "val_kl": after.get("kl_to_teacher"), "val_loss": after.get("val_loss")}  # fmt: skip
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out))
     RUNS[run_name] = out
@@ -235,6 +273,10 @@ def markdown(d: dict) -> str:
     if "teacher" in d:
         lines += [f"Teacher (SmolLM2-135M-Instruct fine-tuned): {d['teacher']['accuracy']:.1%} of the test problems; the "
                   f"pruned student before retraining: {d.get('student_init', {}).get('accuracy', float('nan')):.1%}.", ""]  # fmt: skip
+        if d["teacher"].get("teacher_nll") is not None:
+            lines += [f"The teacher's NLL of its own greedy completions of the test prompts, the floor of `teacher_nll`: "
+                      f"{d['teacher']['teacher_nll']:.4f} nats per token; the pruned student's: "
+                      f"{d.get('student_init', {}).get('teacher_nll') or float('nan'):.4f}.", ""]  # fmt: skip
     if d["test"]:
         lines += ["## Per seed", "", markdown_table(d["test"]), ""]
     for c in d.get("premise", []):
@@ -249,6 +291,12 @@ def markdown(d: dict) -> str:
         ]
         lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
                   f"over {c['seeds']} seed(s): **{c['verdict']}**" for c in d["claims"]]  # fmt: skip
+    if d.get("nll_claims"):
+        lines += ["", "On the student's own samples: the teacher's NLL per token of each student's greedy completions "
+                  "(lower is better; the difference is b's NLL minus a's, so positive favours the claim), the same pairing:",
+                  ""]  # fmt: skip
+        lines += [f"- {c['claim']}: {c['diff_nats']:+.4f} nats, 95% [{c['boot95_nats'][0]:+.4f}, "
+                  f"{c['boot95_nats'][1]:+.4f}] over {c['seeds']} seed(s): **{c['verdict']}**" for c in d["nll_claims"]]  # fmt: skip
     if d.get("first_design"):
         lines += ["", "## The first design: distilled from the pruned student directly (no SFT first)", "",
                   f"The same budget and lr {b['lr']:g} from the pruned student, against `sft` above at the same seed: "

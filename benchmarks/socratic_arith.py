@@ -228,29 +228,38 @@ def teacher_claims(rows: list[dict]) -> list[dict]:
 TEACHER_ARMS = ("teacher-written", "gold")
 
 
-def claims(test: list[dict], runs: dict[str, dict], which: list[tuple[str, str, str]] = CLAIMS) -> list[dict]:
+def claims(
+    test: list[dict],
+    runs: dict[str, dict],
+    which: list[tuple[str, str, str]] = CLAIMS,
+    values: Callable[[dict], list[float]] | None = None,
+    unit: str = "pts",
+) -> list[dict]:
     """Each claim paired on the same test problems by seed: a two-level bootstrap (seeds, then problems, both
-    drawn with replacement) of the mean difference decides; the t interval over the seeds' accuracies is shown."""
+    drawn with replacement) of the mean difference decides; the t interval over the seeds' means is shown.
+    `values` gives a run's per-problem score, higher better (default: 100 x correct, in points)."""
     import numpy as np
 
     by = {(r["variant"], r["seed"]): r["name"] for r in test}
+    values = values or (lambda r: [100.0 * (c == "1") for c in r["correct"]])
+    digits = 2 if unit == "pts" else 4
     rng = np.random.default_rng(0)
     out = []
     for a, b, what in which:
         seeds = sorted(s for v, s in by if v == a and (b, s) in by)
         if not seeds:
             continue
-        bits = lambda v, ss=seeds: np.array([[c == "1" for c in runs[by[v, s]]["correct"]] for s in ss], float)  # noqa: E731
-        diff = 100 * (bits(a) - bits(b))  # seeds x problems
+        score = lambda v, ss=seeds: np.array([values(runs[by[v, s]]) for s in ss], float)  # noqa: E731
+        diff = score(a) - score(b)  # seeds x problems
         pick_s = rng.integers(0, len(seeds), (BOOT, len(seeds)))
         pick_p = rng.integers(0, diff.shape[1], (BOOT, diff.shape[1]))
         boot = np.array([diff[s][:, p].mean() for s, p in zip(pick_s, pick_p)])
         lo, hi = np.percentile(boot, [2.5, 97.5])
-        half = round(t_interval(list(diff.mean(axis=1)))[1], 2) if len(seeds) > 1 else None
+        half = round(t_interval(list(diff.mean(axis=1)))[1], digits) if len(seeds) > 1 else None
         verdict = "held" if lo > 0 else "did not hold (lower)" if hi < 0 else "a tie (the interval holds 0)"
         out.append({"claim": what, "a": a, "b": b, "seeds": len(seeds), "problems": diff.shape[1],
-                    "diff_pts": round(float(diff.mean()), 2), "boot95_pts": [round(float(lo), 2), round(float(hi), 2)],
-                    "seed_t95_pts": half, "verdict": verdict})  # fmt: skip
+                    f"diff_{unit}": round(float(diff.mean()), digits), f"boot95_{unit}": [round(float(lo), digits),
+                    round(float(hi), digits)], f"seed_t95_{unit}": half, "verdict": verdict})  # fmt: skip
     return out
 
 

@@ -439,3 +439,20 @@ def test_the_benchmarks_choice_reads_only_the_validation_split(monkeypatch):
     # the runs it asks for are scored on the validation problems, not the test ones
     over = bench.overrides("cot", 3e-4, 1, "validation", 0, "x")
     assert 'evaluate_on: "validation"' in over[0]
+
+
+def test_the_benchmarks_claims_pair_problems_and_read_a_lower_is_better_score():
+    from conftest import load_benchmark
+
+    claims = load_benchmark("socratic_arith").claims
+    test = [{"name": f"{v}-s{s}", "variant": v, "seed": s} for v in ("a", "b") for s in (0, 1)]
+    # a is right on the first 30 of 40 problems, b on the first 20: +25 points, every resample above 0
+    runs = {f"a-s{s}": {"correct": "1" * 30 + "0" * 10, "nll": [0.1] * 40} for s in (0, 1)}
+    runs |= {f"b-s{s}": {"correct": "1" * 20 + "0" * 20, "nll": [0.3] * 39 + [0.1]} for s in (0, 1)}
+    (acc,) = claims(test, runs, [("a", "b", "a beats b")])
+    assert (acc["diff_pts"], acc["seeds"], acc["problems"], acc["verdict"]) == (25.0, 2, 40, "held")
+    lower = lambda r: [-x for x in r["nll"]]  # noqa: E731
+    (nll,) = claims(test, runs, [("a", "b", "a beats b")], lower, "nats")
+    assert nll["diff_nats"] == pytest.approx(0.2 * 39 / 40) and nll["verdict"] == "held"
+    (back,) = claims(test, runs, [("b", "a", "b beats a")], lower, "nats")
+    assert back["diff_nats"] == pytest.approx(-0.195) and back["verdict"] == "did not hold (lower)"
