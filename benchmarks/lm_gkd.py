@@ -278,7 +278,7 @@ def markdown(d: dict) -> str:
         lines += [f"Teacher (SmolLM2-135M-Instruct fine-tuned): {d['teacher']['accuracy']:.1%} of the test problems; the "
                   f"pruned student before retraining: {d.get('student_init', {}).get('accuracy', float('nan')):.1%}.", ""]  # fmt: skip
         if d["teacher"].get("teacher_nll") is not None:
-            lines += [f"The teacher's NLL of its own greedy completions of the test prompts, the floor of `teacher_nll`: "
+            lines += [f"The teacher's NLL of its own greedy completions of the test prompts, for reference: "
                       f"{d['teacher']['teacher_nll']:.4f} nats per token; the pruned student's: "
                       f"{d.get('student_init', {}).get('teacher_nll') or float('nan'):.4f}.", ""]  # fmt: skip
     if d["test"]:
