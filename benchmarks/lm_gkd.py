@@ -35,6 +35,7 @@ Writes benchmarks/results/lm_gkd.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -120,6 +121,14 @@ def accuracy(model_dir: Path, test: list) -> dict:
             "problems_per_s": len(traces) / (time.perf_counter() - t0)}  # fmt: skip
 
 
+@functools.cache
+def loaded_teacher(path: str):
+    """The teacher, read from disk once for every model it scores."""
+    from distill.models.llm import LlmSpec, load_causal_lm
+
+    return load_causal_lm(LlmSpec(path=path))[0]
+
+
 def on_samples(model_dir: Path, test: list, batch: int = 50, max_new: int = 64) -> dict:
     """The teacher's NLL per token of the model's greedy completions of the test prompts (up to its EOS)."""
     import torch
@@ -129,7 +138,7 @@ def on_samples(model_dir: Path, test: list, batch: int = 50, max_new: int = 64) 
     from distill.reasoning.formats import header
 
     model, tok = load_causal_lm(LlmSpec(path=str(model_dir)))
-    teacher = model if model_dir == TEACHER[0] else load_causal_lm(LlmSpec(path=str(TEACHER[0])))[0]
+    teacher = model if model_dir == TEACHER[0] else loaded_teacher(str(TEACHER[0]))
     tok.padding_side = "left"
     each: list[float] = []
     for i in range(0, len(test), batch):
@@ -263,6 +272,11 @@ def save(data: dict, name: str, t0: float) -> None:
     finish(name, data, markdown, t0)
 
 
+def claim_lines(cs: list[dict], unit: str, word: str, nd: int) -> list[str]:
+    return [f"- {c['claim']}: {c[f'diff_{unit}']:+.{nd}f} {word}, 95% [{c[f'boot95_{unit}'][0]:+.{nd}f}, "
+            f"{c[f'boot95_{unit}'][1]:+.{nd}f}] over {c['seeds']} seed(s): **{c['verdict']}**" for c in cs]  # fmt: skip
+
+
 def markdown(d: dict) -> str:
     from distill.report import markdown_table
 
@@ -293,14 +307,12 @@ def markdown(d: dict) -> str:
             "Paired on the same test problems by seed; 95% bootstrap over seeds, then problems.",
             "",
         ]
-        lines += [f"- {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, {c['boot95_pts'][1]:+.2f}] "
-                  f"over {c['seeds']} seed(s): **{c['verdict']}**" for c in d["claims"]]  # fmt: skip
+        lines += claim_lines(d["claims"], "pts", "points", 2)
     if d.get("nll_claims"):
         lines += ["", "On the student's own samples: the teacher's NLL per token of each student's greedy completions "
                   "(lower is better; the difference is b's NLL minus a's, so positive favours the claim), the same pairing:",
                   ""]  # fmt: skip
-        lines += [f"- {c['claim']}: {c['diff_nats']:+.4f} nats, 95% [{c['boot95_nats'][0]:+.4f}, "
-                  f"{c['boot95_nats'][1]:+.4f}] over {c['seeds']} seed(s): **{c['verdict']}**" for c in d["nll_claims"]]  # fmt: skip
+        lines += claim_lines(d["nll_claims"], "nats", "nats", 4)
     if d.get("first_design"):
         lines += ["", "## The first design: distilled from the pruned student directly (no SFT first)", "",
                   f"The same budget and lr {b['lr']:g} from the pruned student, against `sft` above at the same seed: "
