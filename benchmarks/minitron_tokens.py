@@ -124,7 +124,8 @@ def main() -> None:
             tokens = int(base * m)
             steps = tokens // (args.batch * args.seq_len)
             tcfg = TrainConfig(max_steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
-                               log_every=10, eval_every=max(1, steps // 4), clip_grad_norm=1.0, progress=True)  # fmt: skip
+                               log_every=10, eval_every=max(1, steps // 4), save_every=max(1, steps // 8),
+                               clip_grad_norm=1.0, progress=True)  # fmt: skip
             torch.manual_seed(seed)
             student = type(teacher)(width.apply_to(teacher.config)).to(ctx.accelerator.device)
             rows = Prefix(cache, steps * args.batch)
