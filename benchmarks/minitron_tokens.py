@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
+from distill.checkpoint import checkpoints  # noqa: E402
 from distill.data.shards import RowStore  # noqa: E402
 from distill.engine import TrainConfig  # noqa: E402
 from distill.evaluate import lm_loss  # noqa: E402
@@ -129,9 +130,12 @@ def main() -> None:
             torch.manual_seed(seed)
             student = type(teacher)(width.apply_to(teacher.config)).to(ctx.accelerator.device)
             rows = Prefix(cache, steps * args.batch)
+            kept = checkpoints(ctx.run, key)  # a stopped run continues: its speed counts this invocation's steps
+            start = int(kept[-1].stem.removeprefix("step-")) if kept else 0
             out = student_fit(ctx, key, teacher, student, KD, rows, tcfg, seed, evaluate)
-            out.update(multiple=m, seed=seed, tokens=tokens, val_loss=evaluate(student),
-                       ood_loss=lm_loss(student, ood, ctx.accelerator, 8), tokens_per_s=tokens / out["seconds"])  # fmt: skip
+            trained = (steps - start) * args.batch * args.seq_len
+            out.update(multiple=m, seed=seed, tokens=tokens, val_loss=evaluate(student), resumed_at_step=start,
+                       ood_loss=lm_loss(student, ood, ctx.accelerator, 8), tokens_per_s=trained / out["seconds"])  # fmt: skip
             atomic_write(saved, json.dumps(out))
             runs[key] = out
             print(f"{key}: held-out {out['val_loss']:.3f}", flush=True)
