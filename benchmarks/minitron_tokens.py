@@ -189,11 +189,25 @@ def markdown(res: dict) -> str:
             if n["how"] == "extrapolated":
                 lines += ["", f"Assumption: (c)'s final loss keeps falling by {n['drop_per_doubling']:.3f} nats per "
                           f"doubling of its tokens, as between its two largest runs ({n['doublings']:.1f} more "
-                          "doublings). Loss curves flatten as they go, so this is more likely an underestimate of the "
-                          "tokens needed than an overestimate."]  # fmt: skip
+                          f"doublings). {bend(res['c_final'])}"]  # fmt: skip
     if (RESULTS / f"{NAME}.png").is_file():
         lines += ["", f"![held-out loss vs tokens]({NAME}.png)"]
     return "\n".join(lines) + "\n"
+
+
+def bend(c_final: dict[str, float]) -> str:
+    """Which way the extrapolation likely errs, from how (c)'s drop per doubling changed between its runs."""
+    pts = sorted((int(t), v) for t, v in c_final.items())
+    drops = [(l0 - l1) / math.log2(t1 / t0) for (t0, l0), (t1, l1) in zip(pts, pts[1:])]
+    said = ", ".join(f"{d:.3f}" for d in drops)
+    if len(drops) < 2:
+        return "One slope only: the runs do not show which way the curve bends, so the figure is an order of magnitude."
+    if drops[-1] < drops[-2]:
+        return (f"The drop per doubling shrank from run to run ({said} nats): if it keeps shrinking, more tokens are "
+                "needed than this, so the figure is more likely an underestimate.")  # fmt: skip
+    return (f"The drop per doubling grew from run to run ({said} nats): (c) is still leaving its early plateau. "
+            "While the drop keeps growing fewer tokens are needed than this, and once the curve flattens more: the "
+            "figure is an order of magnitude, not a bound either way.")  # fmt: skip
 
 
 def plot(res: dict) -> None:
