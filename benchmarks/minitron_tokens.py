@@ -64,6 +64,11 @@ def reference() -> dict:
     return {"budget": ab["budget"], "runs": ab["runs"][A], "teacher": ab["teacher"]}
 
 
+def per_doubling(a: tuple[int, float], b: tuple[int, float]) -> float:
+    """The loss drop per doubling of tokens between two runs' (tokens, final loss)."""
+    return (a[1] - b[1]) / math.log2(b[0] / a[0])
+
+
 def needed_tokens(runs: dict[int, float], target: float) -> dict:
     """Tokens at which (c) reaches `target`: interpolated between two runs in log-tokens when one run is at or
     below it, else extrapolated at the loss drop per doubling between its two largest runs."""
@@ -76,8 +81,8 @@ def needed_tokens(runs: dict[int, float], target: float) -> dict:
         return {"tokens": pts[0][0], "how": "reached by the smallest run"}
     if len(pts) < 2:
         return {"tokens": None, "how": "one run: no slope to extrapolate"}
-    (t0, l0), (t1, l1) = pts[-2], pts[-1]
-    drop = (l0 - l1) / math.log2(t1 / t0)  # nats per doubling
+    t1, l1 = pts[-1]
+    drop = per_doubling(pts[-2], pts[-1])
     if drop <= 0:
         return {"tokens": math.inf, "how": "not falling between the two largest runs", "drop_per_doubling": drop}
     doublings = (l1 - target) / drop
@@ -198,7 +203,7 @@ def markdown(res: dict) -> str:
 def bend(c_final: dict[str, float]) -> str:
     """Which way the extrapolation likely errs, from how (c)'s drop per doubling changed between its runs."""
     pts = sorted((int(t), v) for t, v in c_final.items())
-    drops = [(l0 - l1) / math.log2(t1 / t0) for (t0, l0), (t1, l1) in zip(pts, pts[1:])]
+    drops = [per_doubling(a, b) for a, b in zip(pts, pts[1:])]
     said = ", ".join(f"{d:.3f}" for d in drops)
     if len(drops) < 2:
         return "One slope only: the runs do not show which way the curve bends, so the figure is an order of magnitude."
