@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, finish, paired, reading, write  # noqa: E402
 
 ROOT = Path("runs/bench-weaklabel-students")
-TEACHERS = ("smollm2", "qwen0.5b")  # weaker first: its labels are the cheaper
+TEACHERS = ("smollm2", "qwen0.5b")  # weaker, stronger
+# the stronger teacher runs first: its student is the likelier best, and the gold-label student reuses its pool
+ORDER = TEACHERS[::-1]
 CONFIGS = [("reg", 0.0), ("reg", 0.75), ("cls", 0.0), ("cls", 0.75)]
 SIZES = {"train_limit": 1000, "val_size": 500, "test_limit": 1000}
 QUICK = {"train_limit": 48, "val_size": 32, "test_limit": 32}
@@ -146,7 +148,7 @@ def main() -> None:
     d: dict = {"seeds": args.seeds, "max_epochs": top, "sizes": QUICK if args.quick else SIZES, "chosen": {},
                "test": {}, "runs": RUNS}  # fmt: skip
     save = lambda: finish(name, {**d, "claims": claims(d)}, markdown, t0)  # noqa: E731
-    for i, teacher in enumerate(TEACHERS):
+    for i, teacher in enumerate(ORDER):
         _, gguf, alias, _ = SERVED[teacher]
         store(teacher).parent.mkdir(parents=True, exist_ok=True)
         with llama_cpp_server(gguf(), alias, store(teacher).parent / "server.log", threads=2, n_ctx=1024,
