@@ -4,7 +4,8 @@ of the same model trained on human labels, beat its teacher, and get better with
     python benchmarks/weaklabel_students.py [--seeds 3] [--server-bin PATH] [--quick] [--render]
 
 Texts: the Rotten Tomatoes snippets of `distill weaklabel`, shuffled with seed 0: a pool of 1,000 (labelled by each
-teacher, K=8 chain-of-thought samples at T=0.5, the answers kept in the label stores weaklabel_rt.py shares),
+teacher, K=8 chain-of-thought samples at T=0.5, the answers kept in the label stores weaklabel_rt.py shares and, once
+a pool is labelled, in benchmarks/labels/TEACHER.jsonl.gz, from which a clean clone's stores are filled),
 500 validation texts off the pool's end (gold labels; no teacher sees them) and 1,000 test texts. Teachers:
 SmolLM2-135M (Q4_1) and Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), both served by llama.cpp. Student: all-MiniLM-L6-v2,
 the recipe's training (batch 16, lr 1e-4, linear decay), the same for every variant.
@@ -26,8 +27,10 @@ Writes benchmarks/results/weaklabel_students.{json,md}.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, finish, paired, reading, write  # noqa: E402
 
 ROOT = Path("runs/bench-weaklabel-students")
+KEPT = Path(__file__).parent / "labels"  # the teachers' answers, so that a clean clone need not label again
 TEACHERS = ("smollm2", "qwen0.5b")  # weaker, stronger
 # the stronger teacher runs first: its student is the likelier best, and the gold-label student reuses its pool
 ORDER = TEACHERS[::-1]
@@ -50,6 +54,34 @@ RUNS: dict[str, dict] = {}
 def store(teacher: str) -> Path:
     """The label store weaklabel_rt.py keeps for the same teacher, pool and sampling: its answers are reused."""
     return Path("runs") / ("bench-weaklabel_rt" + ("" if teacher == "smollm2" else f"_{teacher}")) / "labels.sqlite"
+
+
+def keep(teacher: str) -> None:
+    """The teacher's answers, once its pool is labelled, in a committed file: labelling again takes 1-2 hours."""
+    from distill.labeling.store import LabelStore
+
+    if (path := KEPT / f"{teacher}.jsonl.gz").is_file() or not store(teacher).is_file():
+        return
+    rows = [{k: v for k, v in r.items() if k != "created"} for r in LabelStore(store(teacher)).responses()]
+    if len(rows) < SIZES["train_limit"] * 8:  # a --quick run, or the pool not yet labelled
+        return
+    KEPT.mkdir(exist_ok=True)
+    with open(tmp := path.with_suffix(".tmp"), "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+        z.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    tmp.replace(path)
+
+
+def restore(teacher: str) -> None:
+    """A new label store filled from the kept answers (delete benchmarks/labels/ to label the pool again)."""
+    from distill.labeling.store import LabelStore, Response
+
+    if store(teacher).is_file() or not (path := KEPT / f"{teacher}.jsonl.gz").is_file():
+        return
+    s = LabelStore(store(teacher))
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            s.put(Response(**json.loads(line)))
+    s.close()
 
 
 def run_one(teacher: str, url: str, job: tuple[str, float] | None, epochs: int, seed: int, args) -> dict:
@@ -75,10 +107,10 @@ def run_one(teacher: str, url: str, job: tuple[str, float] | None, epochs: int, 
     run_dir = ROOT / name
     if (run_dir / "results.json").is_file():
         result = json.loads((run_dir / "results.json").read_text())
-    elif (run_dir / "config.yaml").is_file():
-        result = weaklabel.run(load_config(weaklabel.Config, run_dir / "config.yaml"), resume=run_dir).to_json()
-    else:
+    else:  # an unfinished run starts again (minutes): its config names the old server's port, so it cannot resume
+        shutil.rmtree(run_dir, ignore_errors=True)
         result = weaklabel.run(load_config(weaklabel.Config, None, over)).to_json()
+        keep(teacher)
     taught, student = result["rows"]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     RUNS[name] = {"name": name, "teacher": None if job is None else teacher, "objective": job and job[0],
@@ -151,6 +183,8 @@ def main() -> None:
     for i, teacher in enumerate(ORDER):
         _, gguf, alias, _ = SERVED[teacher]
         store(teacher).parent.mkdir(parents=True, exist_ok=True)
+        restore(teacher)
+        keep(teacher)  # a store labelled before this file was kept
         with llama_cpp_server(gguf(), alias, store(teacher).parent / "server.log", threads=2, n_ctx=1024,
                               binary=args.server_bin) as url:  # fmt: skip
             variants = [(teacher, CONFIGS)] + ([("gold", [None])] if i == 0 else [])  # gold: any teacher's pool
