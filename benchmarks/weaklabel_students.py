@@ -5,7 +5,7 @@ of the same model trained on human labels, beat its teacher, and get better with
 
 Texts: the Rotten Tomatoes snippets of `distill weaklabel`, shuffled with seed 0: a pool of 1,000 (labelled by each
 teacher, K=8 chain-of-thought samples at T=0.5, the answers kept in the label stores weaklabel_rt.py shares and, once
-a pool is labelled, in benchmarks/labels/TEACHER.jsonl.gz, from which a clean clone's stores are filled),
+a run ends, in benchmarks/labels/TEACHER.jsonl.gz, from which a clean clone's stores are filled),
 500 validation texts off the pool's end (gold labels; no teacher sees them) and 1,000 test texts. Teachers:
 SmolLM2-135M (Q4_1) and Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), both served by llama.cpp. Student: all-MiniLM-L6-v2,
 the recipe's training (batch 16, lr 1e-4, linear decay), the same for every variant.
@@ -57,14 +57,17 @@ def store(teacher: str) -> Path:
 
 
 def keep(teacher: str) -> None:
-    """The teacher's answers, once its pool is labelled, in a committed file: labelling again takes 1-2 hours."""
+    """The teacher's answers in a committed file, rewritten when the store holds more: labelling a pool takes 1-2
+    hours, and an unfinished one continues from what was kept."""
     from distill.labeling.store import LabelStore
 
-    if (path := KEPT / f"{teacher}.jsonl.gz").is_file() or not store(teacher).is_file():
+    if not store(teacher).is_file():
         return
     rows = [{k: v for k, v in r.items() if k != "created"} for r in LabelStore(store(teacher)).responses()]
-    if len(rows) < SIZES["train_limit"] * 8:  # a --quick run, or the pool not yet labelled
-        return
+    if (path := KEPT / f"{teacher}.jsonl.gz").is_file():
+        with gzip.open(path, "rt") as f:
+            if sum(1 for _ in f) >= len(rows):
+                return
     KEPT.mkdir(exist_ok=True)
     with open(tmp := path.with_suffix(".tmp"), "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
         z.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
@@ -110,7 +113,8 @@ def run_one(teacher: str, url: str, job: tuple[str, float] | None, epochs: int, 
     else:  # an unfinished run starts again (minutes): its config names the old server's port, so it cannot resume
         shutil.rmtree(run_dir, ignore_errors=True)
         result = weaklabel.run(load_config(weaklabel.Config, None, over)).to_json()
-        keep(teacher)
+        if not args.quick:
+            keep(teacher)
     taught, student = result["rows"]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     RUNS[name] = {"name": name, "teacher": None if job is None else teacher, "objective": job and job[0],
@@ -184,7 +188,8 @@ def main() -> None:
         _, gguf, alias, _ = SERVED[teacher]
         store(teacher).parent.mkdir(parents=True, exist_ok=True)
         restore(teacher)
-        keep(teacher)  # a store labelled before this file was kept
+        if not args.quick:
+            keep(teacher)  # a store labelled before this file was kept
         with llama_cpp_server(gguf(), alias, store(teacher).parent / "server.log", threads=2, n_ctx=1024,
                               binary=args.server_bin) as url:  # fmt: skip
             variants = [(teacher, CONFIGS)] + ([("gold", [None])] if i == 0 else [])  # gold: any teacher's pool
