@@ -180,6 +180,7 @@ def main() -> None:
         return write(name, d, markdown(d))
     if (RESULTS / f"{name}.json").is_file() and not args.quick:
         LANDED.update(json.loads((RESULTS / f"{name}.json").read_text()).get("runs", {}))
+        RUNS.update(LANDED)  # every landed run stays in the results, also those this invocation has not reached
     t0, top = time.perf_counter(), 2 if args.quick else args.max_epochs
     d: dict = {"seeds": args.seeds, "max_epochs": top, "sizes": QUICK if args.quick else SIZES, "chosen": {},
                "test": {}, "runs": RUNS}  # fmt: skip
