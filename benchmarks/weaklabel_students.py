@@ -47,7 +47,6 @@ ORDER = TEACHERS[::-1]
 CONFIGS = [("reg", 0.0), ("reg", 0.75), ("cls", 0.0), ("cls", 0.75)]
 SIZES = {"train_limit": 1000, "val_size": 500, "test_limit": 1000}
 QUICK = {"train_limit": 48, "val_size": 32, "test_limit": 32}
-LANDED: dict[str, dict] = {}
 RUNS: dict[str, dict] = {}
 
 
@@ -63,7 +62,9 @@ def keep(teacher: str) -> None:
 
     if not store(teacher).is_file():
         return
-    rows = [{k: v for k, v in r.items() if k != "created"} for r in LabelStore(store(teacher)).responses()]
+    s = LabelStore(store(teacher))
+    rows = [{k: v for k, v in r.items() if k != "created"} for r in s.responses()]  # no timestamps: stable bytes
+    s.close()
     if (path := KEPT / f"{teacher}.jsonl.gz").is_file():
         with gzip.open(path, "rt") as f:
             if sum(1 for _ in f) >= len(rows):
@@ -95,8 +96,6 @@ def run_one(teacher: str, url: str, job: tuple[str, float] | None, epochs: int, 
 
     what = "gold" if job is None else f"{teacher}-{job[0]}-agree{job[1]:g}"
     name = f"{what}-e{epochs}-s{seed}"
-    if name in LANDED and not args.quick:
-        RUNS[name] = LANDED[name]
     if name in RUNS:
         return RUNS[name]
     sizes = QUICK if args.quick else SIZES
@@ -179,8 +178,8 @@ def main() -> None:
         d = json.loads((RESULTS / f"{name}.json").read_text())
         return write(name, d, markdown(d))
     if (RESULTS / f"{name}.json").is_file() and not args.quick:
-        LANDED.update(json.loads((RESULTS / f"{name}.json").read_text()).get("runs", {}))
-        RUNS.update(LANDED)  # every landed run stays in the results, also those this invocation has not reached
+        # every landed run stays in the results (also those this invocation has not reached) and is not run again
+        RUNS.update(json.loads((RESULTS / f"{name}.json").read_text()).get("runs", {}))
     t0, top = time.perf_counter(), 2 if args.quick else args.max_epochs
     d: dict = {"seeds": args.seeds, "max_epochs": top, "sizes": QUICK if args.quick else SIZES, "chosen": {},
                "test": {}, "runs": RUNS}  # fmt: skip
