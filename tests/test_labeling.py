@@ -282,27 +282,43 @@ def test_label_recipe_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_killed_labelling_run_loses_nothing_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_killed_labelling_run_loses_nothing_and_repeats_nothing(moved, tmp_path):
+    """Killed mid-labelling, then resumed: against the same server, or (moved) against one restarted on another
+    port, with the new URL, timeout and concurrency written into config.yaml (where the teacher is may change;
+    what it is may not)."""
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"text": i.text}) + "\n" for i in items(30)))
     store = tmp_path / "labels.sqlite"
-    with FakeServer(delay_s=0.02) as server:
+    with FakeServer(delay_s=0.02) as first, FakeServer(delay_s=0.02) as second:
         args = ["label", "data.source=files", f"data.paths=[{data}]", "data.test_fraction=0", f"store={store}",
                 f"run.output_dir={tmp_path}", "run.run_name=k", "sampling.samples=4",
-                f"teacher={{kind: server, model: fake-teacher, url: '{server.url}', concurrency: 2}}"]  # fmt: skip
+                f"teacher={{kind: server, model: fake-teacher, url: '{first.url}', concurrency: 2}}"]  # fmt: skip
         kill_once_stored([*DISTILL, *args], store, 40, env=ENV)
         before = {(r["prompt_hash"], r["sample"]) for r in LabelStore(store).responses()}
         assert 40 <= len(before) < 120
+        server = second if moved else first
+        if moved:
+            config = tmp_path / "k" / "config.yaml"
+            assert all(f in config.read_text() for f in (first.url, "timeout_s: 120.0", "concurrency: 2"))
+            edited = config.read_text().replace(first.url, second.url).replace("timeout_s: 120.0", "timeout_s: 60.0")
+            config.write_text(edited.replace("concurrency: 2", "concurrency: 3"))
         asked_before = len(server.requests)
         done = subprocess.run([*DISTILL, "label", "--resume", str(tmp_path / "k")], env=ENV, capture_output=True,
                               text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         resumed_seeds = {b["seed"] for b in server.requests[asked_before:]}
+        assert server.max_in_flight == (3 if moved else 2)
     after = list(LabelStore(store).responses())
     assert len(after) == 120 and {(r["prompt_hash"], r["sample"]) for r in after} >= before
     answered_seeds = {request_seed(h, k, 0) for h, k in before}
     assert not resumed_seeds & answered_seeds, "an answer saved before the kill was asked for again"
     assert len(server.requests) - asked_before == 120 - len(before)
+    if moved:  # the teacher itself may not change: the answers in the store are its
+        config.write_text(config.read_text().replace("model: fake-teacher", "model: other-teacher"))
+        refused = subprocess.run([*DISTILL, "label", "--resume", str(tmp_path / "k")], env=ENV, capture_output=True,
+                                 text=True)  # fmt: skip
+        assert refused.returncode == 2 and "teacher.model: 'fake-teacher' -> 'other-teacher'" in refused.stderr
 
 
 def test_parquet_export(tmp_path):

@@ -37,6 +37,24 @@ class Section(BaseModel):
         return data
 
 
+def where_field(default: Any, description: str, **constraints: Any) -> Any:
+    """A Field that says where or how to reach something, not what the run computes (a server's URL, its
+    timeout): a resumed run may be given a new value (see distill.context.unchanged)."""
+    return Field(default, description=description, json_schema_extra={"may_change_on_resume": True}, **constraints)
+
+
+def may_change_on_resume(cfg: BaseModel, prefix: str = "") -> set[str]:
+    """The dotted paths of cfg's where_field()s, nested sections included."""
+    paths = set()
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("may_change_on_resume"):
+            paths.add(prefix + name)
+        elif isinstance(value, BaseModel):
+            paths |= may_change_on_resume(value, f"{prefix}{name}.")
+    return paths
+
+
 def import_dotted(name: str, known: dict[str, Any], what: str, example: str) -> Any:
     """`known[name]`, or the object a dotted path names ('pkg.module:attr' or 'pkg.module.attr'): how a user
     brings their own model class or loss function. One-line ConfigError when it is neither."""

@@ -30,7 +30,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from pydantic import BaseModel
 
-from distill.config import RuntimeConfig, dump
+from distill.config import RuntimeConfig, dump, may_change_on_resume
 from distill.engine import Callbacks, Data, EvalFn, Product, TrainConfig, fit
 from distill.errors import DistillError
 from distill.run import RunDir, atomic_write, new_run_name
@@ -201,12 +201,14 @@ class Context:
 
 def unchanged(run: RunDir, cfg: BaseModel) -> None:
     """Refuse, in one line, to resume a run whose config.yaml was edited since it started (a changed seed would
-    train half the steps on each seed; a changed shape would not fit the checkpoint)."""
+    train half the steps on each seed; a changed shape would not fit the checkpoint). Fields that say only where
+    something is (a teacher server's URL after it restarted on another port) may change."""
     started = run.path / RunDir.STARTED
     if not started.is_file():  # a run from before this check
         return
     before, now = _flat(yaml.safe_load(started.read_text())), _flat(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in before.keys() & now.keys() if before[k] != now[k])  # a field added since: its default
+    free = may_change_on_resume(cfg)
+    changed = sorted(k for k in (before.keys() & now.keys()) - free if before[k] != now[k])  # added since: default
     if changed:
         shown = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from distill.config import Section
+from distill.config import Section, where_field
 from distill.errors import DistillError
 
 
@@ -46,18 +46,18 @@ class ServerTeacher(Section):
     """An OpenAI-compatible server."""
 
     kind: Literal["server"] = "server"
-    url: str = Field("http://127.0.0.1:8000", description="base URL (the /v1 routes are under it)")
+    url: str = where_field("http://127.0.0.1:8000", "base URL (the /v1 routes are under it)")
     model: str = Field(..., description="the model name the server knows (see GET /v1/models)")
-    api_key: str | None = Field(None, description="bearer token (or set it in the environment, see api_key_env)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable read when api_key is null")
+    api_key: str | None = where_field(None, "bearer token (or set it in the environment, see api_key_env)")
+    api_key_env: str = where_field("OPENAI_API_KEY", "environment variable read when api_key is null")
     endpoint: Literal["chat", "completions"] = Field("chat", description="/v1/chat/completions or /v1/completions")
-    concurrency: int = Field(4, gt=0, description="requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0, description="per request")
-    retries: int = Field(
+    concurrency: int = where_field(4, "requests in flight at once", gt=0)
+    timeout_s: float = where_field(120.0, "per request", gt=0)
+    retries: int = where_field(
         3,
-        ge=0,
-        description="retries of a failed request (connection errors, timeouts, 408/409/429/5xx), with the "
+        "retries of a failed request (connection errors, timeouts, 408/409/429/5xx), with the "
         "openai client's exponential backoff (0.5 s doubling to 8 s, jittered; Retry-After honoured)",
+        ge=0,
     )
     logprobs: int = Field(0, ge=0, le=20, description="top logprobs per token to ask for (0: none)")
 
