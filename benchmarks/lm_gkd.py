@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, finish  # noqa: E402
+from common import RESULTS, finish, machine  # noqa: E402
 from socratic_arith import DATA, claims  # noqa: E402
 
 ROOT = Path("runs/bench-lm-gkd")
@@ -172,8 +172,9 @@ def main() -> None:
         return
     global ROOT
     ROOT = ROOT.with_name(ROOT.name + ("-quick" if args.quick else ""))
-    if (committed := RESULTS / f"{name}.json").is_file():
-        LANDED.update((r["name"], r) for r in json.loads(committed.read_text()).get("runs", []))
+    committed = json.loads(path.read_text()) if (path := RESULTS / f"{name}.json").is_file() else {}
+    LANDED.update((r["name"], r) for r in committed.get("runs", []))
+    RUNS.update(LANDED)  # every landed run stays in the results, also those this invocation has not reached
     t0 = time.perf_counter()
     splits = problems(args.quick)
     train = write_jsonl(ROOT / "train.jsonl", records(splits["train"]) + records(splits["val"]))
@@ -185,8 +186,10 @@ def main() -> None:
     train_cfg = (f"train={{max_steps: {steps}, batch_size: 8, lr: {{lr}}, warmup_steps: {max(1, steps // 20)}, "
                  f"log_every: 10, eval_every: {steps}, clip_grad_norm: 1.0, schedule: linear}}")  # fmt: skip
     data: dict = {"data": DATA if not args.quick else "quick", "budget": {"epochs": args.epochs, "steps": steps,
-                  "batch": 8, "lr": args.lr, "lr2": args.lr2, "seeds": args.seeds}, "runs": [], "test": []}  # fmt: skip
-    RUNS.update((n, LANDED[n]) for n in FIRST_DESIGN if n in LANDED)
+                  "batch": 8, "lr": args.lr, "lr2": args.lr2, "seeds": args.seeds}, "runs": [],
+                  "test": committed.get("test", [])}  # fmt: skip
+    before = committed.get("machines") or ([committed["machine"]["cpu"]] if "machine" in committed else [])
+    data["machines"] = before + [machine()["cpu"]] * (machine()["cpu"] not in before)  # where runs were made
     data["first_design"] = [{k: RUNS[n].get(k) for k in ROW if k != "teacher_nll"} for n in FIRST_DESIGN if n in RUNS]
 
     # 1. the teacher: the bundled model fine-tuned on the training solutions
@@ -207,9 +210,10 @@ def main() -> None:
                                           f"run.seed={seed}", *SFT]) / "model"  # fmt: skip
         land(data, name, t0, f"sft-s{seed}", sft_dir, splits["test"], {"variant": "sft", "seed": seed})
         for v, over in VARIANTS.items():
-            run_name = f"{v}-s{seed}"
-            out = lm_run(run_name, [*student, f"student.path={sft_dir}", train_cfg.replace("{lr}", f"{args.lr2:g}"),
-                                    f"run.seed={seed}", *over]) / "model"  # fmt: skip
+            run_name, out = f"{v}-s{seed}", ROOT / "runs" / f"{v}-s{seed}" / "model"
+            if LANDED.get(run_name, {}).get("teacher_nll") is None:  # one scored already is read back, not retrained
+                out = lm_run(run_name, [*student, f"student.path={sft_dir}", train_cfg.replace("{lr}", f"{args.lr2:g}"),
+                                        f"run.seed={seed}", *over]) / "model"  # fmt: skip
             land(data, name, t0, run_name, out, splits["test"], {"variant": v, "seed": seed})
 
 
@@ -218,8 +222,12 @@ ROW = ("name", "variant", "seed", "accuracy", "teacher_nll", "val_kl", "val_loss
 
 def land(data: dict, name: str, t0: float, run_name: str, model_dir: Path, test: list, meta: dict) -> None:
     """Score a finished run (or read it back), add its row and the claims, and write the results."""
-    r = scored(run_name, model_dir, test, meta)
-    data["test"].append({k: r.get(k) for k in ROW})
+    r, names = scored(run_name, model_dir, test, meta), [t["name"] for t in data["test"]]
+    row = {k: r.get(k) for k in ROW}
+    if run_name in names:  # landed in an earlier invocation
+        data["test"][names.index(run_name)] = row
+    else:
+        data["test"].append(row)
     teacher = [{"name": "teacher", "variant": "teacher", "seed": s} for s in {t["seed"] for t in data["test"]}]
     data["premise"] = claims(data["test"] + teacher, RUNS, PREMISE)
     data["claims"] = claims(data["test"], RUNS, CLAIMS)
@@ -288,6 +296,10 @@ def markdown(d: dict) -> str:
              f"epoch(s)), AdamW lr {b['lr']:g} for the SFT students and {b.get('lr2', b['lr']):g} for the variants from them, linear decay; {b['seeds']} seeds (the batch order, and the student's "
              "own samples). Test: 500 problems holding a pair of operations no training problem holds; greedy decoding, "
              "calculator on.", ""]  # fmt: skip
+    if len(d.get("machines", [])) > 1:
+        lines += [f"Runs were made on {', '.join(d['machines'])}: a machine without the earlier run directories "
+                      "trains the teacher, the pruned student and the SFT students again from the same seeds before "
+                      "its variants; rows landed earlier are kept as they were.", ""]  # fmt: skip
     if "teacher" in d:
         lines += [f"Teacher (SmolLM2-135M-Instruct fine-tuned): {d['teacher']['accuracy']:.1%} of the test problems; the "
                   f"pruned student before retraining: {d.get('student_init', {}).get('accuracy', float('nan')):.1%}.", ""]  # fmt: skip
