@@ -189,7 +189,8 @@ def main() -> None:
                   "batch": 8, "lr": args.lr, "lr2": args.lr2, "seeds": args.seeds}, "runs": [],
                   "test": committed.get("test", [])}  # fmt: skip
     before = committed.get("machines") or ([committed["machine"]["cpu"]] if "machine" in committed else [])
-    data["machines"] = before + [machine()["cpu"]] * (machine()["cpu"] not in before)  # where runs were made
+    cpu = machine()["cpu"]
+    data["machines"] = before + [cpu] * (cpu not in before)  # where runs were made
     data["first_design"] = [{k: RUNS[n].get(k) for k in ROW if k != "teacher_nll"} for n in FIRST_DESIGN if n in RUNS]
 
     # 1. the teacher: the bundled model fine-tuned on the training solutions
@@ -210,7 +211,8 @@ def main() -> None:
                                           f"run.seed={seed}", *SFT]) / "model"  # fmt: skip
         land(data, name, t0, f"sft-s{seed}", sft_dir, splits["test"], {"variant": "sft", "seed": seed})
         for v, over in VARIANTS.items():
-            run_name, out = f"{v}-s{seed}", ROOT / "runs" / f"{v}-s{seed}" / "model"
+            run_name = f"{v}-s{seed}"
+            out = ROOT / "runs" / run_name / "model"
             if LANDED.get(run_name, {}).get("teacher_nll") is None:  # one scored already is read back, not retrained
                 out = lm_run(run_name, [*student, f"student.path={sft_dir}", train_cfg.replace("{lr}", f"{args.lr2:g}"),
                                         f"run.seed={seed}", *over]) / "model"  # fmt: skip
