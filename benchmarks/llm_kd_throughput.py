@@ -102,18 +102,18 @@ def timed_fit(trainee, data, args, precision: str = "no") -> float:
 
     times: list[float] = []
 
-    def timer(m):  # evaluation every step: just a clock, so the warm-up step can be left out
+    def timer(m):  # evaluation every step: just a clock, so the warm-up steps can be left out
         times.append(time.perf_counter())
-        if len(times) == 1:
-            loop_started()  # after the first step: the optimizer's state exists, as in the other loops
+        if len(times) == warmup(args):
+            loop_started()  # after the warm-up: the optimizer's state exists, as in the other loops
         return {}
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = start("bench", RuntimeConfig(), RuntimeConfig(output_dir=tmp, precision=precision))
-        cfg = TrainConfig(max_steps=args.steps + 1, batch_size=args.batch, lr=1e-4, schedule="constant",
+        cfg = TrainConfig(max_steps=args.steps + warmup(args), batch_size=args.batch, lr=1e-4, schedule="constant",
                           eval_every=1, log_every=1000, progress=False)  # fmt: skip
         fit(trainee, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
 
 
 def engine(args, chunk: int | None, cached: bool = False) -> float:
@@ -131,14 +131,20 @@ def engine(args, chunk: int | None, cached: bool = False) -> float:
     return timed_fit(distiller, data, args)
 
 
-def trainer_clock(times: list[float]):
-    """A transformers callback appending the time at each step's end (the peak memory reset after the first)."""
+def warmup(args) -> int:
+    """Untimed steps before the clock starts: 1, or more where the first steps compile (--warmup)."""
+    return getattr(args, "warmup", 1)
+
+
+def trainer_clock(times: list[float], warm: int = 1):
+    """A transformers callback appending the time at each step's end (the peak memory reset after the
+    `warm`-th)."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter())
-            if len(times) == 1:
+            if len(times) == warm:
                 loop_started()
 
     return Clock()
@@ -147,7 +153,7 @@ def trainer_clock(times: list[float]):
 def trl_args(tmp: str, args, bf16: bool) -> dict:
     """The settings every TRL trainer here shares: forward KL at T=1 (beta 0), AdamW at a constant lr, no
     gradient checkpointing, evaluation or saving; fp32 or bf16 autocast."""
-    return dict(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + 1, learning_rate=1e-4,
+    return dict(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps + warmup(args), learning_rate=1e-4,
                 lr_scheduler_type="constant", save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True,
                 disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, fp16=False, temperature=1.0, beta=0.0,
                 seed=0)  # fmt: skip
@@ -162,7 +168,7 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = F
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     teacher, student, data = setup(args.batch, args.seq_len)
-    rows = data["input_ids"][: (args.steps + 1) * args.batch]
+    rows = data["input_ids"][: (args.steps + warmup(args)) * args.batch]
     p = args.prompt if on_policy else args.seq_len
 
     def collate(features):
@@ -178,12 +184,12 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = F
         cfg = GKDConfig(**trl_args(tmp, args, bf16), lmbda=1.0 if on_policy else 0.0, max_new_tokens=generated,
                         dataloader_drop_last=True, max_length=args.seq_len, torch_compile=compile)  # fmt: skip
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate,
-                             callbacks=[trainer_clock(times)],
+                             callbacks=[trainer_clock(times, warmup(args))],
                              train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip
         trainer.generation_config.min_new_tokens = generated  # full-length completions, as on distill's side
         trainer.generation_kwargs["min_new_tokens"] = generated
         trainer.train()
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
 
 
 def forward_loop(args, capture: bool) -> float:
@@ -196,7 +202,7 @@ def forward_loop(args, capture: bool) -> float:
     from distill.kd.cache import capture as run_capture
 
     teacher, _, data = setup(args.batch, args.seq_len)
-    rows = {k: v[: (args.steps + 1) * args.batch] for k, v in data.items()}
+    rows = {k: v[: (args.steps + warmup(args)) * args.batch] for k, v in data.items()}
     loop_started()
     t0 = time.perf_counter()
     if capture:
@@ -232,7 +238,7 @@ def make_cache(args, path: str) -> None:
 
     teacher, student, data = setup(args.batch, args.seq_len)
     _, tok = load_causal_lm(LlmSpec())
-    rows = {k: v[: (args.steps + 1) * args.batch] for k, v in data.items()}
+    rows = {k: v[: (args.steps + warmup(args)) * args.batch] for k, v in data.items()}
     capture(teacher, rows, path, describe(teacher, tok, rows), CacheConfig(k=args.k), progress=False)
 
 

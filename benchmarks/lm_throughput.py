@@ -32,7 +32,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
-from llm_kd_throughput import MEM, _status, make_cache, setup, timed_fit, trainer_clock, trl_args, trl_gkd  # noqa: E402
+from llm_kd_throughput import (  # noqa: E402
+    MEM,
+    _status,
+    make_cache,
+    setup,
+    timed_fit,
+    trainer_clock,
+    trl_args,
+    trl_gkd,
+    warmup,
+)
 
 OURS = ("distill", "distill-compiled")  # the second: compile=true (torch.compile'd decoders and sampling step)
 SIDES = {
@@ -81,15 +91,15 @@ def trl_distillation(args, bf16: bool) -> float:
     teacher, student, data = setup(args.batch, args.seq_len)
     _, tok = load_causal_lm(LlmSpec())
     tok.padding_side = "left"
-    prompts = tok.batch_decode(data["input_ids"][: (args.steps + 1) * args.batch, : args.prompt])
+    prompts = tok.batch_decode(data["input_ids"][: (args.steps + warmup(args)) * args.batch, : args.prompt])
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DistillationConfig(**trl_args(tmp, args, bf16), max_completion_length=args.new_tokens,
                                  generation_kwargs={"min_new_tokens": args.new_tokens}, shuffle_dataset=False)  # fmt: skip
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, processing_class=tok,
-                                      train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[trainer_clock(times)])  # fmt: skip
+                                      train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[trainer_clock(times, warmup(args))])  # fmt: skip
         trainer.train()
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[0])
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
 
 
 def matmul_flops(precision: str, n: int = 2048, reps: int = 20) -> float:
@@ -136,6 +146,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=64, help="on-policy: prompt tokens (the rest is generated)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compiled variants compile in two)")
     p.add_argument("--only", nargs="*", help="a subset of the variants (a quick look, unless --name is given)")
     p.add_argument("--name", help="write the subset's results as benchmarks/results/NAME.{json,md}")
     p.add_argument("--cache")
@@ -153,7 +164,7 @@ def main() -> None:
         return
     variants = args.only or VARIANTS
     flags = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--prompt",
-             str(args.prompt), "--k", str(args.k)]  # fmt: skip
+             str(args.prompt), "--k", str(args.k), "--warmup", str(args.warmup)]  # fmt: skip
 
     def spawn(v: str) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", v, *flags, "--cache", args.cache],
@@ -172,13 +183,17 @@ def main() -> None:
             for v in variants:
                 runs[v].append(spawn(v))
                 print(v, runs[v][-1], flush=True)
-    res = {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "prompt": args.prompt, "k": args.k,
-           "reps": args.reps, "limit": limit, "runs": runs, "machine": machine(), "wall_s": time.perf_counter() - t0}  # fmt: skip
+    res = {"steps": args.steps, "warmup": args.warmup, "batch": args.batch, "seq_len": args.seq_len,
+           "prompt": args.prompt, "k": args.k, "reps": args.reps, "limit": limit, "runs": runs, "machine": machine(), "wall_s": time.perf_counter() - t0}  # fmt: skip
     if args.only and not args.name:
         print(json.dumps(runs, indent=1))
         return
     write(name, res, report(res))
     print(report(res))
+
+
+def warm_up(n: int) -> str:
+    return "one warm-up" if n == 1 else f"{n} untimed warm-up steps (compiled variants compile in the first two)"
 
 
 def report(res: dict) -> str:
@@ -196,11 +211,11 @@ def report(res: dict) -> str:
     lines = [f"# `distill lm` against TRL 1.16: tokens/s and memory, off- and on-policy, {precisions}", "",
              f"Teacher SmolLM2-135M ({lim['teacher_params'] / 1e6:.1f}M parameters), student pruned from it to hidden "
              f"384 / ffn 768 / heads 6 ({lim['student_params'] / 1e6:.1f}M); batch {res['batch']} x {res['seq_len']} "
-             f"tokens, forward KL at T=1, AdamW, no gradient checkpointing; {res['steps']} timed steps after one "
-             f"warm-up, {res['reps']} interleaved repetitions, each variant in a fresh process (median; min-max in "
+             f"tokens, forward KL at T=1, AdamW, no gradient checkpointing; {res['steps']} timed steps after "
+             f"{warm_up(res.get('warmup', 1))}, {res['reps']} interleaved repetitions, each variant in a fresh process (median; min-max in "
              f"brackets). On-policy: {res['prompt']}-token prompts, {res['seq_len'] - res['prompt']} sampled tokens "
              "(T=1, key/value cache), every batch; tokens/s counts prompt + completion tokens and includes generation. "
-             f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the first step). "
+             f"Cache: top-{res['k']}. Memory: the training loop's peak over set-up (VmHWM reset after the warm-up). "
              f"Machine: {m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}.", "",
              "| variant | tokens/s | loop peak over set-up MB |", "|---|---:|---:|"]  # fmt: skip
     if missing := [v for v in VARIANTS if v not in runs]:
