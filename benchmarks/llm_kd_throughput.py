@@ -104,8 +104,8 @@ def timed_fit(trainee, data, args, precision: str = "no") -> float:
 
     def timer(m):  # evaluation every step: just a clock, so the warm-up steps can be left out
         times.append(time.perf_counter())
-        if len(times) == warmup(args):
-            loop_started()  # after the warm-up: the optimizer's state exists, as in the other loops
+        if len(times) == 1:
+            loop_started()  # after the first step: the optimizer's state exists, as in the other loops
         return {}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,15 +136,14 @@ def warmup(args) -> int:
     return getattr(args, "warmup", 1)
 
 
-def trainer_clock(times: list[float], warm: int = 1):
-    """A transformers callback appending the time at each step's end (the peak memory reset after the
-    `warm`-th)."""
+def trainer_clock(times: list[float]):
+    """A transformers callback appending the time at each step's end (the peak memory reset after the first)."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter())
-            if len(times) == warm:
+            if len(times) == 1:
                 loop_started()
 
     return Clock()
@@ -184,7 +183,7 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = F
         cfg = GKDConfig(**trl_args(tmp, args, bf16), lmbda=1.0 if on_policy else 0.0, max_new_tokens=generated,
                         dataloader_drop_last=True, max_length=args.seq_len, torch_compile=compile)  # fmt: skip
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate,
-                             callbacks=[trainer_clock(times, warmup(args))],
+                             callbacks=[trainer_clock(times)],
                              train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}))  # fmt: skip
         trainer.generation_config.min_new_tokens = generated  # full-length completions, as on distill's side
         trainer.generation_kwargs["min_new_tokens"] = generated
