@@ -1,12 +1,12 @@
 """`distill lm`'s distillation step against TRL 1.16, off-policy and on-policy, in fp32 and in bf16; and the
 live step's tokens/s against the machine's matmul limit.
 
-    python benchmarks/lm_throughput.py [--reps 3] [--steps 12] [--report]
+    python benchmarks/lm_throughput.py [--reps 3] [--steps 12] [--warmup 1] [--only VARIANT ... --name NAME] [--report]
 
 Teacher SmolLM2-135M, student the same pruned to hidden 384 / ffn 768 / heads 6 (llm_kd_throughput.py's pair),
 batch 4 x 128 tokens, forward KL at T=1, AdamW, constant lr, no gradient checkpointing; both sides at the same
 precision (fp32, or bf16 autocast with fp32 weights). Variants, each in a fresh process, repetitions
-interleaved, the first step untimed:
+interleaved, the first step (the first --warmup steps) untimed:
 - off-policy (text rows): `distill lm`'s step (the fused projection + divergence) with the teacher live or read
   from a top-32 cache, against TRL's GKDTrainer with lmbda=0 (its teacher live: TRL has no cache);
 - on-policy (every batch's completions sampled from the student at T=1, the key/value cache on): the first 64
