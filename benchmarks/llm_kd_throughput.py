@@ -113,7 +113,7 @@ def timed_fit(trainee, data, args, precision: str = "no") -> float:
         cfg = TrainConfig(max_steps=args.steps + warmup(args), batch_size=args.batch, lr=1e-4, schedule="constant",
                           eval_every=1, log_every=1000, progress=False)  # fmt: skip
         fit(trainee, data, cfg, stage="s", run=ctx.run, accelerator=ctx.accelerator, seed=0, eval_fn=timer)
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
+    return rate(args, times)
 
 
 def engine(args, chunk: int | None, cached: bool = False) -> float:
@@ -134,6 +134,16 @@ def engine(args, chunk: int | None, cached: bool = False) -> float:
 def warmup(args) -> int:
     """Untimed steps before the clock starts: 1, or more where the first steps compile (--warmup)."""
     return getattr(args, "warmup", 1)
+
+
+def n_rows(args) -> int:
+    """Rows a run trains on: its warm-up and timed steps' batches."""
+    return (args.steps + warmup(args)) * args.batch
+
+
+def rate(args, times: list[float]) -> float:
+    """Tokens/s of the timed steps, from the clock's times at each step's end."""
+    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
 
 
 def trainer_clock(times: list[float]):
@@ -167,7 +177,7 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = F
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     teacher, student, data = setup(args.batch, args.seq_len)
-    rows = data["input_ids"][: (args.steps + warmup(args)) * args.batch]
+    rows = data["input_ids"][: n_rows(args)]
     p = args.prompt if on_policy else args.seq_len
 
     def collate(features):
@@ -188,7 +198,7 @@ def trl_gkd(args, on_policy: bool = False, bf16: bool = False, compile: bool = F
         trainer.generation_config.min_new_tokens = generated  # full-length completions, as on distill's side
         trainer.generation_kwargs["min_new_tokens"] = generated
         trainer.train()
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
+    return rate(args, times)
 
 
 def forward_loop(args, capture: bool) -> float:
@@ -201,7 +211,7 @@ def forward_loop(args, capture: bool) -> float:
     from distill.kd.cache import capture as run_capture
 
     teacher, _, data = setup(args.batch, args.seq_len)
-    rows = {k: v[: (args.steps + warmup(args)) * args.batch] for k, v in data.items()}
+    rows = {k: v[: n_rows(args)] for k, v in data.items()}
     loop_started()
     t0 = time.perf_counter()
     if capture:
@@ -237,7 +247,7 @@ def make_cache(args, path: str) -> None:
 
     teacher, student, data = setup(args.batch, args.seq_len)
     _, tok = load_causal_lm(LlmSpec())
-    rows = {k: v[: (args.steps + warmup(args)) * args.batch] for k, v in data.items()}
+    rows = {k: v[: n_rows(args)] for k, v in data.items()}
     capture(teacher, rows, path, describe(teacher, tok, rows), CacheConfig(k=args.k), progress=False)
 
 

@@ -36,12 +36,13 @@ from llm_kd_throughput import (  # noqa: E402
     MEM,
     _status,
     make_cache,
+    n_rows,
+    rate,
     setup,
     timed_fit,
     trainer_clock,
     trl_args,
     trl_gkd,
-    warmup,
 )
 
 OURS = ("distill", "distill-compiled")  # the second: compile=true (torch.compile'd decoders and sampling step)
@@ -91,7 +92,7 @@ def trl_distillation(args, bf16: bool) -> float:
     teacher, student, data = setup(args.batch, args.seq_len)
     _, tok = load_causal_lm(LlmSpec())
     tok.padding_side = "left"
-    prompts = tok.batch_decode(data["input_ids"][: (args.steps + warmup(args)) * args.batch, : args.prompt])
+    prompts = tok.batch_decode(data["input_ids"][: n_rows(args), : args.prompt])
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DistillationConfig(**trl_args(tmp, args, bf16), max_completion_length=args.new_tokens,
@@ -99,7 +100,7 @@ def trl_distillation(args, bf16: bool) -> float:
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, processing_class=tok,
                                       train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[trainer_clock(times)])  # fmt: skip
         trainer.train()
-    return args.steps * args.batch * args.seq_len / (times[-1] - times[warmup(args) - 1])
+    return rate(args, times)
 
 
 def matmul_flops(precision: str, n: int = 2048, reps: int = 20) -> float:
