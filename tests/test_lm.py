@@ -403,10 +403,19 @@ def test_compiled_step_and_sampling_are_the_eager_ones():
         out[compile] = loss, torch.autograd.grad(loss, params)
         assert (counters["stats"]["unique_graphs"] > graphs) == compile  # the student's and the teacher's decoders
     torch.testing.assert_close(out[True], out[False])
-    graphs = counters["stats"]["unique_graphs"]
-    eager, compiled = (complete(student, rows, 6, 0.0, tok.eos_token_id, 1, c) for c in (False, True))
-    assert counters["stats"]["unique_graphs"] > graphs  # the decoding step
-    for k in eager:
-        assert torch.equal(eager[k], compiled[k]), k
+    # then a long prompt beside a short one with room for 20 new tokens: the widest left-padded prompt plus the
+    # longest completion, the most the static cache must hold
+    wide = sft_rows(
+        [{"prompt": "a", "completion": "c"}, {"prompt": "abcdefghi", "completion": "q"}],
+        PromptData(path="x", seq_len=10),
+        tok,
+    )
+    for batch, new_tokens in ((rows, 6), (wide, 20)):
+        graphs = counters["stats"]["unique_graphs"]
+        eager, compiled = (complete(student, batch, new_tokens, 0.0, tok.eos_token_id, 1, c) for c in (False, True))
+        assert counters["stats"]["unique_graphs"] > graphs or batch is wide  # the decoding step
+        for k in eager:
+            assert torch.equal(eager[k], compiled[k]), (new_tokens, k)
+    assert int(compiled["loss_mask"][0].sum()) == 10  # the short prompt's row was completed to its end
     with pytest.raises(DistillError, match="this objective is not fused"):
         lm_trainable(student, teacher, terms, fused=False, compile=True)
