@@ -287,6 +287,15 @@ def claim_lines(cs: list[dict], unit: str, word: str, nd: int) -> list[str]:
             f"{c[f'boot95_{unit}'][1]:+.{nd}f}] over {c['seeds']} seed(s): **{c['verdict']}**" for c in cs]  # fmt: skip
 
 
+def means(rows: list[dict]) -> list[dict]:
+    """Each variant's mean accuracy, teacher NLL and validation KL over the seeds it has."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    return [{"variant": v, "seeds": len(rs), **{k: round(sum(r[k] for r in rs) / len(rs), 4)
+             for k in ("accuracy", "teacher_nll", "val_kl")}} for v, rs in by.items()]  # fmt: skip
+
+
 def markdown(d: dict) -> str:
     from distill.report import markdown_table
 
@@ -311,6 +320,7 @@ def markdown(d: dict) -> str:
                       f"{d.get('student_init', {}).get('teacher_nll') or float('nan'):.4f}.", ""]  # fmt: skip
     if d["test"]:
         lines += ["## Per seed", "", markdown_table(d["test"]), ""]
+        lines += ["## Mean over seeds", "", markdown_table(means(d["test"])), ""]
     for c in d.get("premise", []):
         lines += [f"Premise: {c['claim']}: {c['diff_pts']:+.2f} points, 95% [{c['boot95_pts'][0]:+.2f}, "
                   f"{c['boot95_pts'][1]:+.2f}] over {c['seeds']} seed(s): **{'holds' if c['verdict'] == 'held' else 'does not hold: the comparison of objectives says little here'}**.", ""]  # fmt: skip
