@@ -254,7 +254,7 @@ def report(res: dict) -> str:
         res["targets"][what] = {"ratios": rs, "median": mid, "bound": bound, "held": ok}
         lines.append(f"- {what}: **{'held' if ok else 'did not hold'}** (median {mid:.2f}x; per repetition "
                      + ", ".join(f"{r:.2f}" for r in rs) + ")")  # fmt: skip
-    live = [f"{o}-live-{p}" for p in ("fp32", "bf16") for o in OURS if f"{o}-live-{p}" in med]
+    live = any(f"{o}-live-{p}" in med for p in ("fp32", "bf16") for o in OURS)
     lines += [] if not live else ["", "The live step against the machine's limit (matmul FLOP/s of a 2048 x 2048 product / FLOPs per token "
               f"= 2 x {lim['teacher_params'] / 1e6:.1f}M + 6 x {lim['student_params'] / 1e6:.1f}M = "
               f"{per_token / 1e9:.2f} GFLOP):", "", "| precision | matmul GFLOP/s | limit tokens/s | `distill lm` tokens/s | share of the limit |",
