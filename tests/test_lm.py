@@ -195,6 +195,26 @@ def test_completions_sampled_by_seed_and_masked_on_what_was_generated():
     assert greedy[0][0, 2] == first
 
 
+def test_a_draw_is_the_token_whose_cdf_interval_holds_the_uniform():
+    from distill.kd.onpolicy import inverse_cdf
+
+    probs = torch.tensor([0.5, 0.0, 0.25, 0.25]).repeat(6, 1)  # cdf 0.5, 0.5, 0.75, 1: token 1 has no interval
+    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 0.999])
+    assert inverse_cdf(probs, u).squeeze(1).tolist() == [0, 0, 2, 2, 3, 3]
+    assert torch.equal(inverse_cdf(3 * probs, u), inverse_cdf(probs, u))  # unnormalised rows: the same draws
+
+
+def test_sampling_draws_from_the_softmax_at_the_temperature():
+    from distill.kd.onpolicy import Sample
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
+    torch.manual_seed(0)
+    scores = Sample(2.0)(torch.zeros(1), logits.repeat(40_000, 1))
+    assert scores.eq(0).sum(1).eq(1).all() and scores.isneginf().sum(1).eq(4).all()  # one token per row, kept
+    freq = scores.eq(0).float().mean(0)
+    assert (freq - torch.softmax(logits / 2, -1)).abs().max() < 0.01  # 4 standard errors at 40k draws
+
+
 def test_completions_of_a_batch_are_those_of_each_row_alone():
     """One left-padded `generate` for the batch writes what each row's prompt alone would have given."""
     from distill.kd.onpolicy import complete

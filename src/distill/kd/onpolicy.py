@@ -16,13 +16,34 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers import CompileConfig, StaticCache
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList, StaticCache
 
 from distill.data.sft import IGNORE
 from distill.kd.distiller import Distiller
 
 if TYPE_CHECKING:
     from distill.kd.fused import FusedLM
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Per row, the index i whose interval [cdf[i-1], cdf[i]) holds `u` (in [0, 1)) times the row's total:
+    a draw from `probs` (rows x n, unnormalised) for a uniform `u` (rows); a zero-probability index never."""
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # fp64: a 50k-entry fp32 running sum drifts by ~1e-5
+    return torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(probs.shape[-1] - 1)
+
+
+class Sample(LogitsProcessor):
+    """Sampling at `temperature` as a logits processor for greedy `generate`: every score but the drawn token's
+    becomes -inf. `torch.multinomial` draws an exponential per vocabulary entry, slow on a CPU next to a small
+    student's decoding step; one uniform per row through the distribution's CDF costs a cumulative sum."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, -1)
+        drawn = inverse_cdf(probs, torch.rand(len(scores), device=scores.device))
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
 
 
 @torch.no_grad()
@@ -52,9 +73,7 @@ def complete(
     attention = torch.zeros_like(prompts)
     for i, (r, p) in enumerate(zip(rows, starts)):
         prompts[i, width - p :], attention[i, width - p :] = ids[r, :p], 1
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {}
-    )
+    sampling: dict[str, Any] = {"logits_processor": LogitsProcessorList([Sample(temperature)])} if temperature else {}
     if compile:  # transformers compiles a static cache's decoding step on the GPU only unless told
         config = CompileConfig(fullgraph=False, mode="default")
         config._compile_all_devices = True  # type: ignore[assignment]  # declared None, read as a flag
@@ -71,7 +90,8 @@ def complete(
         min_new_tokens=1,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        **({"do_sample": False} | sampling),
+        do_sample=False,
+        **sampling,
     )[:, width:]
     model.train(was_training)
     for i, (r, p) in enumerate(zip(rows, starts)):
