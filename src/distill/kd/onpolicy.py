@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Per row, the index i whose interval [cdf[i-1], cdf[i]) holds `u` (in [0, 1)) times the row's total:
     a draw from `probs` (rows x n, unnormalised) for a uniform `u` (rows); a zero-probability index never."""
-    cdf = probs.cumsum(-1, dtype=torch.float64)  # fp64: a 50k-entry fp32 running sum drifts by ~1e-5
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # fp64: an fp32 sum drifts past rare tokens
     return torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(probs.shape[-1] - 1)
 
 
