@@ -80,6 +80,8 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
     if name not in RUNS and name in LANDED and (specialists or weights.is_file()):  # specialists needed later
         RUNS[name] = LANDED[name]
     if name in RUNS:
+        if "train_hours" not in RUNS[name] and (ROOT / name / "metrics.jsonl").is_file():  # landed before it was kept
+            RUNS[name]["train_hours"] = train_hours(ROOT / name)
         return RUNS[name]
     run_dir = ROOT / name
     base = [f"run.output_dir={ROOT}", f"run.run_name={name}", f"run.seed={seed}", "train.progress=false",
@@ -97,8 +99,21 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
             else load_config(unify.Config, None, base + over)
         )
         result = unify.run(cfg, resume=resume).to_json()
-    RUNS[name] = {"name": name, "seed": seed, "rows": result["rows"], "info": result["info"], "curves": curves(run_dir)}
+    RUNS[name] = {"name": name, "seed": seed, "rows": result["rows"], "info": result["info"], "curves": curves(run_dir),
+                  "train_hours": train_hours(run_dir)}  # fmt: skip
     return RUNS[name]
+
+
+def train_hours(run_dir: Path) -> float:
+    """Hours the run's stages spent training: each logged window's samples over its logged samples/s (evaluation
+    and pauses not counted; the windows a resumed run trains again counted twice, as they were spent)."""
+    seen: dict[str, int] = {}
+    seconds = 0.0
+    for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        if "speed/samples_per_s" in r:
+            seconds += max(r["samples_seen"] - seen.get(r["stage"], 0), 0) / r["speed/samples_per_s"]
+            seen[r["stage"]] = r["samples_seen"]
+    return seconds / 3600
 
 
 def curves(run_dir: Path) -> dict[str, list[list[float]]]:
@@ -212,13 +227,24 @@ def plot(d: dict, name: str = "unify_text") -> None:
     fig.savefig(RESULTS / f"{name}_curves.png", dpi=110)
 
 
+def hours(d: dict) -> str:
+    """The training time of the landed runs, as a sentence."""
+    timed = [r for r in d["runs"].values() if "train_hours" in r]
+    if not timed:
+        return ""
+    total, spec = sum(r["train_hours"] for r in timed), d["runs"].get(d["specialists"], {}).get("train_hours")
+    return (f"Training time of {len(timed)} of the {len(d['runs'])} landed runs: {total:.1f} h"
+            + (f" (the first, with both specialists, {spec:.2f} h)" if spec is not None else "")
+            + ", from each run's logged samples/s (evaluation not counted). ")  # fmt: skip
+
+
 def markdown(d: dict) -> str:
     from distill.report import markdown_table
 
     m, runs = d.get("machine", {}), d["runs"]
     lines = ["# Text is Text: one recogniser for printed and handwritten text (`distill unify`)", "",
-             f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}. Wall time of the last "
-             f"invocation {d.get('wall_s', 0) / 3600:.2f} h (finished runs are read back, not rerun). "
+             f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}. {hours(d)}Wall time of "
+             f"the last invocation {d.get('wall_s', 0) / 3600:.2f} h (finished runs are read back, not rerun). "
              f"{'QUICK subset. ' if d['quick'] else ''}Seeds: {d['seeds']}; distillation weight scales tried: "
              f"{', '.join(f'{s:g}' for s in d['scales'])}.", ""]  # fmt: skip
     if d["specialists"] in runs:
