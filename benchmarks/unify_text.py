@@ -14,7 +14,8 @@ serves every run after it.
 2. test (seeds 0..n-1, each seed the students' initial weights and batch order, shared by every student of it),
    one run per student so each lands on its own: `union` (the same network on both domains, cross-entropy
    alone), `kd` (the KD student), `no-<term>` (the KD student without that term) and `small` (the KD student
-   with the smaller network of earlier releases), each named `<variant>-s<seed>`.
+   with the smaller network of earlier releases), each named `<variant>-s<seed>`; `union` and `kd` of every seed
+   first, then the ablations, then `small`, so the central claim decides first.
 
 Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
 domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
@@ -201,10 +202,11 @@ def main() -> None:
         save()
     d["selection"], d["chosen_scale"] = choose(picks)
     save()
-    for seed in range(args.seeds):
-        for variant, over in variants(d["chosen_scale"]).items():
-            run(f"{variant}-s{seed}", seed, over, args.quick, first)
-            save()
+    todo = [(v, over, seed) for seed in range(args.seeds) for v, over in variants(d["chosen_scale"]).items()]
+    order = {"union": 0, "kd": 0, "small": 2}  # the central claim's runs of every seed, then the ablations, then small
+    for variant, over, seed in sorted(todo, key=lambda t: order.get(t[0], 1)):
+        run(f"{variant}-s{seed}", seed, over, args.quick, first)
+        save()
     plot(d, name)
 
 
