@@ -38,6 +38,9 @@ def machine() -> dict[str, Any]:
     }
 
 
+UNDECIDED = "undecided (one seed)"
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -53,7 +56,10 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def reading(mean: float, half: float, lower: str = "lower", higher: str = "higher") -> str:
-    """What a 95% interval of a difference says: `lower`/`higher` when it excludes 0, else a tie."""
+    """What a 95% interval of a difference says: `lower`/`higher` when it excludes 0, else a tie; nothing from one
+    value (an infinite half-width)."""
+    if not math.isfinite(half):
+        return UNDECIDED
     if mean + half < 0:
         return lower
     return higher if mean - half > 0 else "a tie (the interval holds 0)"
@@ -67,7 +73,8 @@ def paired(a: list[float], b: list[float], lower: str, higher: str, within: floa
     out = {"diffs": [round(d, 2) for d in diffs], "mean": round(mean, 2), "ci95": round(half, 2),
            "verdict": reading(mean, half, lower, higher)}  # fmt: skip
     if within is not None:  # on the rounded figures the report shows
-        out[f"within_{within:g}_points"] = "held" if out["mean"] - out["ci95"] >= -within else "did not hold"
+        held = "held" if out["mean"] - out["ci95"] >= -within else "did not hold"
+        out[f"within_{within:g}_points"] = held if math.isfinite(half) else UNDECIDED
     return out
 
 

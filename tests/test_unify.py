@@ -409,3 +409,8 @@ def test_the_benchmarks_verdicts_come_from_t_intervals_paired_by_seed():
     assert c["kd_vs_specialist"]["printed"]["within_2_points"] == "did not hold"
     assert c["kd_vs_specialist"]["handwritten"]["within_2_points"] == "held"
     assert c["full_vs_small"]["diffs"] == [6, 7] and c["full_vs_small"]["verdict"] == "higher"
+    # one landed seed decides nothing: not "did not hold" from an infinite interval
+    one = bench.claims({"runs": {k: v for k, v in runs.items() if not k.endswith(("-s1", "-s2"))},
+                        "specialists": "select-x1", "seeds": 3})  # fmt: skip
+    assert one["kd_vs_specialist"]["handwritten"]["within_2_points"] == "undecided (one seed)"
+    assert one["kd_vs_specialist"]["handwritten"]["verdict"] == "undecided (one seed)"
