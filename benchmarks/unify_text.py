@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
     if name not in RUNS and name in LANDED and (specialists or weights.is_file()):  # specialists needed later
         RUNS[name] = LANDED[name]
     if name in RUNS:
-        if "train_hours" not in RUNS[name] and (ROOT / name / "metrics.jsonl").is_file():  # landed before it was kept
+        if (ROOT / name / "metrics.jsonl").is_file():  # measured again where the run is still there
             RUNS[name]["train_hours"] = train_hours(ROOT / name)
         return RUNS[name]
     run_dir = ROOT / name
@@ -106,15 +107,15 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
 
 
 def train_hours(run_dir: Path) -> float:
-    """Hours the run's stages spent training: each logged window's samples over its logged samples/s (evaluation
-    and pauses not counted; the windows a resumed run trains again counted twice, as they were spent)."""
-    seen: dict[str, int] = {}
-    seconds = 0.0
+    """Hours the run's stages take to train: each stage's samples over its median logged samples/s (evaluation
+    not counted; a window that held a pause, or shared the cores with other work, is an outlier, not the rate)."""
+    samples: dict[str, int] = {}
+    speeds: dict[str, list[float]] = {}
     for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
         if "speed/samples_per_s" in r:
-            seconds += max(r["samples_seen"] - seen.get(r["stage"], 0), 0) / r["speed/samples_per_s"]
-            seen[r["stage"]] = r["samples_seen"]
-    return seconds / 3600
+            samples[r["stage"]] = max(samples.get(r["stage"], 0), r["samples_seen"])
+            speeds.setdefault(r["stage"], []).append(r["speed/samples_per_s"])
+    return sum(n / statistics.median(speeds[stage]) for stage, n in samples.items()) / 3600
 
 
 def curves(run_dir: Path) -> dict[str, list[list[float]]]:
@@ -237,7 +238,7 @@ def hours(d: dict) -> str:
     total, spec = sum(r["train_hours"] for r in timed), d["runs"].get(d["specialists"], {}).get("train_hours")
     return (f"Training time of {len(timed)} of the {len(d['runs'])} landed runs: {total:.1f} h"
             + (f" (the first, with both specialists, {spec:.2f} h)" if spec is not None else "")
-            + ", from each run's logged samples/s (evaluation not counted). ")  # fmt: skip
+            + ", from each stage's median logged samples/s (evaluation not counted). ")  # fmt: skip
 
 
 def markdown(d: dict) -> str:
