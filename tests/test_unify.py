@@ -389,7 +389,8 @@ def test_the_benchmarks_verdicts_come_from_t_intervals_paired_by_seed():
         return {"rows": [row | {f"{d}_word_accuracy": 0.6 + own[d][seed] / 100 for d in own}]}
 
     def other(minus: float) -> dict:  # each variant's run holds one student, its row named "student KD"
-        return {"rows": [{"model": "student KD", "mean_word_accuracy": 0.5 - minus / 100}]}
+        acc = 0.5 - minus / 100
+        return {"rows": [{"model": "student KD", "mean_word_accuracy": acc} | {f"{d}_word_accuracy": acc for d in own}]}
 
     specialists = {"info": {"domains": ["printed", "handwritten"]}, "rows": [
         {"model": f"{d} specialist", "printed_word_accuracy": 0.6 if d == "printed" else 0.01,
@@ -414,3 +415,32 @@ def test_the_benchmarks_verdicts_come_from_t_intervals_paired_by_seed():
                         "specialists": "select-x1", "seeds": 3})  # fmt: skip
     assert one["kd_vs_specialist"]["handwritten"]["within_2_points"] == "undecided (one seed)"
     assert one["kd_vs_specialist"]["handwritten"]["verdict"] == "undecided (one seed)"
+
+
+def test_the_benchmark_reports_whether_the_specialists_beat_the_union_network():
+    """KD toward specialists can beat the union network only if they read their domain better than it does."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("unify_text")
+    domains = ("printed", "handwritten")
+    info = {"domains": list(domains), "train_images": 8, "test_images": 2, "teacher_epochs": 1, "epochs": 1}
+    specialists = {"name": "select-x1", "info": info, "rows": [
+        {"model": f"{d} specialist", "printed_word_accuracy": 0.8 if d == "printed" else 0.01,
+         "handwritten_word_accuracy": 0.5 if d == "handwritten" else 0.02} for d in domains]}  # fmt: skip
+    # the union network: below the printed specialist at every seed, above the handwritten one at every seed
+    union = [(0.75, 0.60), (0.76, 0.61), (0.74, 0.62)]
+
+    def union_row(p: float, h: float) -> dict:
+        return {"model": "student KD", "printed_word_accuracy": p, "handwritten_word_accuracy": h,
+                "mean_word_accuracy": (p + h) / 2}  # fmt: skip
+
+    runs = {"select-x1": specialists} | {f"union-s{s}": {"name": f"union-s{s}", "rows": [union_row(*u)]}
+                                         for s, u in enumerate(union)}  # fmt: skip
+    d = {"runs": runs, "specialists": "select-x1", "seeds": 3, "quick": False, "scales": [1.0]}
+    c = bench.claims(d)
+    assert c["union_vs_specialist"]["printed"]["diffs"] == [-5, -4, -6]
+    assert c["union_vs_specialist"]["printed"]["verdict"] == "lower"
+    assert c["union_vs_specialist"]["handwritten"]["verdict"] == "higher"
+    md = bench.markdown(d | {"claims": c})
+    assert "the premise does not hold" in md.split("handwritten specialist on handwritten")[1]
+    assert "the premise holds" in md.split("printed specialist on printed")[1].split("\n")[0]
