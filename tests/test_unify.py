@@ -444,3 +444,14 @@ def test_the_benchmark_reports_whether_the_specialists_beat_the_union_network():
     md = bench.markdown(d | {"claims": c})
     assert "the premise does not hold" in md.split("handwritten specialist on handwritten")[1]
     assert "the premise holds" in md.split("printed specialist on printed")[1].split("\n")[0]
+
+
+def test_the_benchmark_reads_back_only_runs_of_its_specialists_budget():
+    from conftest import load_benchmark
+
+    bench = load_benchmark("unify_text")
+    runs = {
+        name: {"info": {"teacher_epochs": epochs}}
+        for name, epochs in [("select-x1", 10), ("kd-s0", 10), ("union-s0", 10), ("kd-s1", bench.TEACHER_EPOCHS)]
+    }
+    assert sorted(bench.current(runs)) == ["kd-s1", "union-s0"]  # the union network learns from no specialist
