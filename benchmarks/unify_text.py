@@ -150,19 +150,20 @@ def claims(d: dict) -> dict:
         out["collapse"][dom] = {o: own[f"{o}_word_accuracy"] for o in domains}
     # the premise: specialists that read their own domain (else nothing below says anything)
     out["premise"] = all(out["collapse"][dom][dom] >= PREMISE for dom in domains)
-    kd = [r for s in range(d["seeds"]) if (r := student(d, "kd", s))]
-    union = [r for s in range(d["seeds"]) if (r := student(d, "union", s))]
     out["union_vs_specialist"] = {}
+
+    def on_own_domain(variant: str, dom: str, within: float | None = None) -> dict | None:
+        """`variant`'s landed seeds against the `dom` specialist on `dom` (None before any has landed)."""
+        ours = [r[f"{dom}_word_accuracy"] for s in range(d["seeds"]) if (r := student(d, variant, s))]
+        own = row(spec, f"{dom} specialist")[f"{dom}_word_accuracy"]
+        return paired(ours, [own] * len(ours), "lower", "higher", within) if ours else None
+
     for dom in domains:
-        own = row(spec, f"{dom} specialist")
-        if kd:  # within 2 points: the interval's lower end above -2
-            ours = [r[f"{dom}_word_accuracy"] for r in kd]
-            out["kd_vs_specialist"][dom] = paired(ours, [own[f"{dom}_word_accuracy"]] * len(ours), "lower", "higher", 2)
-        if union:  # KD can beat the union network only with teachers that read their domain better than it does
-            theirs = [r[f"{dom}_word_accuracy"] for r in union]
-            out["union_vs_specialist"][dom] = paired(
-                theirs, [own[f"{dom}_word_accuracy"]] * len(theirs), "lower", "higher"
-            )
+        if kd := on_own_domain("kd", dom, 2):  # within 2 points: the interval's lower end above -2
+            out["kd_vs_specialist"][dom] = kd
+        # KD can beat the union network only with teachers that read their domain better than it does
+        if union := on_own_domain("union", dom):
+            out["union_vs_specialist"][dom] = union
 
     def against(variant: str, lower: str, higher: str) -> dict | None:
         """KD against `variant`, paired on the seeds where both landed (at least 2)."""
