@@ -15,7 +15,7 @@ specialist per domain trains once (the first run) and serves every run after it.
    one run per student so each lands on its own: `union` (the same network on both domains, cross-entropy
    alone), `kd` (the KD student), `no-<term>` (the KD student without that term) and `small` (the KD student
    with the smaller network of earlier releases), each named `<variant>-s<seed>`; `union` and `kd` of every seed
-   first, then the ablations, then `small`, so the central claim decides first.
+   first, then each ablation at every seed, then `small`, so the central claim decides first, each term next.
 
 Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
 domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
@@ -43,7 +43,7 @@ from common import RESULTS, finish, paired, write  # noqa: E402
 TEACHER_EPOCHS = 16
 ROOT = Path(f"runs/bench-unify-te{TEACHER_EPOCHS}")  # runs of another specialists' budget are never resumed
 PREMISE = 0.2  # each specialist's own-domain word accuracy, at least
-TERMS = ("logits", "hint", "attention", "affinity")
+TERMS = ("hint", "logits", "attention", "affinity")  # ablated in this order: the hint, the term in doubt, first
 SMALL = "{arch: recognizer, args: {channels: [16, 32, 64], hidden: 64}}"
 QUICK = [
     "data.domains=[{name: printed, train: 256, val: 64, test: 64}, "
@@ -223,8 +223,10 @@ def main() -> None:
     d["selection"], d["chosen_scale"] = choose(picks)
     save()
     todo = [(v, over, seed) for seed in range(args.seeds) for v, over in variants(d["chosen_scale"]).items()]
-    order = {"union": 0, "kd": 0, "small": 2}  # the central claim's runs of every seed, then the ablations, then small
-    for variant, over, seed in sorted(todo, key=lambda t: order.get(t[0], 1)):
+    # the central claim's runs of every seed, then each ablation at every seed (a term decided before the next
+    # starts), then small
+    order = {"union": 0, "kd": 0, **{f"no-{t}": 1 + i for i, t in enumerate(TERMS)}}
+    for variant, over, seed in sorted(todo, key=lambda t: order.get(t[0], len(order))):
         run(f"{variant}-s{seed}", seed, over, args.quick, first)
         save()
     plot(d, name)
