@@ -14,8 +14,9 @@ specialist per domain trains once (the first run) and serves every run after it.
 2. test (seeds 0..n-1, each seed the students' initial weights and batch order, shared by every student of it),
    one run per student so each lands on its own: `union` (the same network on both domains, cross-entropy
    alone), `kd` (the KD student), `no-<term>` (the KD student without that term) and `small` (the KD student
-   with the smaller network of earlier releases), each named `<variant>-s<seed>`; `union` and `kd` of every seed
-   first, then each ablation at every seed, then `small`, so the central claim decides first, each term next.
+   with the smaller network of earlier releases), each named `<variant>-s<seed>` (`kd-s0` is the chosen scale's
+   selection run); `union` and `kd` of every seed first, then each ablation at every seed, then `small`, so the
+   central claim decides first, each term next.
 
 Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
 domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
@@ -222,6 +223,12 @@ def main() -> None:
         picks[s] = run(f"select-x{s:g}", 0, variants(s)["kd"], args.quick, spec)
         save()
     d["selection"], d["chosen_scale"] = choose(picks)
+    # kd-s0 is the chosen scale's selection run (seed 0, the same overrides), read from it, not trained again; its
+    # training hours are counted once, there
+    pick = picks[d["chosen_scale"]]
+    RUNS.setdefault(
+        "kd-s0", {k: v for k, v in pick.items() if k != "train_hours"} | {"name": "kd-s0", "same_as": pick["name"]}
+    )
     save()
     todo = [(v, over, seed) for seed in range(args.seeds) for v, over in variants(d["chosen_scale"]).items()]
     # the central claim's runs of every seed, then each ablation at every seed (a term decided before the next
