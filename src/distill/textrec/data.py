@@ -3,7 +3,8 @@ user's images, split into train / val / test, as in-memory tensors.
 
 Each split of a domain is {"pixel_values": (N, 1, H, W) uint8, "labels", "decoder_input_ids", "mask":
 (N, max_length + 1), "domain": (N,)} plus its texts. Generated words come from Jane Austen's novels; the
-vocabulary is split so that no test word is a training word (the test measures reading, not recall).
+vocabulary is split so that no test or validation word is a training word (both measure reading, not recall:
+what a choice reads on validation is what the test measures).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def load_text_images(cfg: TextImageData) -> TextImages:
 
 
 def _vocabulary(cfg: TextImageData, charset: Charset) -> dict[str, list[str]]:
-    """Distinct words of the corpus that the charset can spell, split by a hash: a fifth for testing."""
+    """Distinct words of the corpus that the charset can spell, split by a hash: a fifth for testing, a tenth for
+    validation, the rest for training."""
     if cfg.words == "austen":
         from distill.data.text import austen_novels
 
@@ -121,14 +123,16 @@ def _vocabulary(cfg: TextImageData, charset: Charset) -> dict[str, list[str]]:
             if 0 < len(w) <= cfg.max_length and all(c in charset.index for c in w) and not w.isdigit()
         }
     )
-    test = [w for w in words if zlib.crc32(w.encode()) % 5 == 0]
-    train = [w for w in words if zlib.crc32(w.encode()) % 5 != 0]
-    if not test or not train:
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for w in words:
+        h = zlib.crc32(w.encode()) % 10
+        split["test" if h % 5 == 0 else "val" if h == 1 else "train"].append(w)
+    if not all(split.values()):
         raise DistillError(
             f"data.words: {len(words)} distinct words fit the character set and max_length; too few "
-            "to hold a fifth out for testing"
+            "to hold a fifth out for testing and a tenth for validation"
         )
-    return {"train": train, "val": train, "test": test}
+    return split
 
 
 def _generate(cfg: TextImageData, dom: DomainData, index: int, vocab: dict[str, list[str]], charset: Charset):
