@@ -6,8 +6,8 @@ paper's claims, decided with seeds and intervals at a CPU budget.
 `distill unify` with its defaults (the specialists' epochs passed explicitly, TEACHER_EPOCHS, below): two domains
 of 8,000 training, 400 validation and 1,000 test images each (printed words and numbers in 14 printed fonts under
 scene-like noise; handwritten words in 7 handwriting fonts with elastic distortion, and numbers of real MNIST
-digits), validation and test words never seen in training. The unified student has the specialists' own shape (the paper's setting). A
-specialist per domain trains once (the first run) and serves every run after it.
+digits), validation and test words never seen in training. The unified student has the specialists' own shape
+(the paper's setting). A specialist per domain trains once (the first run) and serves every run after it.
 
 1. select (seed 0, the validation split; the test split unread): the four distillation terms' weights times a
    shared scale from --scales (cross-entropy stays 1), chosen by the KD student's validation mean word accuracy.
