@@ -49,7 +49,7 @@ class DomainData(Section):
     val_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="user images: share held out for validation (whole texts)"
     )
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="user images: share held out for testing")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="user images: share held out for testing (whole texts)")
 
 
 class TextImageData(Section):
