@@ -219,8 +219,8 @@ def _split_by_text(labels: list[str], dom: DomainData, rng: np.random.Generator)
     groups: dict[str, list[int]] = {}
     for i, text in enumerate(labels):
         groups.setdefault(text, []).append(i)
-    texts = list(groups)
-    order = [groups[texts[j]] for j in rng.permutation(len(texts))]
+    rows_of = list(groups.values())
+    order = [rows_of[j] for j in rng.permutation(len(rows_of))]
     n_test, n_val = max(1, round(len(labels) * dom.test_fraction)), max(1, round(len(labels) * dom.val_fraction))
     parts: dict[str, list[int]] = {"test": [], "val": [], "train": []}
     for rows in order:
