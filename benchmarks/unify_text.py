@@ -21,14 +21,18 @@ real MNIST digits), validation and test words never seen in training. The unifie
 Claims, paired by seed with 95% t intervals at n-1 degrees of freedom: each specialist collapses on the other
 domain; the KD student within 2 points of each specialist on its own domain; KD beats the union baseline; each
 term contributes. Validation curves of every stage (seed 0) show whether the budget converged. Each finished run
-lands in the results JSON (a clean clone reads it back, rerunning only what is missing; the specialists'
-weights live in runs/, so a clean clone trains them again, from the same seed).
+lands in the results JSON (a clean clone reads it back, rerunning only what is missing). The specialists' weights
+live in runs/, so a clean clone trains them again from the same seed, and on another CPU float rounding gives other
+weights: each run records its specialists' fingerprint, pairs are formed only under one set of specialists, and a
+comparison a new set must complete gets a KD student of that set too (named `<variant>-s<seed>-<fingerprint>` where
+the name was taken by another set's run).
 Writes benchmarks/results/unify_text.{json,md} and unify_text_curves.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -36,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, finish, paired, write  # noqa: E402
+from common import RESULTS, finish, machine, paired, write  # noqa: E402
 
 # Each landed run records the design it ran under; only this design's are read back or resumed. 1: specialists 10
 # epochs (1,250 optimizer steps against each student's 2,000: the network trained on the union read both domains
@@ -56,6 +60,8 @@ QUICK = [
 ]
 LANDED: dict[str, dict] = {}  # finished runs of the committed results, by name
 RUNS: dict[str, dict] = {}
+FIRST_SET = "first"  # the specialists of runs landed before fingerprints were recorded (one set, one machine)
+TEACHERS = ""  # the fingerprint of the specialists this invocation distils from
 
 
 def variants(scale: float) -> dict[str, list[str]]:
@@ -78,27 +84,42 @@ def current(runs: dict[str, dict]) -> dict[str, dict]:
     return {k: r for k, r in runs.items() if r.get("design") == DESIGN}
 
 
-def student(d: dict, variant: str, seed: int) -> dict | None:
-    """A test student's row (None while its run has not landed)."""
-    r = d["runs"].get(f"{variant}-s{seed}")
-    return row(r, "student KD") if r else None
+def teachers(r: dict) -> str:
+    """The fingerprint of the specialists a landed run distilled from."""
+    return r.get("teachers", FIRST_SET)
 
 
-def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | None = None) -> dict:
-    """One `distill unify` run (read back when finished, resumed when broken): its rows and validation curves.
-    `specialists`: the run whose specialists it loads (None: it trains its own)."""
+def fingerprint(run_dir: Path) -> str:
+    """The specialists' weights trained in `run_dir`, hashed."""
+    h = hashlib.sha256()
+    for d in ("printed", "handwritten"):
+        h.update((run_dir / f"teacher-{d}" / "model.safetensors").read_bytes())
+    return h.hexdigest()[:8]
+
+
+def key(runs: dict[str, dict], name: str, t: str) -> str:
+    """A run's name in the results under the specialists `t`: its own, or suffixed with their fingerprint where a
+    run of that name landed under other specialists."""
+    r = runs.get(name)
+    return name if r is None or teachers(r) == t else f"{name}-{t}"
+
+
+def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | None = None, home: str = "") -> dict:
+    """One `distill unify` run (read back when finished, resumed when broken) in ROOT/`home` (default: its name):
+    its rows and validation curves. `specialists`: the run directory whose specialists it loads (None: it trains
+    its own)."""
     from distill.config import load_config
     from distill.recipes import unify
 
-    weights = ROOT / name / "teacher-printed" / "model.safetensors"
-    if name not in RUNS and name in LANDED and (specialists or weights.is_file()):  # specialists needed later
-        RUNS[name] = LANDED[name]
     if name in RUNS:
-        if (ROOT / name / "metrics.jsonl").is_file():  # measured again where the run is still there
-            RUNS[name]["train_hours"] = train_hours(ROOT / name)
         return RUNS[name]
-    run_dir = ROOT / name
-    base = [f"run.output_dir={ROOT}", f"run.run_name={name}", f"run.seed={seed}", "train.progress=false",
+    run_dir = ROOT / (home or name)
+    if name in LANDED:
+        RUNS[name] = LANDED[name]
+        if (run_dir / "metrics.jsonl").is_file():  # measured again where the run is still there
+            RUNS[name]["train_hours"] = train_hours(run_dir)
+        return RUNS[name]
+    base = [f"run.output_dir={ROOT}", f"run.run_name={home or name}", f"run.seed={seed}", "train.progress=false",
             "teacher_train.progress=false", *(QUICK if quick else [])]  # fmt: skip
     if specialists is not None:
         trained = {d: ROOT / specialists / f"teacher-{d}" / "model.safetensors" for d in ("printed", "handwritten")}
@@ -114,8 +135,68 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
         )
         result = unify.run(cfg, resume=resume).to_json()
     RUNS[name] = {"name": name, "design": DESIGN, "seed": seed, "rows": result["rows"], "info": result["info"],
-                  "curves": curves(run_dir), "train_hours": train_hours(run_dir)}  # fmt: skip
+                  "curves": curves(run_dir), "train_hours": train_hours(run_dir),
+                  "teachers": fingerprint(ROOT / (specialists or home or name)), "cpu": machine()["cpu"]}  # fmt: skip
     return RUNS[name]
+
+
+def specialists_run(first: str, over: list[str], quick: bool) -> str:
+    """Trains (or resumes, or reads back) the run in ROOT/`first` whose specialists serve every later run, sets
+    TEACHERS to their fingerprint and returns the run's name in the results."""
+    global TEACHERS
+    if (ROOT / first / "teacher-handwritten" / "model.safetensors").is_file():
+        TEACHERS = fingerprint(ROOT / first)
+        if (name := key(LANDED, first, TEACHERS)) in LANDED:
+            return run(name, 0, over, quick)["name"]
+    r = run(".specialists", 0, over, quick, home=first)
+    del RUNS[".specialists"]
+    TEACHERS = r["teachers"]
+    name = key(LANDED, first, TEACHERS)
+    RUNS[name] = r | {"name": name}
+    return name
+
+
+def landed(runs: dict[str, dict], variant: str, seed: int, t: str) -> dict | None:
+    """`variant`'s run at `seed` under the specialists `t` (None where it has not landed)."""
+    for name in (f"{variant}-s{seed}", f"{variant}-s{seed}-{t}"):
+        if (r := runs.get(name)) and teachers(r) == t:
+            return r
+    return None
+
+
+def sets(runs: dict[str, dict]) -> list[str]:
+    """The specialists the landed runs distilled from, the first set first."""
+    return sorted({teachers(r) for r in runs.values()}, key=lambda t: t != FIRST_SET)
+
+
+def pair(runs: dict[str, dict], variant: str, seed: int) -> tuple[dict, dict] | None:
+    """The KD student and `variant` at `seed` under one set of specialists (the first set that has both)."""
+    for t in sets(runs):
+        if (kd := landed(runs, "kd", seed, t)) and (other := landed(runs, variant, seed, t)):
+            return kd, other
+    return None
+
+
+def specialists_of(runs: dict[str, dict], first: str, r: dict) -> dict:
+    """The specialists' run that `r` distilled from."""
+    return next(runs[n] for n in (first, f"{first}-{teachers(r)}") if n in runs and teachers(runs[n]) == teachers(r))
+
+
+def plan(runs: dict[str, dict], names: list[str], seeds: int, t: str) -> list[tuple[str, str, int]]:
+    """The runs still to train under the specialists `t`, in order, as (name, variant, seed): the central claim's
+    runs of every seed, then each ablation at every seed (a term decided before the next starts), then the rest;
+    a comparison that has no pair under one set of specialists is completed under `t`, with the seed's KD student
+    trained first where `t` has none."""
+    order = {"union": 0, **{f"no-{term}": 1 + i for i, term in enumerate(TERMS)}}
+    out: list[tuple[str, str, int]] = []
+    for variant, seed in sorted(((v, s) for s in range(seeds) for v in names if v != "kd"),
+                                key=lambda vs: order.get(vs[0], len(order))):  # fmt: skip
+        if pair(runs, variant, seed):
+            continue
+        for v in ("kd", variant):
+            if not landed(runs, v, seed, t) and (todo := (key(runs, f"{v}-s{seed}", t), v, seed)) not in out:
+                out.append(todo)
+    return out
 
 
 def train_hours(run_dir: Path) -> float:
@@ -144,7 +225,8 @@ def row(r: dict, model: str) -> dict:
 
 
 def claims(d: dict) -> dict:
-    spec = d["runs"][d["specialists"]]
+    runs = d["runs"]
+    spec = runs[d["specialists"]]
     domains = spec["info"]["domains"]
     out: dict = {"collapse": {}, "kd_vs_specialist": {}, "ablation": {}}
     for dom in domains:
@@ -155,10 +237,14 @@ def claims(d: dict) -> dict:
     out["union_vs_specialist"] = {}
 
     def on_own_domain(variant: str, dom: str, within: float | None = None) -> dict | None:
-        """`variant`'s landed seeds against the `dom` specialist on `dom` (None before any has landed)."""
-        ours = [r[f"{dom}_word_accuracy"] for s in range(d["seeds"]) if (r := student(d, variant, s))]
-        own = row(spec, f"{dom} specialist")[f"{dom}_word_accuracy"]
-        return paired(ours, [own] * len(ours), "lower", "higher", within) if ours else None
+        """`variant`'s landed seeds (the first set of specialists that has each) against the `dom` specialist
+        they distilled from, on `dom` (None before any has landed)."""
+        found = [r for s in range(d["seeds"]) if (r := next(filter(None, (landed(runs, variant, s, t)
+                                                                          for t in sets(runs))), None))]  # fmt: skip
+        ours = [row(r, "student KD")[f"{dom}_word_accuracy"] for r in found]
+        own = [row(specialists_of(runs, d["specialists"], r), f"{dom} specialist")[f"{dom}_word_accuracy"]
+               for r in found]  # fmt: skip
+        return paired(ours, own, "lower", "higher", within) if ours else None
 
     for dom in domains:
         if kd := on_own_domain("kd", dom, 2):  # within 2 points: the interval's lower end above -2
@@ -168,11 +254,12 @@ def claims(d: dict) -> dict:
             out["union_vs_specialist"][dom] = union
 
     def against(variant: str, lower: str, higher: str) -> dict | None:
-        """KD against `variant`, paired on the seeds where both landed (at least 2)."""
-        pairs = [(a, b) for s in range(d["seeds"]) if (a := student(d, "kd", s)) and (b := student(d, variant, s))]
+        """KD against `variant`, paired on the seeds where both landed under one set of specialists (at least 2)."""
+        pairs = [p for s in range(d["seeds"]) if (p := pair(runs, variant, s))]
         if len(pairs) < 2:
             return None
-        return paired(*([r["mean_word_accuracy"] for r in side] for side in zip(*pairs)), lower, higher)
+        kd, other = ([row(r, "student KD")["mean_word_accuracy"] for r in side] for side in zip(*pairs))
+        return paired(kd, other, lower, higher) | {"specialists": [teachers(r) for r, _ in pairs]}
 
     out["kd_vs_union"] = against("union", "did not hold", "held")
     for term in TERMS:
@@ -217,25 +304,24 @@ def main() -> None:
         full = {**d, "runs": {**LANDED, **RUNS}}  # LANDED: empty in a quick run
         finish(name, {**full, "claims": claims(full)}, markdown, t0)
 
-    picks = {}
-    for s in scales:
-        spec = None if s == scales[0] else first
-        picks[s] = run(f"select-x{s:g}", 0, variants(s)["kd"], args.quick, spec)
-        save()
-    d["selection"], d["chosen_scale"] = choose(picks)
-    # kd-s0 is the chosen scale's selection run (seed 0, the same overrides), read from it, not trained again; its
-    # training hours are counted once, there
-    pick = picks[d["chosen_scale"]]
-    RUNS.setdefault(
-        "kd-s0", {k: v for k, v in pick.items() if k != "train_hours"} | {"name": "kd-s0", "same_as": pick["name"]}
-    )
+    spec = specialists_run(first, variants(scales[0])["kd"], args.quick)
     save()
-    todo = [(v, over, seed) for seed in range(args.seeds) for v, over in variants(d["chosen_scale"]).items()]
-    # the central claim's runs of every seed, then each ablation at every seed (a term decided before the next
-    # starts), then small
-    order = {"union": 0, "kd": 0, **{f"no-{t}": 1 + i for i, t in enumerate(TERMS)}}
-    for variant, over, seed in sorted(todo, key=lambda t: order.get(t[0], len(order))):
-        run(f"{variant}-s{seed}", seed, over, args.quick, first)
+    # the selection is made once, on the first set of specialists: landed selection runs are read back whatever
+    # specialists they had
+    picks = {s: run(f"select-x{s:g}", 0, variants(s)["kd"], args.quick, first) for s in scales}
+    save()
+    d["selection"], d["chosen_scale"] = choose(picks)
+    # kd-s0 is the chosen scale's selection run (seed 0, the same overrides) where it had these specialists, read
+    # from it, not trained again; its training hours are counted once, there
+    for pick in [picks[d["chosen_scale"]], *([RUNS[spec]] if d["chosen_scale"] == scales[0] else [])]:
+        kd0 = key(LANDED, "kd-s0", TEACHERS)
+        if teachers(pick) == TEACHERS and kd0 not in LANDED:
+            same = {k: v for k, v in pick.items() if k != "train_hours"}
+            RUNS.setdefault(kd0, same | {"name": kd0, "same_as": pick["name"]})
+    save()
+    overs = variants(d["chosen_scale"])
+    for name, variant, seed in plan({**LANDED, **RUNS}, list(overs), args.seeds, TEACHERS):
+        run(name, seed, overs[variant], args.quick, first)
         save()
     plot(d, name)
 
@@ -288,12 +374,23 @@ def markdown(d: dict) -> str:
         info = runs[d["specialists"]]["info"]
         lines += [f"Budget: {info['train_images']} training and {info['test_images']} test images per domain; "
                   f"specialists {info['teacher_epochs']} epochs, students {info['epochs']} epochs.", ""]  # fmt: skip
+    sets_of = [r for n, r in runs.items() if n == d["specialists"] or n.startswith(f"{d['specialists']}-")]
+    if len(sets_of) > 1:
+        lines += ["## Specialists", "", "Each set the students distilled from (seed 0, by its weights' fingerprint; "
+                  "another CPU rounds differently, so a set trained again differs): students are compared only "
+                  "under one set.", "",
+                  markdown_table([{"specialists": teachers(r), "run": r["name"], "cpu": r.get("cpu", "not recorded"),
+                                   **{f"{dom} on {dom}": row(r, f"{dom} specialist")[f"{dom}_word_accuracy"]
+                                      for dom in r["info"]["domains"]},
+                                   "landed runs under it": sum(teachers(x) == teachers(r) for x in runs.values())}
+                                  for r in sets_of]), ""]  # fmt: skip
     if "selection" in d:
         lines += ["## Weights chosen on the validation split (seed 0)", "",
                   markdown_table([{"scale": k, "KD validation mean word acc": v} for k, v in d["selection"].items()]),
                   "", f"Chosen: scale {d['chosen_scale']:g}.", ""]  # fmt: skip
     tests = [r for r in runs.values() if not r["name"].startswith("select")]
-    rows = [{"run": r["name"], **{k: v for k, v in x.items() if k != "model"}} for r in tests for x in r["rows"]
+    rows = [{"run": r["name"], "specialists": teachers(r), **{k: v for k, v in x.items() if k != "model"}}
+            for r in tests for x in r["rows"]
             if x["model"] == "student KD"]  # fmt: skip
     if rows:
         lines += ["## Test rows, per seed", "", markdown_table(rows), ""]
@@ -317,7 +414,8 @@ def markdown(d: dict) -> str:
         labelled += [(f"the {t} term contributes (KD minus KD without it)", v) for t, v in c["ablation"].items()]
         labelled.append(("the specialists' shape against the smaller student", c.get("full_vs_small")))
         lines += [f"- {what}: {v['mean']:+.2f} +- {v['ci95']:.2f} (per seed {v['diffs']}): **{v['verdict']}**"
-                  for what, v in labelled if v]  # fmt: skip
+                  + (f" (specialists per seed: {', '.join(v['specialists'])})" if len(set(v["specialists"])) > 1
+                     else "") for what, v in labelled if v]  # fmt: skip
         lines.append("")
     lines += [f"Validation curves (seed 0): ![curves]({d.get('figure', 'unify_text_curves.png')})", ""]
     return "\n".join(lines)

@@ -478,3 +478,40 @@ def test_the_benchmark_reads_back_only_runs_of_its_own_design():
     runs = {"select-x1": {}, "kd-s0": {"design": bench.DESIGN - 1}, "union-s0": {"design": bench.DESIGN - 1}}
     runs["kd-s1"] = {"design": bench.DESIGN}
     assert sorted(bench.current(runs)) == ["kd-s1"]  # earlier designs' union networks learnt from other data
+
+
+def test_the_benchmark_pairs_students_only_under_one_set_of_specialists():
+    """Specialists trained again (a clean clone, another CPU) are other teachers: a student of theirs is compared
+    with a student of the same set, and what a comparison lacks is trained under the new set, KD included."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("unify_text")
+    domains = ["printed", "handwritten"]
+
+    def specialists(own: float, t: str | None) -> dict:
+        rows = [{"model": f"{d} specialist", **{f"{o}_word_accuracy": own if o == d else 0.01 for o in domains}}
+                for d in domains]  # fmt: skip
+        return {"info": {"domains": domains}, "rows": rows} | ({"teachers": t} if t else {})
+
+    def student(acc: float, t: str | None = None) -> dict:
+        row = {"model": "student KD", "mean_word_accuracy": acc, **{f"{d}_word_accuracy": acc for d in domains}}
+        return {"rows": [row]} | ({"teachers": t} if t else {})
+
+    # the first set (no fingerprint recorded): KD 0.50 at every seed; the set "b": KD 0.60 at seed 1
+    runs = {"select-x1": specialists(0.6, None), "select-x1-b": specialists(0.7, "b")}
+    runs |= {f"kd-s{s}": student(0.50) for s in range(3)} | {f"union-s{s}": student(0.45) for s in range(3)}
+    runs |= {"no-attention-s0": student(0.49), "no-attention-s1": student(0.56, "b")}
+    d = {"runs": runs, "specialists": "select-x1", "seeds": 3}
+    names = ["union", "kd", "no-attention"]
+    assert bench.plan(runs, names, 3, "b") == [("kd-s1-b", "kd", 1), ("kd-s2-b", "kd", 2),
+                                               ("no-attention-s2", "no-attention", 2)]  # fmt: skip
+    assert bench.claims(d)["ablation"]["attention"] is None  # seed 1's runs had other specialists: one pair
+    runs["kd-s1-b"] = student(0.60, "b")
+    attention = bench.claims(d)["ablation"]["attention"]
+    assert attention["diffs"] == [1, 4] and attention["specialists"] == ["first", "b"]
+    assert bench.plan(runs, names, 3, "b") == [("kd-s2-b", "kd", 2), ("no-attention-s2", "no-attention", 2)]
+    # each KD student against the specialists it distilled from: the first set's at every seed
+    assert bench.claims(d)["kd_vs_specialist"]["printed"]["diffs"] == [-10, -10, -10]
+    # a new set with nothing landed under it trains the seed's KD student once, beside the first variant needing it
+    fresh = bench.plan({"select-x1": runs["select-x1"]}, names, 1, "c")
+    assert fresh == [("kd-s0", "kd", 0), ("union-s0", "union", 0), ("no-attention-s0", "no-attention", 0)]
