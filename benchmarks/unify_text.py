@@ -116,7 +116,8 @@ def run(name: str, seed: int, over: list[str], quick: bool, specialists: str | N
     run_dir = ROOT / (home or name)
     if name in LANDED:
         RUNS[name] = LANDED[name]
-        if (run_dir / "metrics.jsonl").is_file():  # measured again where the run is still there
+        # measured again where the run is still there (the directory of the specialists' run may hold another set)
+        if (run_dir / "metrics.jsonl").is_file() and teachers(RUNS[name]) == TEACHERS:
             RUNS[name]["train_hours"] = train_hours(run_dir)
         return RUNS[name]
     base = [f"run.output_dir={ROOT}", f"run.run_name={home or name}", f"run.seed={seed}", "train.progress=false",
