@@ -321,8 +321,8 @@ def main() -> None:
             RUNS.setdefault(kd0, same | {"name": kd0, "same_as": pick["name"]})
     save()
     overs = variants(d["chosen_scale"])
-    for name, variant, seed in plan({**LANDED, **RUNS}, list(overs), args.seeds, TEACHERS):
-        run(name, seed, overs[variant], args.quick, first)
+    for todo, variant, seed in plan({**LANDED, **RUNS}, list(overs), args.seeds, TEACHERS):
+        run(todo, seed, overs[variant], args.quick, first)
         save()
     plot(d, name)
 
