@@ -314,8 +314,8 @@ def main() -> None:
     d["selection"], d["chosen_scale"] = choose(picks)
     # kd-s0 is the chosen scale's selection run (seed 0, the same overrides) where it had these specialists, read
     # from it, not trained again; its training hours are counted once, there
+    kd0 = key(LANDED, "kd-s0", TEACHERS)
     for pick in [picks[d["chosen_scale"]], *([RUNS[spec]] if d["chosen_scale"] == scales[0] else [])]:
-        kd0 = key(LANDED, "kd-s0", TEACHERS)
         if teachers(pick) == TEACHERS and kd0 not in LANDED:
             same = {k: v for k, v in pick.items() if k != "train_hours"}
             RUNS.setdefault(kd0, same | {"name": kd0, "same_as": pick["name"]})
@@ -375,7 +375,7 @@ def markdown(d: dict) -> str:
         info = runs[d["specialists"]]["info"]
         lines += [f"Budget: {info['train_images']} training and {info['test_images']} test images per domain; "
                   f"specialists {info['teacher_epochs']} epochs, students {info['epochs']} epochs.", ""]  # fmt: skip
-    sets_of = [r for n, r in runs.items() if n == d["specialists"] or n.startswith(f"{d['specialists']}-")]
+    sets_of = [specialists_of(runs, d["specialists"], {"teachers": t}) for t in sets(runs)]
     if len(sets_of) > 1:
         lines += ["## Specialists", "", "Each set the students distilled from (seed 0, by its weights' fingerprint; "
                   "another CPU rounds differently, so a set trained again differs): students are compared only "
