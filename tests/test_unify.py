@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -515,3 +516,91 @@ def test_the_benchmark_pairs_students_only_under_one_set_of_specialists():
     # a new set with nothing landed under it trains the seed's KD student once, beside the first variant needing it
     fresh = bench.plan({"select-x1": runs["select-x1"]}, names, 1, "c")
     assert fresh == [("kd-s0", "kd", 0), ("union-s0", "union", 0), ("no-attention-s0", "no-attention", 0)]
+
+
+def test_the_benchmark_killed_on_a_new_machine_lands_each_run_and_trains_only_what_is_missing(tmp_path, monkeypatch):
+    """`main()` on a clean clone whose specialists train again to another set: the selection is read back, the new
+    set's KD students train beside the comparisons that lack a pair, each run lands as it finishes, and a rerun after
+    a kill trains only what has not landed (the recipe faked: what it trains is recorded, not computed)."""
+    from conftest import load_benchmark
+    from distill.recipes import unify
+
+    domains = ["printed", "handwritten"]
+    info = {"domains": domains, "train_images": 8, "test_images": 2, "teacher_epochs": 1, "epochs": 1}
+
+    def rows(student: float) -> list[dict]:
+        spec = [{"model": f"{d} specialist", **{f"{o}_word_accuracy": 0.8 if o == d else 0.01 for o in domains}}
+                for d in domains]  # fmt: skip
+        acc = {f"{d}_word_accuracy": student for d in domains} | {"mean_word_accuracy": student}
+        return [*spec, {"model": "student KD", **acc, "val_mean_word_accuracy": student}]
+
+    def first(student: float, **more) -> dict:  # a run landed under the first set (no fingerprint), seed 0
+        return {"design": 3, "seed": 0, "rows": rows(student), "info": info, "curves": {}} | more
+
+    results = tmp_path / "results"
+    results.mkdir()
+    landed = {
+        "select-x0.5": first(0.5, name="select-x0.5"),
+        "select-x1": first(0.4, name="select-x1"),
+        "kd-s0": first(0.5, name="kd-s0", same_as="select-x0.5"),
+        "kd-s1": first(0.5, name="kd-s1", seed=1),
+        "union-s0": first(0.45, name="union-s0"),
+        "union-s1": first(0.45, name="union-s1", seed=1),
+    }
+    (results / "unify_text.json").write_text(json.dumps({"runs": landed}))
+    trained: list[str] = []
+    kill_at: list[int] = [3]  # the third training run dies
+
+    class Done:
+        def __init__(self, student: float) -> None:
+            self.student = student
+
+        def to_json(self) -> dict:
+            return {"rows": rows(self.student), "info": info}
+
+    def fake_run(cfg, resume=None):
+        run_dir = Path(cfg.run.output_dir) / cfg.run.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if kill_at and len(trained) + 1 == kill_at[0]:
+            kill_at.clear()
+            raise KeyboardInterrupt
+        trained.append(cfg.run.run_name)
+        if not cfg.teacher_checkpoints:  # the specialists train: weights another CPU rounds differently
+            for d in domains:
+                (run_dir / f"teacher-{d}").mkdir(exist_ok=True)
+                (run_dir / f"teacher-{d}" / "model.safetensors").write_bytes(f"new {d}".encode())
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"stage": "student", "samples_seen": 360,
+                                                           "speed/samples_per_s": 1.0}) + "\n")  # fmt: skip
+        dropped = {t.name for t in cfg.objective} ^ {"ce", "hint", "logits", "attention", "affinity"}
+        return Done(0.6 - 0.01 * len(dropped) - 0.05 * (cfg.student is not None))
+
+    def main(bench) -> None:
+        monkeypatch.setattr(bench, "ROOT", tmp_path / "runs" / "bench-unify-d3")
+        monkeypatch.setattr(bench, "RESULTS", results)
+        monkeypatch.setattr(sys.modules["common"], "RESULTS", results)
+        monkeypatch.setattr(bench, "plot", lambda d, name="unify_text": None)
+        monkeypatch.setattr(sys, "argv", ["unify_text.py", "--seeds", "2", "--scales", "0.5,1"])
+        bench.main()
+
+    monkeypatch.setattr(unify, "run", fake_run)
+    bench = load_benchmark("unify_text")
+    with pytest.raises(KeyboardInterrupt):
+        main(bench)
+    t = bench.fingerprint(tmp_path / "runs" / "bench-unify-d3" / "select-x0.5")
+    # the specialists (their run's student is the new set's kd-s0) and no-hint-s0 landed (union had its pairs);
+    # kd-s1 of the new set died
+    assert trained == ["select-x0.5", "no-hint-s0"]
+    runs = json.loads((results / "unify_text.json").read_text())["runs"]
+    assert {k for k in runs if k not in landed} == {f"select-x0.5-{t}", f"kd-s0-{t}", "no-hint-s0"}
+    assert runs[f"kd-s0-{t}"]["same_as"] == f"select-x0.5-{t}" and runs["select-x0.5"] == landed["select-x0.5"]
+
+    trained.clear()
+    main(load_benchmark("unify_text"))  # a fresh process: the specialists' weights are still in runs/
+    terms = [f"no-{term}" for term in ("hint", "logits", "attention", "affinity")]
+    assert trained == [f"kd-s1-{t}", "no-hint-s1", *(f"{v}-s{s}" for v in [*terms[1:], "small"] for s in (0, 1))]
+    d = json.loads((results / "unify_text.json").read_text())
+    assert d["chosen_scale"] == 0.5 and d["selection"] == {"0.5": 0.5, "1": 0.4}  # read back, not trained again
+    hint = d["claims"]["ablation"]["hint"]
+    assert hint["diffs"] == [1, 1] and hint["specialists"] == [t, t]
+    assert d["claims"]["kd_vs_union"]["diffs"] == [5, 5]  # the first set's pairs
+    assert d["claims"]["full_vs_small"]["diffs"] == [5, 5]
