@@ -170,6 +170,11 @@ def sets(runs: dict[str, dict]) -> list[str]:
     return sorted({teachers(r) for r in runs.values()}, key=lambda t: t != FIRST_SET)
 
 
+def landed_anywhere(runs: dict[str, dict], variant: str, seed: int) -> dict | None:
+    """`variant`'s run at `seed` under the first set of specialists that has one (None where none has)."""
+    return next((r for t in sets(runs) if (r := landed(runs, variant, seed, t))), None)
+
+
 def pair(runs: dict[str, dict], variant: str, seed: int) -> tuple[dict, dict] | None:
     """The KD student and `variant` at `seed` under one set of specialists (the first set that has both)."""
     for t in sets(runs):
@@ -240,8 +245,7 @@ def claims(d: dict) -> dict:
     def on_own_domain(variant: str, dom: str, within: float | None = None) -> dict | None:
         """`variant`'s landed seeds (the first set of specialists that has each) against the `dom` specialist
         they distilled from, on `dom` (None before any has landed)."""
-        found = [r for s in range(d["seeds"]) if (r := next(filter(None, (landed(runs, variant, s, t)
-                                                                          for t in sets(runs))), None))]  # fmt: skip
+        found = [r for s in range(d["seeds"]) if (r := landed_anywhere(runs, variant, s))]
         ours = [row(r, "student KD")[f"{dom}_word_accuracy"] for r in found]
         own = [row(specialists_of(runs, d["specialists"], r), f"{dom} specialist")[f"{dom}_word_accuracy"]
                for r in found]  # fmt: skip
@@ -314,11 +318,12 @@ def main() -> None:
     d["selection"], d["chosen_scale"] = choose(picks)
     # kd-s0 is the chosen scale's selection run (seed 0, the same overrides) where it had these specialists, read
     # from it, not trained again; its training hours are counted once, there
+    # (at the first scale that run is the specialists' run, of these specialists whatever the landed selection had)
     kd0 = key(LANDED, "kd-s0", TEACHERS)
-    for pick in [picks[d["chosen_scale"]], *([RUNS[spec]] if d["chosen_scale"] == scales[0] else [])]:
-        if teachers(pick) == TEACHERS and kd0 not in LANDED:
-            same = {k: v for k, v in pick.items() if k != "train_hours"}
-            RUNS.setdefault(kd0, same | {"name": kd0, "same_as": pick["name"]})
+    pick = RUNS[spec] if d["chosen_scale"] == scales[0] else picks[d["chosen_scale"]]
+    if teachers(pick) == TEACHERS and kd0 not in LANDED:
+        same = {k: v for k, v in pick.items() if k != "train_hours"}
+        RUNS.setdefault(kd0, same | {"name": kd0, "same_as": pick["name"]})
     save()
     overs = variants(d["chosen_scale"])
     for todo, variant, seed in plan({**LANDED, **RUNS}, list(overs), args.seeds, TEACHERS):
